@@ -1,0 +1,1 @@
+"""Step-CoT data: release reader, validation, Hub-layout export, synthetic demo data and report annotation."""

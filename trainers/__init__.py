@@ -1,0 +1,1 @@
+"""Step-CoT training, evaluation and command-line tools (not shipped inside checkpoints)."""
