@@ -1,0 +1,350 @@
+"""Metric reports: `metrics.json`, Markdown tables in the paper's Table 8/9 layout, CSV and PNG plots.
+
+Also the `stepcot report` command, which collects several runs' `metrics.json` into one comparison table:
+
+    stepcot report runs/teacher runs/student runs/no_memory --out comparison.md   # also writes comparison.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from trainers.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, MetricEstimate
+
+METRICS_FILENAME = "metrics.json"
+TABLE_FILENAME = "metrics.md"
+STEP_PLOT_FILENAME = "step_metrics.png"
+CONFUSION_PLOT_FILENAME = "confusion_matrices.png"
+MEAN_ROW_LABEL = "Mean over steps"
+MISSING_CELL = "—"
+
+SHORT_DEFINITIONS = {
+    "accuracy": "fraction of labelled examples whose argmax prediction equals the label.",
+    "auc": "macro one-vs-rest ROC AUC from the class probabilities.",
+    "sensitivity": "macro recall, TP / (TP + FN) per class.",
+    "specificity": "macro one-vs-rest TN / (TN + FP) per class.",
+    "f1": "macro F1, mean of per-class 2TP / (2TP + FP + FN).",
+    "precision": "macro TP / (TP + FP) per class; a never-predicted class counts 0.",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.json
+
+
+def write_metrics_json(result: EvaluationMetrics, path: str | Path) -> Path:
+    """Strict JSON (NaN written as null, with a note saying why)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load_metrics(path: str | Path) -> EvaluationMetrics:
+    """Read a `metrics.json`, or the one inside a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No {METRICS_FILENAME} at {path} (run `stepcot eval ... --out DIR` first).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return EvaluationMetrics.from_dict(data)
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} is not a valid Step-CoT metrics file: {error}") from error
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def step_label(name: str) -> str:
+    """The paper labels rows "Detection step"; generic names like "Step 3" are kept as they are."""
+    return name if name.lower().startswith("step") or name.lower().endswith("step") else f"{name} step"
+
+
+def format_estimate(estimate: MetricEstimate, decimals: int = 1) -> str:
+    """`91.8 [90.4, 93.1]` in percent; `—` when undefined; no brackets without an interval."""
+    if math.isnan(estimate.value):
+        return MISSING_CELL
+    text = f"{100 * estimate.value:.{decimals}f}"
+    if not (math.isnan(estimate.ci_low) or math.isnan(estimate.ci_high)):
+        text += f" [{100 * estimate.ci_low:.{decimals}f}, {100 * estimate.ci_high:.{decimals}f}]"
+    return text
+
+
+def _rows(result: EvaluationMetrics, include_mean: bool):
+    """(label, n, metrics) per step, then the mean row."""
+    for step in result.steps:
+        yield step_label(step.name), step.count, step.metrics
+    if include_mean:
+        yield MEAN_ROW_LABEL, None, result.mean
+
+
+def markdown_table(
+    runs: Sequence[tuple[str, EvaluationMetrics]],
+    decimals: int = 1,
+    include_mean: bool = True,
+    sources: Sequence[str] | None = None,
+) -> str:
+    """The paper's Table 8/9 layout (Model | Step | six metrics), one block of rows per model, followed by notes:
+    the interval method, per-step example counts, undefined values with their reasons and short definitions."""
+    header = ["Model", "Step"] + [METRIC_DISPLAY_NAMES[name] for name in METRIC_NAMES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, result in runs:
+        for row_index, (label, _, metrics) in enumerate(_rows(result, include_mean)):
+            cells = [model if row_index == 0 else "", f"**{label}**" if label == MEAN_ROW_LABEL else label]
+            cells += [format_estimate(metrics[name], decimals) for name in METRIC_NAMES]
+            lines.append("| " + " | ".join(cells) + " |")
+
+    notes = ["", "Values in %."]
+    for run_index, (model, result) in enumerate(runs):
+        level = f"{100 * result.confidence_level:g}%"
+        interval = (
+            f"brackets = {level} percentile bootstrap CI over examples ({result.num_bootstrap} resamples, "
+            f"seed {result.seed})"
+            if result.num_bootstrap
+            else "no confidence intervals (0 bootstrap resamples)"
+        )
+        counts = ", ".join(str(step.count) for step in result.steps)
+        where = ", ".join(
+            f"{key} {result.metadata[key]}" for key in ("dataset", "split") if result.metadata.get(key) is not None
+        )
+        source = f"; from {sources[run_index]}" if sources else ""
+        notes.append(
+            f"- {model}: {interval}; N = {result.num_examples} examples, labelled per step: {counts}"
+            f"{'; ' + where if where else ''}{source}."
+        )
+    undefined = [
+        f"- {model}, {step_label(step.name)}, {METRIC_DISPLAY_NAMES[name]}: {step.metrics[name].note}."
+        for model, result in runs
+        for step in result.steps
+        for name in METRIC_NAMES
+        if math.isnan(step.metrics[name].value) and step.metrics[name].note
+    ]
+    if undefined:
+        notes += ["", f"Undefined ({MISSING_CELL}):"] + undefined
+    if include_mean:
+        notes += ["", f"{MEAN_ROW_LABEL}: unweighted mean over the steps where the metric is defined."]
+    notes += [
+        "",
+        "Definitions (macro averages run over the classes present in the step's labels; "
+        "examples labelled -100 are excluded; full definitions in metrics.json):",
+    ]
+    notes += [f"- {METRIC_DISPLAY_NAMES[name]}: {SHORT_DEFINITIONS[name]}" for name in METRIC_NAMES]
+    return "\n".join(lines + notes) + "\n"
+
+
+def comparison_csv(
+    runs: Sequence[tuple[str, EvaluationMetrics]], sources: Sequence[str] | None = None, include_mean: bool = True
+) -> str:
+    """One row per (model, step) with fractions in [0, 1] and their interval bounds; empty cell = undefined."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["model", "source", "step_index", "step", "n"]
+    for name in METRIC_NAMES:
+        header += [name, f"{name}_ci_low", f"{name}_ci_high"]
+    writer.writerow(header)
+    for run_index, (model, result) in enumerate(runs):
+        source = sources[run_index] if sources else ""
+        step_indices = [str(step.index + 1) for step in result.steps] + ["mean"]
+        for step_index, (label, count, metrics) in zip(step_indices, _rows(result, include_mean)):
+            row = [model, source, step_index, label, "" if count is None else count]
+            for name in METRIC_NAMES:
+                estimate = metrics[name]
+                row += [_csv_number(estimate.value), _csv_number(estimate.ci_low), _csv_number(estimate.ci_high)]
+            writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _csv_number(value: float) -> str:
+    return "" if math.isnan(value) else repr(float(value))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots (Agg canvas on a bare Figure: no pyplot, no global backend switch)
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_step_metrics(result: EvaluationMetrics, path: str | Path, title: str | None = None) -> Path:
+    """Grouped bars: one group per step (plus the mean), one bar per metric, bootstrap intervals as error bars."""
+    path = Path(path)
+    labels = [step_label(step.name) for step in result.steps] + [MEAN_ROW_LABEL]
+    groups = [step.metrics for step in result.steps] + [result.mean]
+    figure = _new_figure(max(10.0, 1.5 * len(labels) + 2), 5.5)
+    axes = figure.add_subplot()
+    width = 0.8 / len(METRIC_NAMES)
+    positions = np.arange(len(labels))
+    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
+    for metric_index, name in enumerate(METRIC_NAMES):
+        values = np.array([100 * group[name].value for group in groups])
+        low = np.array([100 * group[name].ci_low for group in groups])
+        high = np.array([100 * group[name].ci_high for group in groups])
+        has_interval = ~(np.isnan(low) | np.isnan(high) | np.isnan(values))
+        error = np.where(has_interval, [values - low, high - values], 0.0)
+        x = positions + (metric_index - (len(METRIC_NAMES) - 1) / 2) * width
+        axes.bar(
+            x,
+            np.nan_to_num(values),
+            width,
+            yerr=error,
+            capsize=2,
+            color=palette[metric_index % len(palette)],
+            label=METRIC_DISPLAY_NAMES[name],
+            error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
+        )
+        for position in x[np.isnan(values)]:
+            axes.text(position, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="#666666")
+    axes.set_xticks(positions, [label.replace(" ", "\n", 1) for label in labels], fontsize=8)
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("%")
+    axes.yaxis.grid(True, linewidth=0.5, alpha=0.5)
+    axes.set_axisbelow(True)
+    interval = (
+        f"error bars: {100 * result.confidence_level:g}% bootstrap CI ({result.num_bootstrap} resamples)"
+        if result.num_bootstrap
+        else "no confidence intervals"
+    )
+    axes.set_title(f"{title or result.metadata.get('model', 'Step-CoT')}: per-step metrics; {interval}", fontsize=11)
+    axes.legend(ncols=len(METRIC_NAMES), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _short(text: str, limit: int = 20) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plot_confusion_matrices(result: EvaluationMetrics, path: str | Path, title: str | None = None) -> Path:
+    """One panel per step: colour = fraction of the true class (row-normalised), text = counts."""
+    path = Path(path)
+    num_steps = len(result.steps)
+    columns = min(4, num_steps)
+    rows = math.ceil(num_steps / columns)
+    figure = _new_figure(4.6 * columns, 4.6 * rows + 0.6)
+    panels = figure.subplots(rows, columns, squeeze=False).ravel()
+    image = None
+    for axes, step in zip(panels, result.steps):
+        counts = step.confusion_matrix
+        row_totals = counts.sum(axis=1, keepdims=True)
+        fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape, dtype=float), where=row_totals > 0)
+        image = axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+        for (true, predicted), count in np.ndenumerate(counts):
+            if count:
+                dark = fractions[true, predicted] > 0.6
+                axes.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
+                          color="white" if dark else "black")
+        ticks = np.arange(step.num_classes)
+        option_labels = [_short(option) for option in step.options]
+        axes.set_xticks(ticks, option_labels, rotation=45, ha="right", fontsize=7)
+        axes.set_yticks(ticks, option_labels, fontsize=7)
+        axes.set_xlabel("predicted", fontsize=8)
+        axes.set_ylabel("true", fontsize=8)
+        axes.set_title(f"{step_label(step.name)} (n={step.count})", fontsize=9)
+    for axes in panels[num_steps:]:
+        axes.set_visible(False)
+    if image is not None:
+        figure.colorbar(image, ax=panels[:num_steps].tolist(), shrink=0.6, label="fraction of the true class")
+    figure.suptitle(f"{title or result.metadata.get('model', 'Step-CoT')}: confusion matrices", fontsize=12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One run's report folder
+
+
+def write_report(result: EvaluationMetrics, out_dir: str | Path, model_name: str | None = None,
+                 plots: bool = True) -> dict[str, Path]:
+    """Write metrics.json, metrics.md and (unless `plots=False`) the two PNGs into `out_dir`; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_name = model_name or result.metadata.get("model") or out_dir.name
+    written = {"metrics": write_metrics_json(result, out_dir / METRICS_FILENAME)}
+    table = out_dir / TABLE_FILENAME
+    table.write_text(markdown_table([(model_name, result)]), encoding="utf-8")
+    written["table"] = table
+    if plots:
+        written["step_plot"] = plot_step_metrics(result, out_dir / STEP_PLOT_FILENAME, title=model_name)
+        written["confusion_plot"] = plot_confusion_matrices(result, out_dir / CONFUSION_PLOT_FILENAME, title=model_name)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `stepcot report`
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="OUT_DIR",
+                        help="run folders holding metrics.json (or metrics.json files themselves)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Markdown file to write; the CSV goes next to it with a .csv suffix (default: print)")
+    parser.add_argument("--names", nargs="+", default=None,
+                        help="model names, one per run (default: the name stored in metrics.json, else the folder)")
+    parser.add_argument("--decimals", type=int, default=1, help="decimals of the percentages (default: 1)")
+    parser.add_argument("--no-mean", action="store_true", help="leave out the mean-over-steps rows")
+
+
+def _default_name(source: Path, result: EvaluationMetrics) -> str:
+    folder = source.parent if source.name == METRICS_FILENAME else source
+    return str(result.metadata.get("model") or folder.name)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.names is not None and len(args.names) != len(args.runs):
+        print(f"stepcot report: --names has {len(args.names)} names for {len(args.runs)} runs.", file=sys.stderr)
+        return 2
+    runs, sources = [], []
+    for index, source in enumerate(args.runs):
+        try:
+            result = load_metrics(source)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"stepcot report: {error}", file=sys.stderr)
+            return 2
+        name = args.names[index] if args.names else _default_name(Path(source), result)
+        runs.append((name, result))
+        sources.append(str(source))
+    names = [name for name, _ in runs]
+    if len(set(names)) < len(names):  # two runs of the same model: tell them apart by folder
+        runs = [(f"{name} ({Path(src).name})", result) for (name, result), src in zip(runs, sources)]
+    include_mean = not args.no_mean
+    table = markdown_table(runs, decimals=args.decimals, include_mean=include_mean, sources=sources)
+    table_csv = comparison_csv(runs, sources=sources, include_mean=include_mean)
+    if args.out is None:
+        sys.stdout.write(table)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table, encoding="utf-8")
+    csv_path = args.out.with_suffix(".csv")
+    csv_path.write_text(table_csv, encoding="utf-8")
+    print(f"wrote {args.out} and {csv_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stepcot report", description="compare several runs' metrics.json")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
