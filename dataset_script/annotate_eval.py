@@ -1,0 +1,286 @@
+"""`stepcot annotate-eval`: agreement of report annotation with the expert MeSH codes of Indiana University reports.
+
+Protocol (the MeSH -> answer mapping is documented in `annotate_mesh.py`):
+
+* every report with MeSH codes other than `No Indexing` is annotated from its findings + impression text;
+* **Detection**: abnormal (any answer but "No abnormality") vs normal, and the four-way Step 1 answer;
+* **Side**: the `laterality` of the location step, on reports whose primary MeSH lesion has a side;
+* **Zone**: the location step's answer, on reports whose primary MeSH lesion has a zone / region;
+* **Diagnosis**: the Step 7 answer, on reports whose codes give a class in the taxonomy (reports coded only with
+  findings outside it, e.g. hyperinflation, are left out); macro-F1 over the classes with at least
+  `--min-class-count` reference reports in the evaluated set;
+* reports are split into two halves by a hash of their uid (`dev` / `holdout`) so that rules developed on one half
+  can be checked on the other; both halves and the whole set are reported;
+* 95% percentile-bootstrap intervals over reports (resampling helper of `trainers.metrics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainers.metrics import _interval, _resample_weights
+
+from .annotate_findings import DETECTION, DIAGNOSIS, LOCATION
+from .annotate_mesh import UnknownMeshCode, parse_mesh
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REPORTS = REPO_ROOT / ".." / "shared" / "data" / "iu-xray-reports" / "reports.jsonl"
+SPLITS = ("dev", "holdout", "all")
+NOT_STATED = "(not stated)"
+
+
+def split_of(uid: str) -> str:
+    """'dev' or 'holdout': a fixed half of the reports by a hash of the uid."""
+    return "dev" if hashlib.sha256(uid.encode("utf-8")).digest()[0] % 2 == 0 else "holdout"
+
+
+@dataclass
+class Estimate:
+    value: float
+    ci_low: float
+    ci_high: float
+
+    def to_dict(self) -> dict:
+        return {key: (None if np.isnan(v) else round(float(v), 4))
+                for key, v in (("value", self.value), ("ci_low", self.ci_low), ("ci_high", self.ci_high))}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+
+
+def _scores_from_confusion(confusion: np.ndarray):
+    """accuracy (b,), per-class precision / recall / F1 (b, K) from weighted confusion matrices (b, K, K)."""
+    true_positive = np.diagonal(confusion, axis1=1, axis2=2)
+    predicted = confusion.sum(axis=1)
+    actual = confusion.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = true_positive.sum(axis=1) / confusion.sum(axis=(1, 2))
+        precision = np.where(predicted > 0, true_positive / predicted, 0.0)
+        recall = np.where(actual > 0, true_positive / actual, np.nan)
+        denominator = predicted + actual
+        f1 = np.where(actual > 0, 2 * true_positive / np.where(denominator > 0, denominator, 1), np.nan)
+    return accuracy, precision, recall, f1
+
+
+def agreement(true: list[str], predicted: list[str], *, macro_classes: list[str] | None = None,
+              num_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Accuracy, per-class F1 / precision / recall and macro-F1 (over `macro_classes`, default: all reference
+    classes), each with a percentile-bootstrap interval over reports."""
+    if len(true) != len(predicted):
+        raise ValueError(f"{len(true)} reference labels but {len(predicted)} predictions")
+    if not true:
+        return {"count": 0}
+    classes = sorted(set(true) | set(predicted))
+    index = {name: i for i, name in enumerate(classes)}
+    size = len(classes)
+    cell = np.array([index[t] * size + index[p] for t, p in zip(true, predicted)])
+    one_hot = np.zeros((len(true), size * size))
+    one_hot[np.arange(len(true)), cell] = 1.0
+    macro_classes = sorted(set(true)) if macro_classes is None else [c for c in macro_classes if c in index]
+    macro_index = [index[c] for c in macro_classes]
+
+    def evaluate(weights: np.ndarray):
+        confusion = (weights @ one_hot).reshape(-1, size, size)
+        accuracy, precision, recall, f1 = _scores_from_confusion(confusion)
+        macro = np.nanmean(f1[:, macro_index], axis=1) if macro_index else np.full(len(weights), np.nan)
+        return accuracy, precision, recall, f1, macro
+
+    point = evaluate(np.ones((1, len(true))))
+    resampled = [evaluate(block.astype(float)) for block in _resample_weights(len(true), num_bootstrap, seed)]
+
+    def estimate(which: int, column: int | None = None) -> Estimate:
+        values = point[which][0] if column is None else point[which][0, column]
+        if not resampled:
+            return Estimate(float(values), np.nan, np.nan)
+        samples = np.concatenate([r[which] if column is None else r[which][:, column] for r in resampled])
+        low, high, _ = _interval(samples, level)
+        return Estimate(float(values), low, high)
+
+    support = {name: true.count(name) for name in classes}
+    return {
+        "count": len(true),
+        "accuracy": estimate(0),
+        "macro_f1": estimate(4),
+        "macro_f1_classes": macro_classes,
+        "per_class": {
+            name: {"support": support[name], "predicted": predicted.count(name), "f1": estimate(3, i),
+                   "precision": estimate(1, i), "recall": estimate(2, i)}
+            for i, name in enumerate(classes)
+        },
+    }
+
+
+def load_reference(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"IU reports file not found: {path} (pass --reports)")
+    reports = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    report = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                for key in ("uid", "mesh_major"):
+                    if key not in report:
+                        raise ValueError(f"{path}:{line_number}: missing field {key!r}")
+                reports.append(report)
+    return reports
+
+
+def collect_pairs(reports: list[dict], chains: dict[str, list[dict]]) -> dict[str, dict[str, tuple[list, list]]]:
+    """split -> task -> (reference labels, predicted labels)."""
+    tasks = ("detection", "detection_4way", "side", "zone", "diagnosis")
+    pairs = {split: {task: ([], []) for task in tasks} for split in SPLITS}
+    for report in reports:
+        reference = parse_mesh(report["uid"], report["mesh_major"])
+        if not reference.indexed:
+            continue
+        chain = chains[report["uid"]]
+        no_abnormality = chain[DETECTION]["options"][0]
+        items = {
+            "detection": ("abnormal" if reference.detection_abnormal else "normal",
+                          "abnormal" if chain[DETECTION]["answer"] != no_abnormality else "normal"),
+            "detection_4way": (reference.detection, chain[DETECTION]["answer"]),
+        }
+        if reference.side:
+            items["side"] = (reference.side, chain[LOCATION].get("laterality") or NOT_STATED)
+        if reference.zone:
+            items["zone"] = (reference.zone, chain[LOCATION]["answer"])
+        if reference.diagnosis:
+            items["diagnosis"] = (reference.diagnosis, chain[DIAGNOSIS]["answer"])
+        for split in (split_of(report["uid"]), "all"):
+            for task, (true, predicted) in items.items():
+                pairs[split][task][0].append(true)
+                pairs[split][task][1].append(predicted)
+    return pairs
+
+
+def evaluate(reports: list[dict], chains: dict[str, list[dict]], *, min_class_count: int = 20,
+             num_bootstrap: int = 1000, seed: int = 0) -> dict:
+    results = {}
+    for split, tasks in collect_pairs(reports, chains).items():
+        results[split] = {}
+        for task, (true, predicted) in tasks.items():
+            macro_classes = None
+            if task == "diagnosis":
+                macro_classes = sorted(c for c in set(true) if true.count(c) >= min_class_count)
+            results[split][task] = agreement(true, predicted, macro_classes=macro_classes,
+                                             num_bootstrap=num_bootstrap, seed=seed)
+    return results
+
+
+def _jsonable(value):
+    if isinstance(value, Estimate):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def format_results(results: dict, min_class_count: int) -> str:
+    lines = []
+    for split, tasks in results.items():
+        lines.append(f"== {split} ==")
+        for task, result in tasks.items():
+            if not result.get("count"):
+                lines.append(f"{task:15s} n=0")
+                continue
+            line = f"{task:15s} n={result['count']:4d}  agreement {result['accuracy']}"
+            if task == "diagnosis":
+                line += (f"  macro-F1 (classes with >= {min_class_count} reports: "
+                         f"{', '.join(result['macro_f1_classes'])}) {result['macro_f1']}")
+            else:
+                line += f"  macro-F1 {result['macro_f1']}"
+            lines.append(line)
+            if task in ("diagnosis", "side", "detection"):
+                for name, scores in result["per_class"].items():
+                    lines.append(f"    {name:22s} support {scores['support']:4d}  predicted {scores['predicted']:4d}"
+                                 f"  F1 {scores['f1']}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .annotate_cli import add_llm_arguments
+
+    parser.add_argument("--reports", default=str(DEFAULT_REPORTS),
+                        help="IU X-Ray reports JSONL with 'uid', 'findings', 'impression', 'mesh_major' "
+                             "(default: ../shared/data/iu-xray-reports/reports.jsonl from the repository root)")
+    parser.add_argument("--backend", choices=("rules", "llm"), default="rules")
+    parser.add_argument("--annotations", help="score these records (a data.json list keyed by patient_id = uid) "
+                                              "instead of annotating the reports")
+    parser.add_argument("--min-class-count", type=int, default=20,
+                        help="diagnosis macro-F1 covers classes with at least this many reference reports "
+                             "(default: %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", help="write the full results (per-class scores, intervals) to this JSON file")
+    add_llm_arguments(parser)
+
+
+def _chains_from_annotations(path: str, uids: list[str]) -> dict[str, list[dict]]:
+    from .annotate_io import validate_record
+
+    records = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of records")
+    chains = {}
+    for index, record in enumerate(records):
+        validate_record(record, f"{path} record {index}")
+        chains[record["patient_id"]] = record["vqa_chain"]
+    missing = [uid for uid in uids if uid not in chains]
+    if missing:
+        raise ValueError(f"{path}: no record for {len(missing)} report(s), e.g. {missing[:5]}")
+    return chains
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        reports = load_reference(Path(args.reports))
+        for report in reports:
+            parse_mesh(report["uid"], report["mesh_major"])  # fail early on an unmapped MeSH head
+        # Scored: reports with MeSH codes (not "No Indexing") and some report text to annotate.
+        indexed = [r for r in reports if parse_mesh(r["uid"], r["mesh_major"]).indexed]
+        no_text = [r["uid"] for r in indexed if not (r.get("findings") or "").strip()
+                   and not (r.get("impression") or "").strip()]
+        indexed = [r for r in indexed if r["uid"] not in set(no_text)]
+        uids = [r["uid"] for r in indexed]
+        if args.annotations:
+            chains = _chains_from_annotations(args.annotations, uids)
+        else:
+            from .annotate_cli import annotate_rows
+            from .annotate_io import ReportRow
+
+            rows = [ReportRow(r["uid"], r.get("findings") or "", r.get("impression") or "", "", "IU X-Ray",
+                              f"{args.reports} uid {r['uid']}") for r in indexed]
+            records, _, totals = annotate_rows(rows, args.backend, args, strict=True,
+                                               progress=not args.no_progress)
+            chains = {record["patient_id"]: record["vqa_chain"] for record in records}
+            if totals is not None:
+                print(f"llm: {totals.summary()}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, UnknownMeshCode, RuntimeError) as error:
+        print(f"stepcot annotate-eval: {error}", file=sys.stderr)
+        return 1
+    results = evaluate(indexed, chains, min_class_count=args.min_class_count, num_bootstrap=args.bootstrap,
+                       seed=args.seed)
+    print(f"{len(reports)} reports; scored {len(indexed)} (left out: "
+          f"{len(reports) - len(indexed) - len(no_text)} 'No Indexing', {len(no_text)} without findings or "
+          f"impression text: {', '.join(no_text) or '-'}); backend "
+          f"{'annotations file' if args.annotations else args.backend}; 95% bootstrap CIs ({args.bootstrap} "
+          "resamples)")
+    print(format_results(results, args.min_class_count))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"reports": str(args.reports), "min_class_count": args.min_class_count,
+                                              "bootstrap": args.bootstrap, "seed": args.seed,
+                                              "results": _jsonable(results)}, indent=1) + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,197 @@
+"""Reading radiology reports (JSONL / CSV / JSON list) and writing / validating Step-CoT records.
+
+Records follow the release format the data layer reads: `patient_id`, `image_path`, `origin`, `report`,
+`vqa_chain` (seven dicts with `step`, `question`, `options`, `answer`, `reasoning`; the location step may carry
+`laterality`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS, NA_OPTION
+
+from .annotate_findings import LOCATION, NO_ANSWER
+
+ID_FIELDS = ("patient_id", "uid", "id", "study_id")
+IMAGE_FIELDS = ("image_path", "image", "images")
+LATERALITY_VALUES = (None, "left", "right", "bilateral")
+
+
+class ReportError(ValueError):
+    """A report row that cannot be annotated; the message names the file, row and field."""
+
+
+@dataclass
+class ReportRow:
+    """One input report, with where it came from (for error messages)."""
+
+    patient_id: str
+    findings: str
+    impression: str
+    image_path: str
+    origin: str
+    source: str  # "file:line"
+
+    @property
+    def text(self) -> str:
+        parts = []
+        if self.findings:
+            parts.append(f"FINDINGS: {self.findings}")
+        if self.impression:
+            parts.append(f"IMPRESSION: {self.impression}")
+        return "\n".join(parts)
+
+
+@dataclass
+class ReadResult:
+    rows: list[ReportRow] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"source", "reason", "row"} of each lenient skip
+
+
+def _raw_rows(path: Path):
+    """(line number, dict) pairs of a JSONL, JSON-list or CSV file."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            for line_number, row in enumerate(csv.DictReader(handle), start=2):
+                yield line_number, row
+    elif suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ReportError(f"{path}: a .json reports file must hold a list of objects, got {type(data).__name__}")
+        for index, row in enumerate(data):
+            yield index, row
+    elif suffix in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    yield line_number, ReportError(f"{path}:{line_number}: not valid JSON ({error.msg})")
+    else:
+        raise ReportError(f"{path}: unsupported reports file type {suffix!r}; use .jsonl, .json or .csv")
+
+
+def _text_field(row: dict, name: str, source: str) -> str:
+    value = row.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ReportError(f"{source}: field {name!r} must be text, got {type(value).__name__}")
+    return value.strip()
+
+
+def _parse_row(row, source: str, default_origin: str) -> ReportRow:
+    if isinstance(row, Exception):
+        raise row
+    if not isinstance(row, dict):
+        raise ReportError(f"{source}: expected an object, got {type(row).__name__}")
+    patient_id = next((str(row[name]).strip() for name in ID_FIELDS if row.get(name) not in (None, "")), "")
+    if not patient_id:
+        raise ReportError(f"{source}: no report id (one of the fields {', '.join(ID_FIELDS)})")
+    findings = _text_field(row, "findings", source)
+    impression = _text_field(row, "impression", source)
+    if not findings and not impression:
+        # A release record (or a one-field input) carries the whole text in `report`.
+        findings = _text_field(row, "report", source)
+    if not findings and not impression:
+        raise ReportError(f"{source} (id {patient_id}): empty report: fields 'findings', 'impression' and "
+                          "'report' are all missing or blank")
+    image = next((row[name] for name in IMAGE_FIELDS if row.get(name)), "")
+    if isinstance(image, list):
+        image = image[0] if image else ""
+    origin = _text_field(row, "origin", source) or default_origin
+    return ReportRow(patient_id, findings, impression, str(image), origin, source)
+
+
+def read_reports(path: str | Path, *, strict: bool = True, default_origin: str = "unknown") -> ReadResult:
+    """Read reports. Strict: the first bad row raises `ReportError`. Lenient: bad rows go to `skipped`.
+
+    Duplicate ids are an error too (records are keyed by `patient_id`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"reports file not found: {path}")
+    result = ReadResult()
+    seen: dict[str, str] = {}
+    for line_number, raw in _raw_rows(path):
+        source = f"{path}:{line_number}"
+        try:
+            row = _parse_row(raw, source, default_origin)
+            if row.patient_id in seen:
+                raise ReportError(f"{source}: duplicate report id {row.patient_id!r} (first at {seen[row.patient_id]})")
+        except ReportError as error:
+            if strict:
+                raise
+            result.skipped.append({"source": source, "reason": str(error),
+                                   "row": raw if isinstance(raw, dict) else None})
+            continue
+        seen[row.patient_id] = source
+        result.rows.append(row)
+    return result
+
+
+def make_record(row: ReportRow, chain: list[dict]) -> dict:
+    return {
+        "patient_id": row.patient_id,
+        "image_path": row.image_path,
+        "origin": row.origin,
+        "report": row.text,
+        "vqa_chain": chain,
+    }
+
+
+def validate_chain(chain, where: str) -> None:
+    """Check a `vqa_chain` against the step schema; raise ValueError naming `where` and the step/field."""
+    if not isinstance(chain, list) or len(chain) != len(DEFAULT_STEP_OPTIONS):
+        raise ValueError(f"{where}: 'vqa_chain' must be a list of {len(DEFAULT_STEP_OPTIONS)} steps, got "
+                         f"{len(chain) if isinstance(chain, list) else type(chain).__name__}")
+    for index, step in enumerate(chain):
+        label = f"{where}, step {index + 1}"
+        if not isinstance(step, dict):
+            raise ValueError(f"{label}: must be an object, got {type(step).__name__}")
+        missing = [key for key in ("step", "question", "options", "answer", "reasoning") if key not in step]
+        if missing:
+            raise ValueError(f"{label}: missing field(s) {missing}")
+        if step["step"] != f"Step {index + 1}":
+            raise ValueError(f"{label}: field 'step' is {step['step']!r}, expected 'Step {index + 1}'")
+        if step["question"] != DEFAULT_STEP_QUESTIONS[index]:
+            raise ValueError(f"{label}: field 'question' is {step['question']!r}, not the schema's question")
+        if step["options"] != DEFAULT_STEP_OPTIONS[index]:
+            raise ValueError(f"{label}: field 'options' is {step['options']!r}, not the schema's options")
+        allowed = set(DEFAULT_STEP_OPTIONS[index]) | {NO_ANSWER}
+        if step["answer"] not in allowed:
+            hint = " ('N/A' is not an option of this step)" if step["answer"] == NA_OPTION else ""
+            raise ValueError(f"{label}: field 'answer' {step['answer']!r} is not one of {sorted(allowed)}{hint}")
+        if not isinstance(step["reasoning"], str) or not step["reasoning"].strip():
+            raise ValueError(f"{label}: field 'reasoning' must be non-empty text")
+        if index == LOCATION and step.get("laterality") not in LATERALITY_VALUES:
+            raise ValueError(f"{label}: field 'laterality' {step.get('laterality')!r} is not one of "
+                             f"{LATERALITY_VALUES}")
+
+
+def validate_record(record, where: str = "record") -> None:
+    """Strict check of one output record against the release format and the configured step schema."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: must be an object, got {type(record).__name__}")
+    where = f"{where} (patient_id {record.get('patient_id')!r})"
+    for key in ("patient_id", "image_path", "origin", "report"):
+        if not isinstance(record.get(key), str):
+            raise ValueError(f"{where}: field {key!r} must be a string, got {type(record.get(key)).__name__}")
+    if not record["patient_id"] or not record["report"].strip():
+        raise ValueError(f"{where}: fields 'patient_id' and 'report' must not be empty")
+    validate_chain(record.get("vqa_chain"), where)
+
+
+def write_records(records: list[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)  # no half-written data.json if interrupted
