@@ -1,0 +1,245 @@
+"""Distillation losses against hand computations, and the Trainer subclass's mechanics (pre-training, learning
+rates, gradient accumulation, resume) on cached features."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import TrainingArguments
+
+from tiny_models import tiny_student, tiny_teacher
+from trainers.distillation import (
+    BestModelExportCallback,
+    StepCoTDistillationPair,
+    StepCoTDistillationTrainer,
+    build_pair_compute_metrics,
+)
+from trainers.feature_cache import EmbeddingDataset
+from trainers.losses import (
+    ch_loss,
+    distillation_losses,
+    hsic_weight,
+    inverse_frequency_class_weights,
+    kd_loss,
+)
+
+CLASSES = [4, 4, 6, 7, 5, 7, 9]
+
+
+def test_kd_loss_is_temperature_scaled_kl_batch_mean():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 4), torch.randn(5, 4)
+    T = 2.0
+    p_t = (teacher / T).softmax(-1).numpy()
+    p_s = (student / T).softmax(-1).numpy()
+    expected = (p_t * (np.log(p_t) - np.log(p_s))).sum(-1).mean() * T * T
+    assert math.isclose(kd_loss(student, teacher, T).item(), expected, rel_tol=1e-5)
+    assert kd_loss(teacher, teacher, T).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(student[:0], teacher[:0], T).item() == 0.0
+
+
+def _numpy_hsic(a, b):
+    n = a.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    return float(((h @ a @ h) * (h @ b @ h)).sum())
+
+
+def test_hsic_weight_matches_numpy_and_is_one_for_identical_structure():
+    torch.manual_seed(1)
+    t = torch.randn(6, 5).softmax(-1)
+    s = torch.randn(6, 5).softmax(-1)
+    kt, ks = (t @ t.T).numpy(), (s @ s.T).numpy()
+    expected = _numpy_hsic(kt, ks) / math.sqrt(_numpy_hsic(kt, kt) * _numpy_hsic(ks, ks))
+    assert hsic_weight(t, s).item() == pytest.approx(expected, rel=1e-4)
+    assert hsic_weight(t, t).item() == pytest.approx(1.0, rel=1e-5)
+    assert 0.0 <= hsic_weight(t, s).item() <= 1.0
+
+
+def test_ch_loss_is_weighted_kl_of_softened_features_and_needs_two_examples():
+    torch.manual_seed(2)
+    t, s = torch.randn(4, 8), torch.randn(4, 8, requires_grad=True)
+    T = 2.0
+    kt, ks = (t / T).softmax(-1), (s / T).softmax(-1)
+    weight = hsic_weight(kt, ks.detach())
+    kl = (kt * (kt.log() - ks.log())).sum(-1).mean()
+    assert ch_loss(t, s, T).item() == pytest.approx((weight * kl).item(), rel=1e-4)
+    assert ch_loss(t[:1], s[:1], T).item() == 0.0
+    ch_loss(t, s, T).backward()
+    assert s.grad is not None and torch.any(s.grad != 0)
+
+
+def test_distillation_losses_mask_missing_steps_and_never_train_the_teacher_through_kd():
+    torch.manual_seed(3)
+    teacher = [torch.randn(3, n, requires_grad=True) for n in CLASSES]
+    student = [torch.randn(3, n, requires_grad=True) for n in CLASSES]
+    teacher_relation = torch.randn(3, 16)
+    student_relation = torch.randn(3, 16, requires_grad=True)
+    labels = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [1, -100, 0, 0, 0, 0, 0], [2, -100, 1, 1, 1, 1, 1]])
+    labels[:, 3] = -100  # an all-missing step
+    terms = distillation_losses(teacher, student, labels, teacher_relation, student_relation,
+                                temperature=2.0, alpha_kd=0.5, alpha_ch=1.0)
+    assert all(torch.isfinite(v) for v in terms.values())
+    expected_kd = sum(
+        kd_loss(student[s][labels[:, s] != -100], teacher[s][labels[:, s] != -100], 2.0) for s in range(7)
+    )
+    assert terms["kd"].item() == pytest.approx(expected_kd.item(), rel=1e-5)
+    assert terms["student"].item() == pytest.approx(
+        (terms["student_ce"] + 0.5 * terms["kd"] + terms["ch"]).item(), rel=1e-6
+    )
+    terms["student"].backward()
+    assert all(t.grad is None for t in teacher)  # teacher targets are detached
+    assert student[3].grad is not None and torch.all(student[3].grad == 0)  # all-missing step: no signal
+    assert torch.any(student[0].grad != 0)
+
+
+def test_inverse_frequency_class_weights():
+    labels = torch.tensor([[0], [0], [0], [1], [-100]])
+    (weights,) = inverse_frequency_class_weights(labels, [3])
+    assert torch.allclose(weights, torch.tensor([4 / (3 * 3), 4 / (3 * 1), 1.0]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Trainer mechanics on cached features
+
+
+NO_DROPOUT = dict(image_projection_dropout=0.0, fusion_dropout=0.0, classifier_dropout=0.0, gat_attention_dropout=0.0)
+
+
+def make_pair(dropout=True):
+    teacher = tiny_teacher(seed=0, **({} if dropout else NO_DROPOUT))
+    student = tiny_student(seed=1, **({} if dropout else {"projection_dropout": 0.0}))
+    student.vision_encoder.load_state_dict(teacher.vision_encoder.state_dict())  # one shared frozen encoder
+    return StepCoTDistillationPair.from_models(teacher, student, relation_dim=16)
+
+
+def learnable_dataset(n=48, seed=0, missing=True):
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(n, 24, generator=generator)
+    labels = torch.stack([(embeds[:, s] > 0).long() + (embeds[:, s + 7] > 1).long() for s in range(7)], 1)
+    if missing:
+        labels[torch.rand(labels.shape, generator=generator) < 0.15] = -100
+    return EmbeddingDataset(embeds, labels)
+
+
+def trainer_for(pair, dataset, tmp_path, **overrides):
+    trainer_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in (
+        "teacher_pretrain_epochs", "alpha_ch", "alpha_kd", "teacher_learning_rate", "student_learning_rate",
+        "eval_dataset", "compute_metrics", "callbacks")}
+    args = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, report_to="none",
+        remove_unused_columns=False, label_names=["labels"], use_cpu=True, disable_tqdm=True, save_strategy="no",
+        logging_steps=1, seed=0, data_seed=0,
+    )
+    args.update(overrides)
+    trainer_kwargs.setdefault("teacher_pretrain_epochs", 0)
+    return StepCoTDistillationTrainer(model=pair, args=TrainingArguments(**args), train_dataset=dataset,
+                                      **trainer_kwargs)
+
+
+def _trainable_state(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_pair_runs_a_shared_frozen_encoder_once_and_refuses_ambiguous_embeddings():
+    pair = make_pair()
+    calls = []
+    pair.teacher.vision_encoder.register_forward_hook(lambda *a: calls.append("teacher"))
+    pair.student.vision_encoder.register_forward_hook(lambda *a: calls.append("student"))
+    pair(pixel_values=torch.randn(2, 3, 32, 32))
+    assert calls == ["teacher"]
+    different = StepCoTDistillationPair.from_models(tiny_teacher(seed=0), tiny_student(seed=5))
+    different(pixel_values=torch.randn(2, 3, 32, 32))  # each model encodes with its own encoder
+    with pytest.raises(ValueError, match="student_image_embeds"):
+        different(image_embeds=torch.randn(2, 24))
+
+
+def test_teacher_pretraining_leaves_the_student_untouched_then_trains_both(tmp_path):
+    pair = make_pair()
+    dataset = learnable_dataset(32)  # 4 batches of 8 per epoch
+    trainer = trainer_for(pair, dataset, tmp_path, teacher_pretrain_epochs=1, max_steps=4,
+                          teacher_learning_rate=1e-3, student_learning_rate=1e-3, weight_decay=0.1)
+    student_before, teacher_before = _trainable_state(pair.student), _trainable_state(pair.teacher)
+    trainer.train()
+    assert all(torch.equal(student_before[n], p) for n, p in _trainable_state(pair.student).items())
+    assert any(not torch.equal(teacher_before[n], p) for n, p in _trainable_state(pair.teacher).items())
+    pretraining_flags = [h["teacher_pretraining"] for h in trainer.state.log_history if "teacher_pretraining" in h]
+    assert pretraining_flags == [1.0] * 4 and all("kd" in h for h in trainer.state.log_history if "loss" in h)
+
+    trainer = trainer_for(pair, dataset, tmp_path / "next", teacher_pretrain_epochs=0, max_steps=2)
+    trainer.train()
+    assert any(not torch.equal(student_before[n], p) for n, p in _trainable_state(pair.student).items())
+
+
+def test_separate_learning_rates_per_model(tmp_path):
+    pair = make_pair()
+    trainer = trainer_for(pair, learnable_dataset(16), tmp_path, max_steps=1,
+                          teacher_learning_rate=5e-5, student_learning_rate=1e-4, lr_scheduler_type="constant")
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    rates = {(g["role"], round(g["lr"], 8)) for g in trainer.optimizer.param_groups}
+    assert rates == {("teacher", 5e-5), ("student", 1e-4)}
+    student_group_params = {id(p) for g in trainer.optimizer.param_groups if g["role"] == "student" for p in g["params"]}
+    assert id(pair.student_relation_projection.weight) in student_group_params
+    assert id(pair.teacher_relation_projection.weight) in student_group_params  # CH projections train with the student
+    frozen = {id(p) for p in pair.teacher.vision_encoder.parameters()}
+    assert not frozen & {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    dataset = learnable_dataset(8, missing=False)
+    results = []
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        pair = make_pair(dropout=False)
+        trainer = trainer_for(pair, dataset, tmp_path / f"ga{accumulation}", per_device_train_batch_size=batch_size,
+                              gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd",
+                              alpha_ch=0.0,  # CH relates examples within a batch: not additive over micro-batches
+                              teacher_learning_rate=0.1, student_learning_rate=0.1, max_grad_norm=0.0)
+        before = _trainable_state(pair)
+        trainer.train()
+        results.append({n: p - before[n] for n, p in _trainable_state(pair).items()})
+    largest = max(float(d.abs().max()) for d in results[0].values())
+    assert largest > 1e-3  # the step did something
+    for name, delta in results[0].items():
+        assert torch.allclose(delta, results[1][name], atol=1e-6, rtol=1e-4), name
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
+    dataset = learnable_dataset(32)
+    common = dict(max_steps=6, teacher_pretrain_epochs=1, teacher_learning_rate=1e-3, student_learning_rate=1e-3)
+
+    full = make_pair()
+    trainer_for(full, dataset, tmp_path / "full", **common).train()
+
+    interrupted = make_pair()
+    trainer_for(interrupted, dataset, tmp_path / "run", save_strategy="steps", save_steps=3, **common).train()
+    resumed = make_pair()  # a fresh process would rebuild the pair the same way
+    trainer_for(resumed, dataset, tmp_path / "run", save_strategy="steps", save_steps=3, **common).train(
+        resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3")
+    )
+    full_state, resumed_state = full.state_dict(), resumed.state_dict()
+    assert all(torch.allclose(full_state[k], resumed_state[k], atol=1e-6) for k in full_state)
+    assert not torch.allclose(full_state["student.step_heads.0.weight"], make_pair().state_dict()["student.step_heads.0.weight"])
+
+
+def test_short_run_learns_and_exports_best_models(tmp_path):
+    pair = make_pair()
+    dataset = learnable_dataset(192, seed=0)
+    held_out = learnable_dataset(64, seed=1)
+    trainer = trainer_for(pair, dataset, tmp_path, num_train_epochs=10, teacher_pretrain_epochs=2,
+                          eval_strategy="epoch", per_device_train_batch_size=16,
+                          teacher_learning_rate=3e-3, student_learning_rate=3e-2, eval_dataset=held_out,
+                          compute_metrics=build_pair_compute_metrics(CLASSES),
+                          callbacks=[BestModelExportCallback(str(tmp_path))])
+    trainer.train()
+    metrics = trainer.evaluate()
+    # labels depend on the embedding: a chance-level model would sit near the majority rate
+    majority = np.mean([
+        np.bincount(held_out.labels[:, s][held_out.labels[:, s] >= 0].numpy()).max()
+        / (held_out.labels[:, s] >= 0).sum().item()
+        for s in range(7)
+    ])
+    assert metrics["eval_teacher_mean_accuracy"] > majority + 0.1
+    assert metrics["eval_student_mean_accuracy"] > majority + 0.1
+    assert (tmp_path / "best" / "teacher" / "model.safetensors").is_file()
+    assert (tmp_path / "best" / "student" / "config.json").is_file()

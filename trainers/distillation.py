@@ -1,0 +1,331 @@
+"""Joint teacher/student training (paper App. D.5) as a `transformers.Trainer` subclass.
+
+`StepCoTDistillationPair` holds the teacher, the student and the two learnable CH projections in one
+`PreTrainedModel`, so checkpoints, resume, DDP and mixed precision come from the Trainer. One forward runs both
+models; the image is encoded once when teacher and student share the same frozen encoder, or not at all when
+the batch carries cached `image_embeds`.
+
+Deliberate difference from the reference loop: the KD/CH targets are the teacher's outputs of the same forward
+(detached) instead of a second teacher forward after the teacher's optimizer step. The teacher therefore lags the
+target by one optimizer step; in exchange each batch costs one teacher forward and the whole update is one
+backward pass that DDP can synchronise.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCallback
+from transformers.utils import ModelOutput
+
+from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
+
+from .losses import distillation_losses
+
+
+class StepCoTPairConfig(PreTrainedConfig):
+    r"""Teacher and student configs plus the width of the CH (channel/relation) projections (256 in the paper)."""
+
+    model_type = "stepcot_pair"
+    sub_configs_defaults = {"teacher_config": StepCoTConfig, "student_config": StepCoTStudentConfig}
+
+    teacher_config: dict | StepCoTConfig | None = None
+    student_config: dict | StepCoTStudentConfig | None = None
+    relation_dim: int = 256
+
+
+@dataclass
+class StepCoTPairOutput(ModelOutput):
+    r"""
+    teacher_logits / student_logits (`(batch, steps, max_classes)`): padded per-step logits.
+    teacher_step_logits / student_step_logits: the unpadded per-step logits.
+    teacher_relation / student_relation (`(batch, relation_dim)`): the CH projections of the image features
+        (teacher features detached first).
+    """
+
+    teacher_logits: torch.FloatTensor | None = None
+    student_logits: torch.FloatTensor | None = None
+    teacher_step_logits: tuple | None = None
+    student_step_logits: tuple | None = None
+    teacher_relation: torch.FloatTensor | None = None
+    student_relation: torch.FloatTensor | None = None
+
+
+class StepCoTDistillationPair(PreTrainedModel):
+    """Teacher + student + CH projections, trained together. Export each model with `pair.teacher.save_pretrained`."""
+
+    config: StepCoTPairConfig
+    base_model_prefix = "pair"
+    main_input_name = "pixel_values"
+    accepts_loss_kwargs = False  # the loss is computed by the trainer as a per-batch mean
+
+    def __init__(self, config: StepCoTPairConfig):
+        super().__init__(config)
+        self.teacher = StepCoTTeacher._from_config(config.teacher_config)
+        self.student = StepCoTStudent._from_config(config.student_config)
+        self.teacher_relation_projection = nn.Linear(config.teacher_config.hidden_size, config.relation_dim)
+        self.student_relation_projection = nn.Linear(config.student_config.hidden_size, config.relation_dim)
+        self._shares_image_encoder = None  # decided on first use, once the weights are loaded
+        self.post_init()
+
+    @classmethod
+    def from_models(cls, teacher: StepCoTTeacher, student: StepCoTStudent, relation_dim: int = 256):
+        """Start from two built (e.g. pretrained-encoder) models; their weights, buffers and freezing are kept."""
+        if teacher.config.step_options != student.config.step_options:
+            raise ValueError("Teacher and student must answer the same steps with the same options.")
+        pair = cls(StepCoTPairConfig(teacher_config=teacher.config, student_config=student.config,
+                                     relation_dim=relation_dim))
+        pair.teacher.load_state_dict(teacher.state_dict())
+        pair.student.load_state_dict(student.state_dict())
+        pair.teacher._apply_freezing()
+        pair.student._apply_freezing()
+        return pair
+
+    def shares_image_encoder(self) -> bool:
+        """True when teacher and student use the same frozen image encoder (same backbone and weights): then one
+        encoder pass (or one feature cache) serves both."""
+        if self._shares_image_encoder is None:
+            t, s = self.teacher, self.student
+            same = (
+                t.config.freeze_vision_encoder
+                and s.config.freeze_vision_encoder
+                and t.config.vision_backbone == s.config.vision_backbone
+                and t.config.image_size == s.config.image_size
+            )
+            if same:
+                t_params, s_params = list(t.vision_encoder.parameters()), list(s.vision_encoder.parameters())
+                same = len(t_params) == len(s_params) and all(
+                    a.shape == b.shape and torch.equal(a, b) for a, b in zip(t_params, s_params)
+                )
+            self._shares_image_encoder = bool(same)
+        return self._shares_image_encoder
+
+    def encode_images(self, pixel_values):
+        """(teacher image_embeds, student image_embeds); the encoder runs once when it is shared."""
+        teacher_embeds = self.teacher.encode_images(pixel_values)
+        if self.shares_image_encoder():
+            return teacher_embeds, teacher_embeds
+        return teacher_embeds, self.student.encode_images(pixel_values)
+
+    def forward(
+        self,
+        pixel_values=None,
+        labels=None,
+        image_embeds=None,
+        student_image_embeds=None,
+        question_input_ids=None,
+        question_attention_mask=None,
+    ) -> StepCoTPairOutput:
+        r"""
+        pixel_values (`(batch, 3, H, W)`), or cached `image_embeds` (teacher encoder) and `student_image_embeds`
+        (only needed when the student's encoder differs). `labels` are accepted for the Trainer's bookkeeping; the
+        loss itself is computed by [`StepCoTDistillationTrainer`].
+        """
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("Pass `pixel_values` or cached `image_embeds`.")
+            image_embeds, student_image_embeds = self.encode_images(pixel_values)
+        elif student_image_embeds is None:
+            if not self.shares_image_encoder():
+                raise ValueError(
+                    "Teacher and student use different image encoders: pass `student_image_embeds` too."
+                )
+            student_image_embeds = image_embeds
+        teacher = self.teacher(
+            image_embeds=image_embeds,
+            question_input_ids=question_input_ids,
+            question_attention_mask=question_attention_mask,
+        )
+        student = self.student(image_embeds=student_image_embeds)
+        return StepCoTPairOutput(
+            teacher_logits=teacher.logits,
+            student_logits=student.logits,
+            teacher_step_logits=teacher.step_logits,
+            student_step_logits=student.step_logits,
+            teacher_relation=self.teacher_relation_projection(teacher.image_features.detach()),
+            student_relation=self.student_relation_projection(student.image_features),
+        )
+
+
+class BestModelExportCallback(TrainerCallback):
+    """Keeps the best teacher and the best student *separately*, each by its mean validation accuracy over steps
+    (paper App. D.5), as `from_pretrained` folders under `output_dir/best/{teacher,student}`."""
+
+    def __init__(self, output_dir, metric="mean_accuracy"):
+        self.output_dir = output_dir
+        self.metric = metric
+        self.best = {"teacher": -math.inf, "student": -math.inf}
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not metrics or model is None:
+            return
+        for role in ("teacher", "student"):
+            value = metrics.get(f"eval_{role}_{self.metric}")
+            if value is None or not value > self.best[role]:
+                continue
+            self.best[role] = value
+            state.log_history.append({f"best_{role}_{self.metric}": value, "step": state.global_step})
+            if state.is_world_process_zero:
+                getattr(model, role).save_pretrained(os.path.join(self.output_dir, "best", role))
+
+
+class StepCoTDistillationTrainer(Trainer):
+    """`Trainer` whose `compute_loss` is the Step-CoT joint objective:
+
+    loss = teacher CE + [student CE + alpha_kd * KD + alpha_ch * CH]   (each summed over steps)
+
+    The bracket is switched off for the first `teacher_pretrain_epochs` epochs (teacher-only pre-training; the
+    student's learning rate is 0 then too). Teacher and student get separate learning rates through parameter
+    groups (defaults 5e-5 / 1e-4; the CH projections train with the student). Each term is logged separately.
+    """
+
+    loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by accumulation steps
+
+    def __init__(
+        self,
+        *args,
+        temperature: float = 2.0,
+        alpha_kd: float = 0.5,
+        alpha_ch: float = 1.0,
+        teacher_learning_rate: float = 5e-5,
+        student_learning_rate: float = 1e-4,
+        teacher_pretrain_epochs: int = 2,
+        class_weights=None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.temperature = temperature
+        self.alpha_kd = alpha_kd
+        self.alpha_ch = alpha_ch
+        self.teacher_learning_rate = teacher_learning_rate
+        self.student_learning_rate = student_learning_rate
+        self.teacher_pretrain_epochs = teacher_pretrain_epochs
+        self.class_weights = class_weights
+        self._teacher_pretrain_steps = None
+        self._term_sums = {}
+        self._term_count = 0
+
+    # -- schedule ------------------------------------------------------------------------------------------
+
+    def teacher_pretrain_steps(self) -> int:
+        if self._teacher_pretrain_steps is None:
+            batches = len(self.get_train_dataloader())
+            per_epoch = max(1, batches // self.args.gradient_accumulation_steps)
+            self._teacher_pretrain_steps = self.teacher_pretrain_epochs * per_epoch
+        return self._teacher_pretrain_steps
+
+    def in_teacher_pretraining(self) -> bool:
+        return self.model.training and self.state.global_step < self.teacher_pretrain_steps()
+
+    # -- optimisation --------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups = []
+        for role, lr in (("teacher", self.teacher_learning_rate), ("student", self.student_learning_rate)):
+            for with_decay in (True, False):
+                params = [
+                    p for n, p in model.named_parameters()
+                    if p.requires_grad and n.startswith("teacher.") == (role == "teacher") and (n in decay) == with_decay
+                ]
+                if params:
+                    groups.append({
+                        "params": params, "lr": lr, "role": role,
+                        "weight_decay": self.args.weight_decay if with_decay else 0.0,
+                    })
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The configured schedule for every group, with the student's groups held at 0 during pre-training."""
+        if self.lr_scheduler is None:
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            base = super().create_scheduler(num_training_steps, optimizer)
+            base_lambda = base.lr_lambdas[0] if hasattr(base, "lr_lambdas") else (lambda step: 1.0)
+            pretrain = self.teacher_pretrain_steps()
+
+            def student_lambda(step):
+                return 0.0 if step < pretrain else base_lambda(step)
+
+            lambdas = [base_lambda if g["role"] == "teacher" else student_lambda for g in optimizer.param_groups]
+            for group in optimizer.param_groups:  # undo the base scheduler's scaling before replacing it
+                group["lr"] = group["initial_lr"]
+            self.lr_scheduler = LambdaLR(optimizer, lambdas)
+        return self.lr_scheduler
+
+    # -- loss ----------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        outputs = model(**inputs)
+        class_weights = self.class_weights
+        terms = distillation_losses(
+            outputs.teacher_step_logits,
+            outputs.student_step_logits,
+            labels,
+            outputs.teacher_relation,
+            outputs.student_relation,
+            temperature=self.temperature,
+            alpha_kd=self.alpha_kd,
+            alpha_ch=self.alpha_ch,
+            class_weights=class_weights,
+        )
+        student_weight = 0.0 if self.in_teacher_pretraining() else 1.0
+        loss = terms["teacher_ce"] + student_weight * terms["student"]
+        if model.training:
+            terms["teacher_pretraining"] = torch.tensor(1.0 - student_weight)
+            for name in ("teacher_ce", "student_ce", "kd", "ch", "teacher_pretraining"):
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + terms[name].detach().float()
+            self._term_count += 1
+        if return_outputs:
+            return loss, {"loss": loss, "teacher_logits": outputs.teacher_logits,
+                          "student_logits": outputs.student_logits}
+        return loss
+
+    def log(self, logs, start_time=None):
+        if self._term_count and "loss" in logs:  # a training log: add the mean of each term since the last one
+            for name, total in self._term_sums.items():
+                mean = self.accelerator.reduce(total / self._term_count, reduction="mean")
+                logs[name] = round(float(mean), 4)
+            self._term_sums, self._term_count = {}, 0
+        super().log(logs, start_time)
+
+
+def build_pair_compute_metrics(num_classes_per_step, num_bootstrap=0):
+    """`compute_metrics` for the pair: EvalPrediction.predictions = (teacher_logits, student_logits).
+    Returns `teacher_step1_accuracy`, ..., `teacher_mean_accuracy`, `student_...`."""
+    import numpy as np
+
+    from .metrics import compute_step_metrics
+
+    def compute_metrics(eval_pred):
+        teacher_logits, student_logits = eval_pred.predictions[:2]
+        labels = np.asarray(eval_pred.label_ids)
+        result = {}
+        for role, logits in (("teacher", teacher_logits), ("student", student_logits)):
+            metrics = compute_step_metrics(
+                np.asarray(logits), labels, num_classes_per_step=num_classes_per_step,
+                scores="logits", num_bootstrap=num_bootstrap,
+            )
+            result.update({f"{role}_{k}": v for k, v in metrics.flat().items()})
+        return result
+
+    return compute_metrics
+
+
+__all__ = [
+    "BestModelExportCallback",
+    "StepCoTDistillationPair",
+    "StepCoTDistillationTrainer",
+    "StepCoTPairConfig",
+    "StepCoTPairOutput",
+    "build_pair_compute_metrics",
+]

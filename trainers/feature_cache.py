@@ -1,0 +1,77 @@
+"""Image-feature cache for training the heads on frozen encoders.
+
+A frozen encoder maps the same image to the same embedding in every epoch, so we run it once per dataset and
+train on the stored embeddings. Cache files are safetensors, keyed by the dataset's fingerprint and by the
+encoder's identity (backbone, input size and a digest of its weights), so a changed dataset, preprocessing or
+encoder never reads stale features.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+
+def encoder_fingerprint(model) -> str:
+    """Digest of a Step-CoT model's image encoder: backbone, input size and every weight."""
+    digest = hashlib.sha256()
+    digest.update(f"{model.config.vision_backbone}:{model.config.image_size}".encode())
+    for name, tensor in model.vision_encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(dataset_fingerprint: str, model, extra: dict | None = None) -> str:
+    payload = json.dumps({"data": dataset_fingerprint, "encoder": encoder_fingerprint(model), **(extra or {})},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_image_embeds(model, batches, total=None, device="cpu", description="image features"):
+    """Run the model's (frozen) image encoder over `batches` (an iterable of pixel_values tensors)."""
+    model = model.to(device).eval()
+    chunks = []
+    for pixel_values in tqdm(batches, total=total, desc=description, leave=False):
+        chunks.append(model.encode_images(pixel_values.to(device)).float().cpu())
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=None, device="cpu", extra=None):
+    """Embeddings from `cache_dir` when present for this dataset + encoder, else computed and stored."""
+    path = Path(cache_dir) / f"image_embeds-{cache_key(dataset_fingerprint, model, extra)}.safetensors"
+    if path.is_file():
+        return load_file(path)["image_embeds"], path, True
+    embeds = compute_image_embeds(model, batches, total=total, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"image_embeds": embeds.contiguous()}, path,
+              metadata={"dataset": dataset_fingerprint, "backbone": model.config.vision_backbone})
+    return embeds, path, False
+
+
+class EmbeddingDataset(Dataset):
+    """Rows of cached features + labels, ready for `default_data_collator` and the distillation pair."""
+
+    def __init__(self, image_embeds, labels, student_image_embeds=None):
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if image_embeds.shape[0] != labels.shape[0]:
+            raise ValueError(f"{image_embeds.shape[0]} embeddings but {labels.shape[0]} label rows.")
+        if student_image_embeds is not None and student_image_embeds.shape[0] != labels.shape[0]:
+            raise ValueError(f"{student_image_embeds.shape[0]} student embeddings but {labels.shape[0]} label rows.")
+        self.image_embeds = image_embeds
+        self.student_image_embeds = student_image_embeds
+        self.labels = labels
+
+    def __len__(self):
+        return self.labels.shape[0]
+
+    def __getitem__(self, index):
+        row = {"image_embeds": self.image_embeds[index], "labels": self.labels[index]}
+        if self.student_image_embeds is not None:
+            row["student_image_embeds"] = self.student_image_embeds[index]
+        return row

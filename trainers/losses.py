@@ -1,0 +1,98 @@
+"""Step-CoT distillation losses (paper App. D.4), per step over the examples whose label is present.
+
+- CE: `modeling_stepcot.masked_step_cross_entropy` (optionally inverse-frequency class weights).
+- KD: KL(softmax(t/T) || softmax(s/T)) * T^2, batch mean.
+- CH: teacher and student features projected to a common width, softmax over the feature dimension (temperature
+  T), Gram matrices K = F F^T, centred HSIC h(A, B) = sum((HAH) * (HBH)) with H = I - 11^T/n, weight
+  w = h(K_t, K_s) / sqrt(h(K_t, K_t) h(K_s, K_s)), CH = w * KL(k_t || k_s) batch mean. w is treated as a weight
+  (no gradient through it), so the student cannot lower the loss by making the two similarity structures differ.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from modeling_stepcot import masked_step_cross_entropy
+
+
+def kd_loss(student_logits, teacher_logits, temperature):
+    """Soft-label KD for one step: KL(teacher || student) on temperature-softened logits, times T^2, batch mean.
+    The teacher side is detached. An empty batch gives 0."""
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    teacher_log_probs = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def centred_hsic(gram_a, gram_b):
+    """h(A, B) = sum((H A H) * (H B H)) with H = I - 11^T / n."""
+    n = gram_a.shape[0]
+    centring = torch.eye(n, device=gram_a.device, dtype=gram_a.dtype) - 1.0 / n
+    return ((centring @ gram_a @ centring) * (centring @ gram_b @ centring)).sum()
+
+
+def hsic_weight(teacher_soft, student_soft, eps=1e-12):
+    """Alignment of the teacher's and student's inter-example similarity structures (CKA-like, in [0, 1])."""
+    gram_t = teacher_soft @ teacher_soft.T
+    gram_s = student_soft @ student_soft.T
+    denominator = torch.sqrt(centred_hsic(gram_t, gram_t) * centred_hsic(gram_s, gram_s))
+    if float(denominator) < eps:
+        return torch.zeros((), device=teacher_soft.device, dtype=teacher_soft.dtype)
+    return centred_hsic(gram_t, gram_s) / denominator
+
+
+def ch_loss(teacher_projected, student_projected, temperature):
+    """Channel/relation loss for one step on already projected features (n, d). Needs >= 2 examples, else 0."""
+    if teacher_projected.shape[0] < 2:
+        return student_projected.sum() * 0.0
+    teacher_soft = F.softmax(teacher_projected / temperature, dim=-1)
+    student_soft = F.softmax(student_projected / temperature, dim=-1)
+    weight = hsic_weight(teacher_soft.detach(), student_soft.detach())
+    kl = F.kl_div(torch.log(student_soft + 1e-12), teacher_soft, reduction="batchmean")
+    return weight * kl
+
+
+def inverse_frequency_class_weights(labels, num_classes_per_step):
+    """Per step, weight_c = n_valid / (n_classes * count_c) (sklearn's "balanced"); unseen classes get weight 1."""
+    weights = []
+    for step, num_classes in enumerate(num_classes_per_step):
+        column = labels[:, step]
+        column = column[column != -100]
+        counts = torch.bincount(column, minlength=num_classes).float()
+        weight = torch.where(counts > 0, column.numel() / (num_classes * counts.clamp(min=1)), torch.ones_like(counts))
+        weights.append(weight)
+    return weights
+
+
+def distillation_losses(
+    teacher_step_logits,
+    student_step_logits,
+    labels,
+    teacher_projected,
+    student_projected,
+    *,
+    temperature=2.0,
+    alpha_kd=0.5,
+    alpha_ch=1.0,
+    class_weights=None,
+):
+    """All loss terms of one batch. Returns a dict of scalars: `teacher_ce`, `student_ce`, `kd`, `ch` (each summed
+    over steps), and `student` = student_ce + alpha_kd * kd + alpha_ch * ch. Teacher logits are detached; the
+    caller projects *detached* teacher features, so CH trains both projections but never the teacher."""
+    teacher_ce = masked_step_cross_entropy(teacher_step_logits, labels, class_weights).sum()
+    student_ce = masked_step_cross_entropy(student_step_logits, labels, class_weights).sum()
+    kd_terms, ch_terms = [], []
+    for step, (teacher_logits, student_logits) in enumerate(zip(teacher_step_logits, student_step_logits)):
+        valid = labels[:, step] != -100
+        kd_terms.append(kd_loss(student_logits[valid], teacher_logits[valid], temperature))
+        ch_terms.append(ch_loss(teacher_projected[valid], student_projected[valid], temperature))
+    kd = torch.stack(kd_terms).sum()
+    ch = torch.stack(ch_terms).sum()
+    return {
+        "teacher_ce": teacher_ce,
+        "student_ce": student_ce,
+        "kd": kd,
+        "ch": ch,
+        "student": student_ce + alpha_kd * kd + alpha_ch * ch,
+    }
