@@ -35,11 +35,11 @@ FINDING_TERMS: list[tuple[str | None, str]] = [
     (None, r"(?:aortic|aorta|vascular|valvular|annular|costal cartilage|arterial|coronary|atherosclerotic)"
            r"(?: \w+)? calcifications?"),
     ("hydropneumothorax", r"hydropneumothora(?:x|ces)"),
-    ("pneumothorax", r"pneumothora(?:x|ces)"),
+    ("pneumothorax", r"pneumothora(?:x|ces)|pleural air"),
     ("calcified_granuloma", r"calcified (?:granulomas?|granulomata|nodules?|(?:hilar |mediastinal |lymph )+nodes?)"
                             r"|granulomatous (?:disease|sequela|sequelae|changes?|process|infection)"
                             r"|granulomas?|granulomata|calcifications?|calcific (?:densit(?:y|ies)|foci|focus)"),
-    ("mass", r"\bmass(?:es)?\b(?! effect)|\btumou?rs?\b|neoplasm|malignan(?:cy|t)"),
+    ("mass", r"\bmass(?:es)?\b(?! effect)|\btumou?rs?\b"),
     ("pneumonia", r"pneumonia|pneumonitis|infectious process|\binfection\b|bronchopneumonia"),
     ("effusion", r"(?:pleural )?effusions?|pleural fluid|hydrothorax"),
     ("atelectasis", r"atelecta(?:sis|ses|tic)|\bcollaps(?:e|ed)\b"),
@@ -71,7 +71,9 @@ _TERM_PATTERNS = [(kind, re.compile(pattern, re.I)) for kind, pattern in FINDING
 # NegEx-style cues. A pre-negation covers the rest of its clause ("no effusion, pneumothorax or consolidation");
 # a post-negation covers what precedes it in the clause ("the effusion has resolved").
 _PSEUDO_NEGATION = re.compile(r"\bno (?:significant |interval |substantial )?(?:change|increase|decrease)\b"
-                              r"|\bnot (?:only|necessarily)\b|\bwithout (?:significant )?change\b", re.I)
+                              r"|\bnot (?:only|necessarily)\b|\bwithout (?:significant )?change\b"
+                              r"|\b(?:almost|nearly|partially|incompletely|not (?:completely|fully))(?: \w+)? resolved\b",
+                              re.I)
 _PRE_NEGATION = re.compile(
     r"\b(?:no|not|without|negative for|free of|clear of|absence of|resolution of|resolved|removal of"
     r"|rather than|ruled out|nor)\b", re.I)
@@ -79,16 +81,16 @@ _POST_NEGATION = re.compile(
     r"\b(?:(?:is|are|was|were|has|have)(?: been)? (?:not|no longer) (?:seen|identified|present|visualized|"
     r"appreciated|demonstrated|evident|visible|noted)|(?:has|have)(?: since| now)? resolved|resolved|absent"
     r"|cleared|no longer (?:seen|present|visible))\b", re.I)
-# Hedges: a pre-cue covers what follows it in the clause, a post-cue what precedes it.
+# Hedges: a pre-cue covers what follows it in the clause, a post-cue what precedes it. "versus" hedges only what
+# follows it: the first-listed item of a differential is the favoured one.
 _PRE_UNCERTAIN = re.compile(
     r"\b(?:may|might|could|possibl[ey]|questionabl[ey]|question of|cannot (?:be )?(?:excluded?|ruled? out)"
     r"|can ?not (?:exclude|rule out)|can't (?:exclude|rule out)|difficult to exclude|concern(?:ing)? for"
     r"|suspicious (?:for|of)|versus|vs\.?|differential|equivocal|uncertain|indeterminate|perhaps|suspected"
-    r"|rule out)\b", re.I)
+    r"|rule out|exclude|evaluate for)\b", re.I)
 _POST_UNCERTAIN = re.compile(
     r"\b(?:(?:is|are) (?:not|difficult to be) excluded|(?:cannot|can not|can't) be (?:excluded|ruled out)"
-    r"|not (?:entirely |totally |completely )?excluded|is possible|are possible)\b|\?"
-    r"|^\W*(?:\w+\W+){0,2}?(?:versus|vs\b\.?)", re.I)  # "atelectasis versus pneumonia", not "opacity ... versus"
+    r"|not (?:entirely |totally |completely )?excluded|is possible|are possible)\b|\?", re.I)
 # A clause boundary ends the scope of a cue.
 _CLAUSE_END = re.compile(r"[;:]|\b(?:but|however|although|though|except|which|whereas|otherwise|while)\b"
                          r"|,\s*(?=(?:there|the|a|an|and there|with|likely|probably)\b)", re.I)
@@ -200,8 +202,10 @@ def find_mentions(sentence: str) -> list[Mention]:
             if kind is None:
                 continue
             clause_start, clause_end = _clause_bounds(sentence, start, end)
-            if kind in {"opacity", "calcified_granuloma"} and _NON_LUNG_CONTEXT.search(
-                    sentence[max(0, start - 30):start] + match.group(0) + sentence[end:end + 25]):
+            # An explicit "granuloma" / "nodule" is a lung finding even when it overlies a rib.
+            if kind in {"opacity", "calcified_granuloma"} and not re.search(r"granulom|nodul", match.group(0), re.I) \
+                    and _NON_LUNG_CONTEXT.search(
+                    sentence[max(0, start - 30):start] + match.group(0) + sentence[end:end + 40]):
                 continue
             status = _status(sentence, clause_start, clause_end, start, end)
             mentions.append(Mention(kind, status, start, end, sentence, sentence[clause_start:clause_end]))
@@ -214,6 +218,8 @@ def _describe(mention: Mention, alone_in_sentence: bool) -> Finding:
     _read_site(finding, window)
     if not finding.sides and not finding.zones and alone_in_sentence:
         _read_site(finding, mention.sentence)
+    if not finding.sides and finding.zones and re.search(r"\bbas(?:i?lar|al)\b", window, re.I):
+        finding.sides |= {LEFT, RIGHT}  # "basilar atelectasis" with no side means both bases
     if not finding.sides:
         # "Blunting of the right costophrenic angle, likely a small effusion": the nearest side word before
         # the term, within the sentence.
@@ -267,6 +273,7 @@ def _merge(findings: list[Finding]) -> list[Finding]:
 def extract_findings(report_text: str) -> list[Finding]:
     """All findings of a report (stated, hedged and negated), one per kind."""
     findings: list[Finding] = []
+    previous_generic: list[Finding] = []
     for sentence in split_sentences(report_text):
         mentions = find_mentions(sentence)
         lesion_mentions = [m for m in mentions if m.kind in FINDING_KINDS]
@@ -282,6 +289,14 @@ def extract_findings(report_text: str) -> list[Finding]:
                     finding.sides = finding.sides or set(opacity.sides)
                     finding.zones = finding.zones or set(opacity.zones)
             sentence_findings = [f for f in sentence_findings if f not in generic]
+        elif len(specific) == 1 and not generic and not specific[0].sides and not specific[0].zones and previous_generic:
+            # "Bandlike opacities in the right lung. Appearance suggests atelectasis.": the sentence names what
+            # the previous sentence's opacities are.
+            for opacity in previous_generic:
+                specific[0].sides |= opacity.sides
+                specific[0].zones |= opacity.zones
+                findings.remove(opacity)
+        previous_generic = [f for f in sentence_findings if f.kind in _GENERIC_KINDS and f.status != ABSENT]
         findings.extend(sentence_findings)
     return _merge(findings)
 
