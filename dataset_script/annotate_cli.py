@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("rules", "llm"), default="rules",
                         help="rules: offline, negation/uncertainty-aware extraction (default); llm: chat endpoint")
     parser.add_argument("--origin", default="unknown", help="'origin' of records whose input row has none")
+    parser.add_argument("--image-path-template",
+                        help="image_path of rows without one, e.g. 'images/{patient_id}.png' (records need an image)")
     parser.add_argument("--lenient", action="store_true",
                         help="skip bad reports (written to OUT.skipped.jsonl) instead of stopping at the first")
     parser.add_argument("--limit", type=int, help="annotate only the first N reports")
@@ -92,7 +94,8 @@ def annotate_rows(rows, backend: str, args: argparse.Namespace, *, strict: bool,
 def run(args: argparse.Namespace) -> int:
     strict = not args.lenient
     try:
-        read = read_reports(args.reports, strict=strict, default_origin=args.origin)
+        read = read_reports(args.reports, strict=strict, default_origin=args.origin,
+                            image_path_template=args.image_path_template)
         rows = read.rows[: args.limit] if args.limit else read.rows
         records, skipped, totals = annotate_rows(rows, args.backend, args, strict=strict,
                                                  progress=not args.no_progress)

@@ -261,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
             from .annotate_cli import annotate_rows
             from .annotate_io import ReportRow
 
-            rows = [ReportRow(r["uid"], r.get("findings") or "", r.get("impression") or "", "", "IU X-Ray",
+            rows = [ReportRow(r["uid"], r.get("findings") or "", r.get("impression") or "",
+                              (r.get("images") or [r["uid"]])[0], "IU X-Ray",
                               f"{args.reports} uid {r['uid']}") for r in indexed]
             records, _, totals = annotate_rows(rows, args.backend, args, strict=True,
                                                progress=not args.no_progress)

@@ -87,7 +87,7 @@ def _text_field(row: dict, name: str, source: str) -> str:
     return value.strip()
 
 
-def _parse_row(row, source: str, default_origin: str) -> ReportRow:
+def _parse_row(row, source: str, default_origin: str, image_path_template: str | None = None) -> ReportRow:
     if isinstance(row, Exception):
         raise row
     if not isinstance(row, dict):
@@ -106,11 +106,17 @@ def _parse_row(row, source: str, default_origin: str) -> ReportRow:
     image = next((row[name] for name in IMAGE_FIELDS if row.get(name)), "")
     if isinstance(image, list):
         image = image[0] if image else ""
+    if not image and image_path_template:
+        image = image_path_template.format(patient_id=patient_id)
+    if not image:
+        raise ReportError(f"{source} (id {patient_id}): no image (fields {', '.join(IMAGE_FIELDS)}); a Step-CoT "
+                          "record needs one: pass --image-path-template, e.g. 'images/{patient_id}.png'")
     origin = _text_field(row, "origin", source) or default_origin
     return ReportRow(patient_id, findings, impression, str(image), origin, source)
 
 
-def read_reports(path: str | Path, *, strict: bool = True, default_origin: str = "unknown") -> ReadResult:
+def read_reports(path: str | Path, *, strict: bool = True, default_origin: str = "unknown",
+                 image_path_template: str | None = None) -> ReadResult:
     """Read reports. Strict: the first bad row raises `ReportError`. Lenient: bad rows go to `skipped`.
 
     Duplicate ids are an error too (records are keyed by `patient_id`).
@@ -123,7 +129,7 @@ def read_reports(path: str | Path, *, strict: bool = True, default_origin: str =
     for line_number, raw in _raw_rows(path):
         source = f"{path}:{line_number}"
         try:
-            row = _parse_row(raw, source, default_origin)
+            row = _parse_row(raw, source, default_origin, image_path_template)
             if row.patient_id in seen:
                 raise ReportError(f"{source}: duplicate report id {row.patient_id!r} (first at {seen[row.patient_id]})")
         except ReportError as error:
@@ -177,7 +183,13 @@ def validate_chain(chain, where: str) -> None:
 
 
 def validate_record(record, where: str = "record") -> None:
-    """Strict check of one output record against the release format and the configured step schema."""
+    """Strict check of one output record: the data layer's own validation (`dataset_script.release`), then the
+    exact schema texts and the `laterality` key. Raises ValueError naming `where`, the record and the field."""
+    from .release import validate_record as release_validate_record
+
+    problems = release_validate_record(record)
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
     if not isinstance(record, dict):
         raise ValueError(f"{where}: must be an object, got {type(record).__name__}")
     where = f"{where} (patient_id {record.get('patient_id')!r})"
