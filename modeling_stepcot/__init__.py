@@ -6,7 +6,7 @@ trust_remote_code=True)` works without this package. Importing the package regis
 API for in-library use.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_stepcot import (
     DEFAULT_STEP_NAMES,
@@ -25,6 +25,7 @@ from .modeling_stepcot import (
     masked_step_cross_entropy,
     pad_step_logits,
 )
+from .processing_stepcot import StepCoTDataCollator, StepCoTProcessor
 
 AutoConfig.register(StepCoTConfig.model_type, StepCoTConfig, exist_ok=True)
 AutoConfig.register(StepCoTStudentConfig.model_type, StepCoTStudentConfig, exist_ok=True)
@@ -35,6 +36,9 @@ StepCoTConfig.register_for_auto_class()
 StepCoTStudentConfig.register_for_auto_class()
 StepCoTTeacher.register_for_auto_class("AutoModel")
 StepCoTStudent.register_for_auto_class("AutoModel")
+AutoProcessor.register(StepCoTConfig, StepCoTProcessor, exist_ok=True)
+AutoProcessor.register(StepCoTStudentConfig, StepCoTProcessor, exist_ok=True)
+StepCoTProcessor.register_for_auto_class()
 
 __all__ = [
     "DEFAULT_STEP_NAMES",
@@ -42,8 +46,10 @@ __all__ = [
     "DEFAULT_STEP_QUESTIONS",
     "NA_OPTION",
     "StepCoTConfig",
+    "StepCoTDataCollator",
     "StepCoTOutput",
     "StepCoTPreTrainedModel",
+    "StepCoTProcessor",
     "StepCoTSchemaConfig",
     "StepCoTStudent",
     "StepCoTStudentConfig",

@@ -1,0 +1,286 @@
+"""Hub layout of Step-CoT: Parquet shards + a dataset card, readable by `load_dataset(DIR)` and, once pushed,
+`load_dataset("fl-15o/Step-CoT")` (datasets 5.x has no loading scripts).
+
+    DIR/README.md                                card with YAML `configs` + `dataset_info`
+    DIR/data/{split}-00000-of-0000N.parquet      image bytes inlined, features in the Parquet schema
+    DIR/validation_report.json                   skipped records and notes (not uploaded)
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from pathlib import Path
+
+from datasets import Dataset, DatasetInfo, Features, Image, List, Value
+from datasets.info import DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, StepCoTSchemaConfig
+from modeling_stepcot.processing_stepcot import image_to_8bit
+
+from .demo import DEMO_ORIGIN
+from .release import SPLITS, StepCoTRelease, diagnosis_name
+
+DEFAULT_REPO_ID = "fl-15o/Step-CoT"
+MAX_SHARD_BYTES = 500 * 2**20  # as push_to_hub
+REPORT_NAME = "validation_report.json"
+UPLOAD_PATTERNS = ["README.md", "data/*.parquet"]
+
+
+def step_cot_features(num_steps: int = len(DEFAULT_STEP_NAMES)) -> Features:
+    """The dataset's features: image, ids, report text, the chain as a list of structs, and the label vector."""
+    return Features({
+        "image": Image(),
+        "patient_id": Value("string"),
+        "origin": Value("string"),
+        "report": Value("string"),
+        "vqa_chain": List({
+            "question": Value("string"),
+            "options": List(Value("string")),
+            "answer": Value("string"),
+            "reasoning": Value("string"),
+        }),
+        "labels": List(Value("int64"), length=num_steps),
+    })
+
+
+FEATURES = step_cot_features()
+
+
+def image_bytes(path) -> tuple[bytes, bool]:
+    """The file's bytes as stored (lossless), or an 8-bit PNG when the image is 16-bit / float.
+    Returns (bytes, converted)."""
+    from PIL import Image as PILImage
+
+    path = Path(path)
+    with PILImage.open(path) as image:
+        if not (image.mode.startswith("I") or image.mode == "F"):
+            return path.read_bytes(), False
+        buffer = io.BytesIO()
+        image_to_8bit(image).save(buffer, format="PNG")
+    return buffer.getvalue(), True
+
+
+def _row(record: dict) -> tuple[dict, bool]:
+    data, converted = image_bytes(record["resolved_image_path"])
+    name = Path(record["image_path"]).name
+    if converted:
+        name = str(Path(name).with_suffix(".png"))
+    row = {
+        "image": {"bytes": data, "path": name},
+        "patient_id": record["patient_id"],
+        "origin": record["origin"],
+        "report": record["report"],
+        "vqa_chain": record["vqa_chain"],
+        "labels": record["labels"],
+    }
+    return row, converted
+
+
+def _shard_plan(records: list[dict], max_shard_bytes: int) -> list[list[dict]]:
+    """Group records into shards of at most `max_shard_bytes` of image files (the bulk of the data)."""
+    shards, current, size = [], [], 0
+    for record in records:
+        nbytes = Path(record["resolved_image_path"]).stat().st_size
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(record)
+        size += nbytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+    """Write `release` as Parquet shards + dataset card into `out_dir`. Returns a summary dict."""
+    out_dir = Path(out_dir)
+    data_dir = out_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob("*.parquet"):  # a rebuild must not mix with old shards
+        stale.unlink()
+    features = step_cot_features(release.config.num_steps)
+    split_infos, converted, files = {}, 0, []
+    for split, records in release.splits.items():
+        shards = _shard_plan(records, max_shard_bytes)
+        num_bytes = 0
+        for shard_index, shard in enumerate(shards):
+            rows = []
+            for record in shard:
+                row, was_converted = _row(record)
+                converted += was_converted
+                rows.append(row)
+            dataset = Dataset.from_list(rows, features=features)
+            path = data_dir / f"{split}-{shard_index:05d}-of-{len(shards):05d}.parquet"
+            dataset.to_parquet(str(path))
+            num_bytes += dataset.data.nbytes
+            files.append(str(path.relative_to(out_dir)))
+        split_infos[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(records))
+    write_dataset_card(release, out_dir, features, split_infos)
+    release.write_report(out_dir / REPORT_NAME)
+    return {
+        "out_dir": str(out_dir),
+        "files": files,
+        "split_sizes": {split: info.num_examples for split, info in split_infos.items()},
+        "images_converted_to_8bit": converted,
+        "records_skipped": len(release.skipped),
+    }
+
+
+def build_hub_dataset(source, out_dir, strict: bool = True, seed: int = 0, config: StepCoTSchemaConfig | None = None,
+                      max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+    """Read the release folder `source` (validating it) and export it to `out_dir` in the Hub layout."""
+    started = time.perf_counter()
+    report_path = Path(out_dir) / REPORT_NAME
+    release = StepCoTRelease(source, config=config, strict=strict, seed=seed, report_path=report_path)
+    summary = export_hub_layout(release, out_dir, max_shard_bytes=max_shard_bytes)
+    summary["seconds"] = time.perf_counter() - started
+    summary["report"] = str(report_path)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dataset card
+# ---------------------------------------------------------------------------------------------------------------
+
+_SOURCE_LICENSES = {
+    "iu x-ray": "IU X-Ray (Open-i, Indiana University): CC BY-NC-ND 4.0",
+    "padchest": "PadChest-GR: research use under the BIMCV PadChest-GR data-use agreement",
+    "med-image-reports": "Med-Image-Reports (derived from Open-i): see its original terms (Open-i: CC BY-NC-ND 4.0)",
+}
+
+
+def _is_synthetic(release: StepCoTRelease) -> bool:
+    return bool(release.records) and all(r["origin"] == DEMO_ORIGIN for r in release.records)
+
+
+def _license_lines(origins: Counter, synthetic: bool) -> list[str]:
+    if synthetic:
+        return ["- Synthetic images and text generated by `stepcot data demo`; no patient data and no third-party "
+                "content. Use freely for tests and tutorials; it has no clinical meaning."]
+    lines = ["- Step-CoT annotations: the Step-CoT dataset card states no license. Treat them as **research-only**; "
+             "do not redistribute publicly."]
+    for origin in origins:
+        text = next((value for key, value in _SOURCE_LICENSES.items() if key in origin.lower()), None)
+        lines.append(f"- {origin}: " + (text.split(": ", 1)[1] if text else "terms of the original source (unknown "
+                                                                               "to this tool): check before use"))
+    return lines
+
+
+def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
+    synthetic = _is_synthetic(release)
+    config = release.config
+    origins = Counter(r["origin"] or "unknown" for r in release.records)
+    counts = release.diagnosis_counts()
+    diagnoses = sorted({d for split in counts.values() for d in split})
+    title = "Step-CoT: synthetic demo release" if synthetic else "Step-CoT: stepwise visual chain-of-thought for chest X-ray VQA"
+    lines = [f"# {title}", ""]
+    if synthetic:
+        lines += ["> **SYNTHETIC DATA.** Computer-generated chest-radiograph-like images whose lesions are drawn from "
+                  "each record's seven-step answers. Not real patients; for software tests, tutorials and smoke "
+                  "training only.", ""]
+    else:
+        lines += ["Frontal chest X-rays, each with a radiology report and a seven-step visual chain of thought "
+                  "(Detection -> Diagnosis) answered as multiple choice, from the Step-CoT release (arXiv "
+                  "2603.13878).", ""]
+    lines += ["## Usage", "", "```python", "from datasets import load_dataset",
+              f'ds = load_dataset("{DEFAULT_REPO_ID}")  # or load_dataset("path/to/this/folder")',
+              'ds["train"][0]["labels"]  # 7 option indices, -100 = missing', "```", "",
+              "## Source datasets", ""]
+    lines += [f"- {origin}: {count} records" for origin, count in origins.most_common()]
+    lines += ["", "## Licenses", ""] + _license_lines(origins, synthetic)
+    lines += ["", "## Label schema", "",
+              "`labels[i]` is the index of step i's answer in that record's `options` (the same order as "
+              "`vqa_chain[i].options`); `N/A` (clinically irrelevant, e.g. no lesion) is the last option of steps "
+              "2-6; -100 marks a missing answer.", "",
+              "| step | name | question | options |", "|---|---|---|---|"]
+    for step in range(config.num_steps):
+        options = " / ".join(f"{i}: {o}" for i, o in enumerate(config.step_options[step]))
+        lines.append(f"| {step + 1} | {config.step_names[step]} | {config.step_questions[step]} | {options} |")
+    lines += ["", "## Splits and diagnoses", "", f"Split source: {release.split_source}. Patients never cross "
+              "splits.", "", "| diagnosis | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
+    for diagnosis in diagnoses:
+        lines.append(f"| {diagnosis} | " + " | ".join(str(counts[s].get(diagnosis, 0)) for s in counts) + " |")
+    lines.append("| **total** | " + " | ".join(str(split_infos[s].num_examples) for s in counts) + " |")
+    lines += ["", "## Build", "",
+              f"Built by `stepcot data build` from {release.report['records_in_release']} release records: "
+              f"{release.report['records_kept']} kept, {release.report['records_skipped']} skipped (listed in "
+              f"`{REPORT_NAME}`, which is not uploaded). 16-bit images are stored as 8-bit PNG.", ""]
+    return "\n".join(lines)
+
+
+def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, split_infos: dict) -> Path:
+    """README.md with the YAML the Hub and `load_dataset` read (`configs`, `dataset_info`) and a readable body."""
+    synthetic = _is_synthetic(release)
+    card_data = DatasetCardData(
+        pretty_name="Step-CoT (synthetic demo)" if synthetic else "Step-CoT",
+        license="other",
+        license_name="synthetic-demo" if synthetic else "research-only",
+        language=["en"],
+        task_categories=["visual-question-answering", "image-classification"],
+        tags=["medical", "chest-x-ray", "chain-of-thought"] + (["synthetic"] if synthetic else []),
+        size_categories=[_size_category(len(release))],
+    )
+    ordered = {split: split_infos[split] for split in SPLITS if split in split_infos}
+    MetadataConfigs({"default": {"data_files": [{"split": s, "path": f"data/{s}-*"} for s in ordered]}}) \
+        .to_dataset_card_data(card_data)
+    splits = SplitDict(dataset_name="step-cot")
+    for split_info in ordered.values():
+        splits.add(split_info)
+    info = DatasetInfo(features=features, splits=splits)
+    info.dataset_size = sum(s.num_bytes for s in ordered.values())
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{_card_body(release, ordered)}")
+    path = Path(out_dir) / "README.md"
+    card.save(path)
+    return path
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return name
+    return "100K<n<1M"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Push
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def push_to_hub(folder, repo_id: str = DEFAULT_REPO_ID, private: bool = True, token=None,
+                commit_message: str | None = None, api=None):
+    """Upload a built folder (card + Parquet shards only) to a dataset repo; creates the repo if needed.
+    Private by default: Step-CoT states no license, so a public copy needs the owner's permission."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "README.md").is_file() or not list((folder / "data").glob("*.parquet")):
+        raise FileNotFoundError(f"{folder} is not a built dataset (needs README.md and data/*.parquet); "
+                                "run `stepcot data build` first")
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    return api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="dataset",
+        allow_patterns=UPLOAD_PATTERNS,
+        delete_patterns=["data/*.parquet"],  # shards of an older build must not linger next to the new ones
+        commit_message=commit_message or "Upload Step-CoT dataset (stepcot data push)",
+    )
+
+
+__all__ = [
+    "DEFAULT_REPO_ID",
+    "FEATURES",
+    "build_hub_dataset",
+    "export_hub_layout",
+    "image_bytes",
+    "push_to_hub",
+    "step_cot_features",
+    "write_dataset_card",
+]

@@ -1,0 +1,220 @@
+"""Step-CoT processor: chest X-ray images -> `pixel_values`, step questions -> tokens, and a batch collator.
+
+This file ships inside checkpoints (remote code): it imports only torch, transformers, PIL, numpy and its sibling
+`configuration_stepcot`.
+
+    >>> processor = StepCoTProcessor.from_model_config(model.config, tokenizer)
+    >>> train = load_dataset("fl-15o/Step-CoT", split="train").with_transform(processor.dataset_transform)
+    >>> loader = DataLoader(train, batch_size=32, collate_fn=StepCoTDataCollator(processor), num_workers=2)
+    >>> model(**next(iter(loader)))
+"""
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from .configuration_stepcot import DEFAULT_STEP_QUESTIONS
+
+IGNORE_INDEX = -100
+# Input normalisation of each image encoder: CLIP's own statistics; ImageNet statistics for EfficientNet-Lite0.
+BACKBONE_MEAN_STD = {
+    "clip": (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)),
+    "efficientnet_lite0": (list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)),
+}
+
+
+def image_to_8bit(image) -> Image.Image:
+    """An 8-bit PIL image ("L" or "RGB") from a PIL image or array of any depth.
+
+    16-bit / 32-bit / float grayscale (common for X-rays) is windowed to its own min-max range; alpha is dropped
+    (X-ray PNGs carry an opaque alpha channel); palette, 1-bit and CMYK images are converted.
+    """
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.dtype == np.uint8:
+            return Image.fromarray(array[..., :3] if array.ndim == 3 else array)
+        return Image.fromarray(_window_to_uint8(array[..., :3] if array.ndim == 3 else array))
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or numpy array, got {type(image).__name__}")
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_window_to_uint8(np.asarray(image)))
+    if mode == "LA":
+        return image.getchannel("L")
+    if mode in ("1", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa"):
+        converted = image.convert("RGB")
+        return converted
+    raise ValueError(f"unsupported image mode {mode!r}")
+
+
+def _window_to_uint8(array: np.ndarray) -> np.ndarray:
+    array = array.astype(np.float32)
+    low, high = float(array.min()), float(array.max())
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def image_to_rgb(image, size: int | None = None) -> Image.Image:
+    """8-bit RGB, shrunk cheaply towards `size` first when the image is much larger (decoding a 2,000 px JPEG at
+    reduced scale and box-reducing are several times faster than resizing the full image)."""
+    if isinstance(image, Image.Image) and size is not None and image.format == "JPEG" and image.mode in ("L", "RGB"):
+        image.draft(image.mode, (2 * size, 2 * size))
+    image = image_to_8bit(image)
+    if size is not None:
+        factor = min(image.size) // (2 * size)
+        if factor >= 2:
+            image = image.reduce(factor)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class StepCoTProcessor(ProcessorMixin):
+    r"""
+    Image processor + tokenizer + the seven step questions of a Step-CoT model.
+
+    Images (grayscale, 16-bit, RGBA...) become 8-bit RGB, resized to the model's `image_size` (whole image, no
+    crop: lung edges matter) and normalised with the backbone's mean/std. The step questions are tokenized to
+    `question_max_length` tokens, exactly as the teacher's stored question buffers.
+
+    Args:
+        image_processor (`CLIPImageProcessor`): resize + rescale + normalise.
+        tokenizer (`PreTrainedTokenizerBase`): the teacher's question tokenizer (BERT family).
+        step_questions (`list[str]`, *optional*): default `DEFAULT_STEP_QUESTIONS`.
+        question_max_length (`int`): token length of the questions (the teacher's `question_max_length`).
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, step_questions=None, question_max_length=128, **kwargs):
+        self.step_questions = list(step_questions or DEFAULT_STEP_QUESTIONS)
+        self.question_max_length = int(question_max_length)
+        self._question_tokens = None
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_model_config(cls, config, tokenizer, **kwargs):
+        """The processor matching a teacher or student config: its image size, backbone normalisation, questions."""
+        from transformers import CLIPImageProcessor  # imported here: importing it logs a torchvision notice
+
+        size = int(config.image_size)
+        mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
+        image_processor = CLIPImageProcessor(
+            do_resize=True,
+            size={"height": size, "width": size},
+            do_center_crop=False,
+            crop_size={"height": size, "width": size},
+            do_normalize=True,
+            image_mean=mean,
+            image_std=std,
+            do_convert_rgb=True,
+        )
+        return cls(
+            image_processor,
+            tokenizer,
+            step_questions=list(config.step_questions),
+            question_max_length=getattr(config, "question_max_length", 128),
+            **kwargs,
+        )
+
+    @property
+    def image_size(self) -> int:
+        size = self.image_processor.size
+        return int(size["height"]) if "height" in size else int(size["shortest_edge"])
+
+    @property
+    def model_input_names(self):
+        return ["pixel_values", "question_input_ids", "question_attention_mask"]
+
+    # -- images ------------------------------------------------------------------------------------------------
+
+    def preprocess_images(self, images) -> torch.Tensor:
+        """(B, 3, image_size, image_size) float32 from one image or a list (PIL images or arrays)."""
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
+        size = self.image_size
+        rgb = [image_to_rgb(image, size) for image in images]
+        return self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+
+    # -- questions ---------------------------------------------------------------------------------------------
+
+    def question_tokens(self) -> dict:
+        """`question_input_ids` / `question_attention_mask`, each (num_steps, question_max_length) long."""
+        if self._question_tokens is None:
+            tokens = self.tokenizer(
+                self.step_questions,
+                padding="max_length",
+                truncation=True,
+                max_length=self.question_max_length,
+                return_tensors="pt",
+            )
+            self._question_tokens = {
+                "question_input_ids": tokens["input_ids"].long(),
+                "question_attention_mask": tokens["attention_mask"].long(),
+            }
+        return {key: value.clone() for key, value in self._question_tokens.items()}
+
+    # -- call --------------------------------------------------------------------------------------------------
+
+    def __call__(self, images=None, text=None, return_questions=False, return_tensors="pt", **kwargs):
+        """`images` -> `pixel_values`; `text` -> `input_ids`/`attention_mask` (tokenizer kwargs pass through);
+        `return_questions=True` adds the step question tokens."""
+        if images is None and text is None and not return_questions:
+            raise ValueError("Pass `images`, `text` or `return_questions=True`.")
+        data = {}
+        if images is not None:
+            data["pixel_values"] = self.preprocess_images(images)
+        if text is not None:
+            data.update(self.tokenizer(text, return_tensors="pt", **kwargs))
+        if return_questions:
+            data.update(self.question_tokens())
+        return BatchFeature(data=data, tensor_type=None if return_tensors == "pt" else return_tensors)
+
+    def dataset_transform(self, batch: dict) -> dict:
+        """For `datasets.Dataset.with_transform`: decodes and preprocesses images lazily, per accessed batch.
+        Keeps `labels`; drops the text columns (the model does not read them)."""
+        if "image" not in batch:
+            raise KeyError(f"the dataset has no 'image' column (columns: {list(batch)})")
+        out = {"pixel_values": self.preprocess_images(list(batch["image"]))}
+        if "labels" in batch:
+            out["labels"] = torch.as_tensor(np.asarray(batch["labels"], dtype=np.int64))
+        return out
+
+
+class StepCoTDataCollator:
+    """Batches examples into the model's inputs.
+
+    Examples may be preprocessed (`pixel_values` from `processor.dataset_transform`) or raw (`image`, PIL, as a
+    `datasets` row); `labels` (7 ints, -100 = missing) become a (B, 7) long tensor. The step question tokens,
+    (7, L), are shared by the batch (`include_questions=False` leaves them out, e.g. for the student).
+    """
+
+    def __init__(self, processor: StepCoTProcessor, include_questions: bool = True):
+        self.processor = processor
+        self.include_questions = include_questions
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if not examples:
+            raise ValueError("cannot collate an empty batch")
+        if "pixel_values" in examples[0]:
+            pixel_values = torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])
+        elif "image" in examples[0]:
+            pixel_values = self.processor.preprocess_images([example["image"] for example in examples])
+        else:
+            raise KeyError(f"examples need 'pixel_values' or 'image', got keys {sorted(examples[0])}")
+        batch = {"pixel_values": pixel_values.float()}
+        if "labels" in examples[0]:
+            labels = torch.stack([torch.as_tensor(example["labels"], dtype=torch.long) for example in examples])
+            if labels.dim() != 2:
+                raise ValueError(f"labels must be one list of step labels per example, got shape {tuple(labels.shape)}")
+            batch["labels"] = labels
+        if self.include_questions:
+            batch.update(self.processor.question_tokens())
+        return batch
+
+
+__all__ = ["BACKBONE_MEAN_STD", "StepCoTDataCollator", "StepCoTProcessor", "image_to_8bit", "image_to_rgb"]
