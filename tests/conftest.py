@@ -1,0 +1,27 @@
+"""Shared pytest fixtures (keep this small and generic; module-specific helpers live in their test files)."""
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_release_dir(tmp_path_factory):
+    """A small synthetic Step-CoT release (60 records, 64 px) in the release layout; read-only for tests:
+    copy it (`shutil.copytree`) before changing anything."""
+    from dataset_script.demo import write_demo_release
+
+    folder = tmp_path_factory.mktemp("demo_release")
+    write_demo_release(folder, n=60, seed=0, image_size=64)
+    return folder
+
+
+@pytest.fixture
+def shared_data_dir():
+    """`../shared/data` (real images for tests); skips when this checkout has no `../shared` next to it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (a fresh clone has no ../shared)")
+    return SHARED_DATA
