@@ -1,0 +1,229 @@
+"""`stepcot eval`: run a saved Step-CoT model on a dataset split and write metrics, tables and plots.
+
+    stepcot eval --model runs/best/teacher --dataset step_cot_hub --split test --out reports/teacher
+
+writes into OUT: metrics.json (every number with its definition and bootstrap CI), metrics.md (the paper's
+Table 8/9 layout), step_metrics.png, confusion_matrices.png and predictions.npz (per-step logits and labels, so
+metrics can be recomputed without the model). Several OUT folders compare with `stepcot report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from trainers.metrics import compute_step_metrics
+from trainers.report import write_report
+
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+PREDICTIONS_FILENAME = "predictions.npz"
+
+
+def model_display_name(config) -> str:
+    """"Teacher" / "Student", with the paper's ablation names ("w/o Memory", "w/o Text")."""
+    if config.model_type == "stepcot_student":
+        return "Student"
+    ablations = [name for flag, name in (("use_memory", "w/o Memory"), ("use_text", "w/o Text"))
+                 if not getattr(config, flag, True)]
+    return "Teacher " + ", ".join(ablations) if ablations else "Teacher"
+
+
+class ImagePreprocessor:
+    """`images -> pixel_values` for a model: its saved processor when the checkpoint has one, otherwise the same
+    resize/normalisation built from the model config.
+
+    The fallback exists because `StepCoTProcessor` requires a tokenizer, which a student (and a teacher whose
+    question tokens are stored in its buffers) does not need for inference. It mirrors
+    `StepCoTProcessor.from_model_config`'s image settings; a test checks that both give identical pixels.
+    """
+
+    def __init__(self, model_dir, config):
+        self.source = "model config"
+        self._processor = None
+        try:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(model_dir)
+            self.source = "saved processor"
+        except (OSError, ValueError, TypeError, KeyError):
+            from transformers import CLIPImageProcessor
+
+            from modeling_stepcot.processing_stepcot import BACKBONE_MEAN_STD
+
+            size = int(config.image_size)
+            mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
+            self._image_processor = CLIPImageProcessor(
+                do_resize=True, size={"height": size, "width": size}, do_center_crop=False,
+                crop_size={"height": size, "width": size}, do_normalize=True, image_mean=mean, image_std=std,
+                do_convert_rgb=True,
+            )
+            self._size = size
+
+    def __call__(self, images):
+        if self._processor is not None:
+            return self._processor.preprocess_images(images)
+        from modeling_stepcot.processing_stepcot import image_to_rgb
+
+        rgb = [image_to_rgb(image, self._size) for image in images]
+        return self._image_processor(rgb, return_tensors="pt")["pixel_values"]
+
+
+def load_split(dataset: str, split: str, max_examples: int | None = None):
+    """A `datasets` split from a local folder (`stepcot data build` output) or a Hub dataset id."""
+    from datasets import load_dataset
+
+    path = Path(dataset)
+    if path.is_dir() and (path / "data.json").is_file() and not (path / "data").is_dir():
+        raise ValueError(f"{dataset} is a release folder; build the Hub layout first: "
+                         f"`stepcot data build --source {dataset} --out DIR`, then evaluate on DIR.")
+    split = SPLIT_ALIASES.get(split, split)
+    try:
+        data = load_dataset(dataset, split=split)
+    except ValueError as error:  # datasets says "Unknown split ..." and lists the splits
+        raise ValueError(f"cannot load split {split!r} of {dataset}: {error}") from error
+    for column in ("image", "labels"):
+        if column not in data.column_names:
+            raise ValueError(f"{dataset} split {split!r} has no {column!r} column (columns: {data.column_names}).")
+    if max_examples is not None:
+        data = data.select(range(min(max_examples, len(data))))
+    return data, split
+
+
+def dataset_step_options(data, config) -> tuple[list[list[str]], list[str]]:
+    """The option texts that the labels index, taken from the records' `vqa_chain` (most common list per step), and
+    notes where they differ from the model's config. A different class count is an error: labels would be misread."""
+    if "vqa_chain" not in data.column_names:
+        return [list(options) for options in config.step_options], ["dataset has no vqa_chain: option names from the model config"]
+    per_step = [Counter() for _ in range(config.num_steps)]
+    for chain in data.select_columns(["vqa_chain"])["vqa_chain"]:
+        for step, entry in enumerate(chain[: config.num_steps]):
+            per_step[step][tuple(entry["options"])] += 1
+    options, notes = [], []
+    for step, counter in enumerate(per_step):
+        model_options = list(config.step_options[step])
+        if not counter:
+            options.append(model_options)
+            continue
+        (most_common, _), variants = counter.most_common(1)[0], len(counter)
+        if len(most_common) != len(model_options):
+            raise ValueError(f"Step {step + 1} ({config.step_names[step]!r}) has {len(most_common)} options in the "
+                             f"dataset but {len(model_options)} classes in the model: {list(most_common)}.")
+        if variants > 1:
+            notes.append(f"step {step + 1}: {variants} different option lists in the dataset; names from the most common")
+        if [o.lower() for o in most_common] != [o.lower() for o in model_options]:
+            notes.append(f"step {step + 1}: dataset options {list(most_common)} differ from the model's {model_options}")
+        options.append(list(most_common))
+    return options, notes
+
+
+def predict(model, data, preprocess, batch_size: int, device: str):
+    """Per-step logits (list of (N, C_s) float arrays) and labels (N, S)."""
+    import torch
+
+    step_logits, labels = None, []
+    model.to(device).eval()
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            batch = data[start : start + batch_size]
+            pixel_values = preprocess(list(batch["image"])).to(device)
+            output = model(pixel_values=pixel_values)
+            arrays = [logits.float().cpu().numpy() for logits in output.step_logits]
+            step_logits = [[a] for a in arrays] if step_logits is None else [s + [a] for s, a in zip(step_logits, arrays)]
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    if step_logits is None:
+        raise ValueError("the split is empty: nothing to evaluate.")
+    return [np.concatenate(parts) for parts in step_logits], np.concatenate(labels)
+
+
+def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_bootstrap=1000, confidence_level=0.95,
+             seed=0, name=None, device=None, max_examples=None, plots=True):
+    """Evaluate a saved model on a split; writes the report into `out` (if given) and returns the metrics."""
+    import torch
+    from transformers import AutoModel
+
+    import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
+
+    started = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModel.from_pretrained(model_dir)
+    config = model.config
+    data, split = load_split(dataset, split, max_examples)
+    step_options, notes = dataset_step_options(data, config)
+    preprocess = ImagePreprocessor(model_dir, config)
+    logits, labels = predict(model, data, preprocess, batch_size, device)
+    name = name or model_display_name(config)
+    result = compute_step_metrics(
+        logits,
+        labels,
+        step_names=list(config.step_names),
+        step_options=step_options,
+        scores="logits",
+        num_bootstrap=num_bootstrap,
+        confidence_level=confidence_level,
+        seed=seed,
+        metadata={
+            "model": name,
+            "model_path": str(model_dir),
+            "model_type": config.model_type,
+            "dataset": str(dataset),
+            "split": split,
+            "max_examples": max_examples,
+            "image_preprocessing": preprocess.source,
+            "notes": notes,
+        },
+    )
+    result.metadata["seconds"] = round(time.perf_counter() - started, 2)  # model loading, inference, bootstrap
+    if out is not None:
+        out = Path(out)
+        write_report(result, out, model_name=name, plots=plots)
+        np.savez_compressed(out / PREDICTIONS_FILENAME, labels=labels,
+                            **{f"step{index + 1}_logits": step for index, step in enumerate(logits)})
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
+    parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json, tables and plots")
+    parser.add_argument("--name", default=None, help="model name in the tables (default: Teacher / Student / ablation)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = evaluate(args.model, args.dataset, split=args.split, out=args.out, batch_size=args.batch_size,
+                          num_bootstrap=args.num_bootstrap, confidence_level=args.confidence, seed=args.seed,
+                          name=args.name, device=args.device, max_examples=args.max_examples,
+                          plots=not args.no_plots)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"stepcot eval: error: {error}", file=sys.stderr)
+        return 1
+    for note in result.metadata.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    mean = result.mean
+    print(f"{result.metadata['model']} on {result.metadata['split']} ({result.num_examples} examples): "
+          f"mean accuracy {100 * mean['accuracy'].value:.1f}%, mean AUC {100 * mean['auc'].value:.1f}%; "
+          f"report in {args.out} ({result.metadata['seconds']} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stepcot eval", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
