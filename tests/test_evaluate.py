@@ -34,7 +34,7 @@ def _test_split(hub_dataset):
 
 
 def test_eval_command_writes_a_report_that_matches_a_hand_run_forward(hub_dataset, saved_teacher, tmp_path):
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoTokenizer
 
     from modeling_stepcot import StepCoTProcessor
     from trainers.offline_encoders import offline_text_encoder_path
@@ -52,9 +52,8 @@ def test_eval_command_writes_a_report_that_matches_a_hand_run_forward(hub_datase
     # Independent path: the data layer's processor (with a real tokenizer) and a plain forward pass.
     test = _test_split(hub_dataset)
     model = AutoModel.from_pretrained(saved_teacher).eval()
-    from transformers import AutoTokenizer
-
-    processor = StepCoTProcessor.from_model_config(model.config, AutoTokenizer.from_pretrained(offline_text_encoder_path()))
+    tokenizer = AutoTokenizer.from_pretrained(offline_text_encoder_path())
+    processor = StepCoTProcessor.from_model_config(model.config, tokenizer)
     with torch.no_grad():
         logits = model(pixel_values=processor.preprocess_images(list(test["image"]))).step_logits
     labels = np.asarray(test["labels"])

@@ -15,7 +15,8 @@ STEP_NAMES = ["Detection", "Lesion distribution", "Diagnosis"]
 STEP_OPTIONS = [
     ["No abnormality", "Increased opacity", "Decreased opacity", "Mixed"],
     ["Focal", "Multifocal", "Diffuse", "N/A"],
-    ["Normal", "Nodule", "Atelectasis", "Infiltration", "Effusion", "Pneumonia", "Cardiomegaly", "Mass", "Pneumothorax"],
+    ["Normal", "Nodule", "Atelectasis", "Infiltration", "Effusion", "Pneumonia", "Cardiomegaly", "Mass",
+     "Pneumothorax"],
 ]
 CELL = re.compile(r"^(?P<value>\d+\.\d) \[(?P<low>\d+\.\d), (?P<high>\d+\.\d)\]$")
 

@@ -98,7 +98,8 @@ def dataset_step_options(data, config) -> tuple[list[list[str]], list[str]]:
     """The option texts that the labels index, taken from the records' `vqa_chain` (most common list per step), and
     notes where they differ from the model's config. A different class count is an error: labels would be misread."""
     if "vqa_chain" not in data.column_names:
-        return [list(options) for options in config.step_options], ["dataset has no vqa_chain: option names from the model config"]
+        model_options = [list(options) for options in config.step_options]
+        return model_options, ["dataset has no vqa_chain: option names from the model config"]
     per_step = [Counter() for _ in range(config.num_steps)]
     for chain in data.select_columns(["vqa_chain"])["vqa_chain"]:
         for step, entry in enumerate(chain[: config.num_steps]):
@@ -114,9 +115,11 @@ def dataset_step_options(data, config) -> tuple[list[list[str]], list[str]]:
             raise ValueError(f"Step {step + 1} ({config.step_names[step]!r}) has {len(most_common)} options in the "
                              f"dataset but {len(model_options)} classes in the model: {list(most_common)}.")
         if variants > 1:
-            notes.append(f"step {step + 1}: {variants} different option lists in the dataset; names from the most common")
+            notes.append(f"step {step + 1}: {variants} different option lists in the dataset; "
+                         "names from the most common")
         if [o.lower() for o in most_common] != [o.lower() for o in model_options]:
-            notes.append(f"step {step + 1}: dataset options {list(most_common)} differ from the model's {model_options}")
+            notes.append(f"step {step + 1}: dataset options {list(most_common)} differ from the model's "
+                         f"{model_options}")
         options.append(list(most_common))
     return options, notes
 
@@ -125,19 +128,19 @@ def predict(model, data, preprocess, batch_size: int, device: str):
     """Per-step logits (list of (N, C_s) float arrays) and labels (N, S)."""
     import torch
 
-    step_logits, labels = None, []
+    batch_logits, labels = [], []
     model.to(device).eval()
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             batch = data[start : start + batch_size]
             pixel_values = preprocess(list(batch["image"])).to(device)
             output = model(pixel_values=pixel_values)
-            arrays = [logits.float().cpu().numpy() for logits in output.step_logits]
-            step_logits = [[a] for a in arrays] if step_logits is None else [s + [a] for s, a in zip(step_logits, arrays)]
+            batch_logits.append([logits.float().cpu().numpy() for logits in output.step_logits])
             labels.append(np.asarray(batch["labels"], dtype=np.int64))
-    if step_logits is None:
+    if not batch_logits:
         raise ValueError("the split is empty: nothing to evaluate.")
-    return [np.concatenate(parts) for parts in step_logits], np.concatenate(labels)
+    num_steps = len(batch_logits[0])
+    return [np.concatenate([b[s] for b in batch_logits]) for s in range(num_steps)], np.concatenate(labels)
 
 
 def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_bootstrap=1000, confidence_level=0.95,

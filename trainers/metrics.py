@@ -279,7 +279,8 @@ def to_step_probabilities(
         padded = np.asarray(predictions, dtype=np.float64)
         if padded.ndim != 3:
             raise ValueError(
-                f"predictions must be a padded (N, S, C_max) array or a list of (N, C_s) arrays, got shape {padded.shape}."
+                "predictions must be a padded (N, S, C_max) array or a list of (N, C_s) arrays, "
+                f"got shape {padded.shape}."
             )
         if num_classes_per_step is None:
             num_classes_per_step = infer_num_classes(padded)
@@ -383,7 +384,8 @@ def weighted_step_metrics(probabilities: np.ndarray, labels: np.ndarray, weights
     with np.errstate(invalid="ignore", divide="ignore"):
         accuracy = np.where(total > 0, true_positive.sum(axis=1) / np.maximum(total, 1e-300), np.nan)
         recall = true_positive / np.where(present, support, 1.0)
-        precision = np.where(predicted_count > 0, true_positive / np.where(predicted_count > 0, predicted_count, 1), 0.0)
+        predicted_at_all = predicted_count > 0
+        precision = np.where(predicted_at_all, true_positive / np.where(predicted_at_all, predicted_count, 1), 0.0)
         f1 = np.where(present, 2 * true_positive / np.maximum(support + predicted_count, 1e-300), 0.0)
         negatives = total[:, None] - support
         true_negative = negatives - (predicted_count - true_positive)
@@ -478,7 +480,8 @@ def compute_step_metrics(
     )
     if len(step_names) != num_steps or len(step_options) != num_steps:
         raise ValueError(
-            f"step_names ({len(step_names)}) and step_options ({len(step_options)}) need one entry per step ({num_steps})."
+            f"step_names ({len(step_names)}) and step_options ({len(step_options)}) need one entry per step "
+            f"({num_steps})."
         )
     for name, options, count in zip(step_names, step_options, num_classes_per_step):
         if len(options) != count:
