@@ -117,7 +117,9 @@ def sample_findings(diagnosis: str, rng: np.random.Generator) -> list[str]:
         return ["Increased opacity", distribution, "Consolidation", location, "Ill-defined", "None"]
     if diagnosis == "Infiltration":
         distribution = _choice(rng, ["Multifocal", "Diffuse"])
-        location = "Multiple zones" if distribution == "Diffuse" else _choice(rng, ["Multiple zones", "Lower lung zone"])
+        location = (
+            "Multiple zones" if distribution == "Diffuse" else _choice(rng, ["Multiple zones", "Lower lung zone"])
+        )
         morphology = _choice(rng, ["Ill-defined", "Linear/Band-like"], [0.7, 0.3])
         return ["Increased opacity", distribution, "Interstitial", location, morphology, "None"]
     if diagnosis == "Atelectasis":
@@ -185,7 +187,7 @@ def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.rand
     """An 8-bit (size, size) chest-radiograph-like image showing the findings of `answers` at `sites`."""
     x, y = _grid(size)
     pixel = 1.0 / size
-    detection, distribution, pattern, _, morphology, secondary = answers[:6]
+    pattern, secondary = answers[2], answers[5]
     cx = 0.5 + rng.normal(0, 0.015)
     half_width = rng.uniform(0.36, 0.41)
     base = rng.uniform(0.74, 0.8)  # diaphragm level
@@ -253,7 +255,8 @@ def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.rand
     density = np.maximum(density, 0.55 * abdomen)
 
     # Lesions behind the heart are partly hidden by it, as on a real frontal film.
-    density += _draw_lesions(x, y, pixel, answers, sites, lungs, lung_masks, rng) * (1 - 0.7 * np.maximum(heart, mediastinum))
+    lesions = _draw_lesions(x, y, pixel, answers, sites, lungs, lung_masks, rng)
+    density += lesions * (1 - 0.7 * np.maximum(heart, mediastinum))
     if secondary == "Pleural effusion":
         for (side,) in sites:
             lung = lungs[side]
@@ -273,7 +276,7 @@ def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.rand
 
 def _draw_lesions(x, y, pixel, answers, sites, lungs, lung_masks, rng) -> np.ndarray:
     """Added density of the parenchymal findings (pattern step 3, margin step 5) at the given sites."""
-    detection, distribution, pattern, location, morphology, _ = answers[:6]
+    _, distribution, pattern, _, morphology, _ = answers[:6]
     added = np.zeros((y.shape[0], x.shape[1]), dtype=np.float32)
     if pattern == NA_OPTION:
         return added
@@ -288,8 +291,9 @@ def _draw_lesions(x, y, pixel, answers, sites, lungs, lung_masks, rng) -> np.nda
                 added += 0.5 * _sigmoid((radius - distance) / pixel)
             else:  # mass: large with spiculated margin
                 angle = np.arctan2(y - cy, x - cx)
-                radius = rng.uniform(0.085, 0.11) * (1 + 0.12 * np.cos(3 * angle + rng.uniform(0, 6.3))
-                                                     + 0.1 * np.maximum(np.cos(11 * angle + rng.uniform(0, 6.3)), 0) ** 4 * 3)
+                lobes = 0.12 * np.cos(3 * angle + rng.uniform(0, 6.3))
+                spikes = 0.3 * np.maximum(np.cos(11 * angle + rng.uniform(0, 6.3)), 0) ** 4
+                radius = rng.uniform(0.085, 0.11) * (1 + lobes + spikes)
                 added += 0.5 * _sigmoid((radius - distance) / (1.5 * pixel))
         elif pattern in ("Consolidation", "Cavity"):
             patch = np.zeros_like(added)
@@ -412,7 +416,9 @@ def write_demo_release(out_dir, n: int = 1200, seed: int = 0, image_size: int = 
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(i, seed, image_size, pid, dx, study, str(out_dir)) for i, (pid, dx, study) in enumerate(_plan(n, seed))]
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # fork: workers need only numpy and PIL, and skip re-importing the package (seconds under spawn).
+        context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(context).Pool(workers) as pool:
             records = pool.map(_render_one, jobs, chunksize=64)
     else:
         records = [_render_one(job) for job in jobs]

@@ -23,7 +23,7 @@ from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, StepCoTSc
 from modeling_stepcot.processing_stepcot import image_to_8bit
 
 from .demo import DEMO_ORIGIN
-from .release import SPLITS, StepCoTRelease, diagnosis_name
+from .release import SPLITS, StepCoTRelease
 
 DEFAULT_REPO_ID = "fl-15o/Step-CoT"
 MAX_SHARD_BYTES = 500 * 2**20  # as push_to_hub
@@ -177,7 +177,8 @@ def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
     origins = Counter(r["origin"] or "unknown" for r in release.records)
     counts = release.diagnosis_counts()
     diagnoses = sorted({d for split in counts.values() for d in split})
-    title = "Step-CoT: synthetic demo release" if synthetic else "Step-CoT: stepwise visual chain-of-thought for chest X-ray VQA"
+    title = "Step-CoT: " + ("synthetic demo release" if synthetic
+                            else "stepwise visual chain-of-thought for chest X-ray VQA")
     lines = [f"# {title}", ""]
     if synthetic:
         lines += ["> **SYNTHETIC DATA.** Computer-generated chest-radiograph-like images whose lesions are drawn from "

@@ -407,7 +407,9 @@ def read_split_file(path, patient_ids: set[str], image_paths: set[str]) -> tuple
             if share > best[0]:
                 best = (share, kind, values)
     if best[0] < 0.5:
-        raise StepCoTDataError(f"{path.name}: no patient_id or image_path column found (columns: {list(frame.columns)})")
+        raise StepCoTDataError(
+            f"{path.name}: no patient_id or image_path column found (columns: {list(frame.columns)})"
+        )
     values = [v for v in best[2] if v in patient_ids or v in image_paths or Path(v).name in
               {Path(p).name for p in image_paths}]
     return best[1], values

@@ -49,8 +49,7 @@ def image_to_8bit(image) -> Image.Image:
     if mode == "LA":
         return image.getchannel("L")
     if mode in ("1", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa"):
-        converted = image.convert("RGB")
-        return converted
+        return image.convert("RGB")
     raise ValueError(f"unsupported image mode {mode!r}")
 
 

@@ -112,7 +112,8 @@ def test_build_shards_and_converts_16_bit_images(demo_release_dir, tmp_path):
     shards = sorted(p.name for p in (out / "data").glob("train-*.parquet"))
     assert len(shards) > 1 and all(name.endswith(f"-of-{len(shards):05d}.parquet") for name in shards)
     dataset = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
-    stored = [row["image"] for split in dataset.values() for row in split.cast_column("image", ImageFeature(decode=False))
+    undecoded = [split.cast_column("image", ImageFeature(decode=False)) for split in dataset.values()]
+    stored = [row["image"] for split in undecoded for row in split
               if row["image"]["path"] == first["image_path"].split("/")[-1]]
     assert len(stored) == 1
     image = Image.open(io.BytesIO(stored[0]["bytes"]))
