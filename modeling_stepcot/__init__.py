@@ -7,6 +7,7 @@ API for in-library use.
 """
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_stepcot import (
     DEFAULT_STEP_NAMES,
@@ -26,6 +27,7 @@ from .modeling_stepcot import (
     pad_step_logits,
 )
 from .processing_stepcot import StepCoTDataCollator, StepCoTProcessor
+from .pipeline_stepcot import TASK as PIPELINE_TASK, StepCoTVQAPipeline
 
 AutoConfig.register(StepCoTConfig.model_type, StepCoTConfig, exist_ok=True)
 AutoConfig.register(StepCoTStudentConfig.model_type, StepCoTStudentConfig, exist_ok=True)
@@ -39,6 +41,9 @@ StepCoTStudent.register_for_auto_class("AutoModel")
 AutoProcessor.register(StepCoTConfig, StepCoTProcessor, exist_ok=True)
 AutoProcessor.register(StepCoTStudentConfig, StepCoTProcessor, exist_ok=True)
 StepCoTProcessor.register_for_auto_class()
+# `pipeline("stepcot-vqa", model=DIR)`; checkpoints can also carry it as remote code (custom_pipelines).
+if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
+    PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=StepCoTVQAPipeline, pt_model=AutoModel, type="image")
 
 __all__ = [
     "DEFAULT_STEP_NAMES",
@@ -54,6 +59,7 @@ __all__ = [
     "StepCoTStudent",
     "StepCoTStudentConfig",
     "StepCoTTeacher",
+    "StepCoTVQAPipeline",
     "masked_step_cross_entropy",
     "pad_step_logits",
 ]

@@ -1,0 +1,289 @@
+"""`transformers` pipeline for Step-CoT: chest X-ray image(s) in, the seven answered steps out, with calibrated
+probabilities, a readable chain, consistency flags and (optionally) one Grad-CAM map per step.
+
+    >>> from transformers import pipeline
+    >>> import modeling_stepcot                                  # registers the "stepcot-vqa" task
+    >>> vqa = pipeline("stepcot-vqa", model="outputs/demo/student", device="cpu")
+    >>> result = vqa("chest.png", maps=True, consistent=True)
+    >>> result["chain"]
+    'Detection: Decreased opacity → Lesion distribution: Focal → ... → Diagnosis: Pneumothorax'
+
+A checkpoint that carries `custom_pipelines` in its config.json (see `trainers.predict.add_pipeline_to_checkpoint`)
+loads without this package: `pipeline(model=DIR_OR_REPO, trust_remote_code=True)`.
+
+This file ships inside checkpoints (remote code): it imports only torch, numpy, PIL, transformers and its siblings.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from transformers import Pipeline
+
+from .chain_stepcot import ChainChecker
+from .configuration_stepcot import NA_OPTION
+from .processing_stepcot import BACKBONE_MEAN_STD, image_to_rgb
+
+TASK = "stepcot-vqa"
+UNCALIBRATED = "softmax (uncalibrated)"
+CHAIN_SEPARATOR = " → "
+
+
+def is_stepcot_config(config) -> bool:
+    return str(getattr(config, "model_type", "")).startswith("stepcot") and hasattr(config, "step_options")
+
+
+def step_temperatures(config) -> tuple[list[float], str]:
+    """Per-step softmax temperatures stored by `trainers.calibration.calibrate` in `config.calibration`, and the
+    name of the method; all 1.0 ("softmax (uncalibrated)") when the model was never calibrated."""
+    calibration = getattr(config, "calibration", None)
+    if isinstance(calibration, dict) and calibration.get("method") == "temperature":
+        temperatures = [float(t) for t in calibration["temperatures"]]
+        if len(temperatures) != config.num_steps or min(temperatures) <= 0:
+            raise ValueError(f"config.calibration has invalid temperatures {temperatures} "
+                             f"(need {config.num_steps} positive values)")
+        split = calibration.get("split")
+        return temperatures, "temperature scaling" + (f" (fitted on {split})" if split else "")
+    return [1.0] * config.num_steps, UNCALIBRATED
+
+
+def format_chain(step_names, answers) -> str:
+    """'Detection: Decreased opacity → Lesion distribution: Focal → … → Diagnosis: Pneumothorax'."""
+    return CHAIN_SEPARATOR.join(f"{name}: {answer}" for name, answer in zip(step_names, answers))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grad-CAM on the vision encoder's spatial grid
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _identity(tensor):
+    return tensor
+
+
+def _patch_tokens_to_grid(tokens):
+    """(B, 1 + h*w, C) CLIP tokens -> (B, C, h, w) patch grid (CLS dropped)."""
+    patches = tokens[:, 1:]
+    side = int(round(patches.shape[1] ** 0.5))
+    return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], side, side)
+
+
+def encode_with_grid(model, pixel_values):
+    """(pooled embedding, activation, to_grid): the pooled embedding is computed *from* `activation`, so gradients
+    of any step score reach it, and `to_grid` turns the activation (or its gradient) into a (B, C, h, w) grid.
+
+    EfficientNet: the encoder's own grid (its pooled output is the grid's mean). CLIP: the tokens entering the
+    last transformer layer; the last layer's own patch outputs are not used by CLIP's image embedding (it reads the
+    CLS token only), so their gradient would be zero."""
+    if model.config.vision_backbone == "clip":
+        outputs = model.vision_encoder.model(pixel_values=pixel_values, output_hidden_states=True)
+        return outputs.image_embeds, outputs.hidden_states[-2], _patch_tokens_to_grid
+    pooled, grid = model.vision_encoder(pixel_values)
+    return pooled, grid, _identity
+
+
+def stepwise_grad_cam(model, pixel_values, target_labels=None):
+    """Grad-CAM (Selvaraju et al.) of every step on the encoder grid: per step, the channel weights are the spatial
+    mean of d(logit of the target answer)/d(grid); the map is ReLU(sum_c weight_c * grid_c), scaled to [0, 1] per
+    map (all zeros when nothing is positive).
+
+    Works with frozen encoders: the pixels are marked as requiring grad so that autograd records the encoder.
+    Returns (step_logits, maps (B, steps, h, w)); `target_labels` (B, steps) defaults to the predicted answers.
+    """
+    pixel_values = pixel_values.detach().requires_grad_(True)
+    with torch.enable_grad():
+        pooled, activation, to_grid = encode_with_grid(model, pixel_values)
+        step_logits = model(image_embeds=pooled).step_logits
+        grid = to_grid(activation)
+        maps = []
+        for step, logits in enumerate(step_logits):
+            target = logits.argmax(-1) if target_labels is None else target_labels[:, step].to(logits.device)
+            score = logits.gather(1, target[:, None]).sum()  # samples are independent in eval mode
+            (gradient,) = torch.autograd.grad(score, activation, retain_graph=step < len(step_logits) - 1)
+            weights = to_grid(gradient).mean(dim=(2, 3), keepdim=True)
+            maps.append(F.relu((weights * grid).sum(1)).detach())
+    maps = torch.stack(maps, 1).float()  # (B, steps, h, w)
+    peak = maps.flatten(2).amax(-1)[..., None, None]
+    maps = torch.where(peak > 0, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
+    return tuple(logits.detach() for logits in step_logits), maps
+
+
+def upsample_maps(maps, size) -> np.ndarray:
+    """(steps, h, w) maps -> (steps, H, W) float32 in [0, 1], bilinear. The processor resizes the whole image (no
+    crop), so the grid covers the image exactly."""
+    height, width = int(size[0]), int(size[1])
+    out = np.empty((maps.shape[0], height, width), dtype=np.float32)
+    for step in range(maps.shape[0]):  # one step at a time keeps peak memory low for large radiographs
+        resized = F.interpolate(maps[step][None, None].float(), size=(height, width), mode="bilinear",
+                                align_corners=False)
+        out[step] = resized[0, 0].clamp_(0, 1).numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _image_processor_from_config(config):
+    """The image half of `StepCoTProcessor.from_model_config` (the students' saved processor may be absent, and
+    the full processor needs a tokenizer)."""
+    from transformers import CLIPImageProcessor
+
+    size = int(config.image_size)
+    mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
+    return CLIPImageProcessor(do_resize=True, size={"height": size, "width": size}, do_center_crop=False,
+                              crop_size={"height": size, "width": size}, do_normalize=True, image_mean=mean,
+                              image_std=std, do_convert_rgb=True)
+
+
+def load_image(image):
+    """A PIL image (not yet decoded, so JPEG draft mode can still apply) from a path, PIL image or array, with a
+    clear error for missing, unreadable or non-image files."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            return Image.open(path)
+        except UnidentifiedImageError as error:
+            raise ValueError(f"{path} is not a readable image file ({error})") from None
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+            raise ValueError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {image.shape}")
+        return image
+    raise TypeError(f"expected an image path, PIL image or numpy array, got {type(image).__name__}")
+
+
+class StepCoTVQAPipeline(Pipeline):
+    """Answers the seven Step-CoT steps for chest X-ray images with a Step-CoT teacher or student.
+
+    Call arguments:
+        images: a path, PIL image or numpy array, or a list of them (returns a list).
+        maps (`bool`, default False): add `maps`, a (steps, H, W) float32 array in [0, 1] at the image's size:
+            per step, Grad-CAM on the vision encoder's grid for the predicted answer.
+        consistent (`bool`, default False): also decode the most probable chain that breaks no consistency rule
+            (exact search; `ChainChecker`). The per-step predictions are kept; changed steps are flagged.
+        batch_size (`int`): images per forward pass.
+
+    Each result is a dict: `steps` (per step: `step`, `name`, `question`, `answer`, `label`, `score`,
+    `probabilities` {option: p}, `is_na`, and with `consistent=True`: `consistent_answer`, `consistent_label`,
+    `changed`), `chain` (one readable line), `violations` (broken consistency rules), `is_consistent`,
+    `probability_method`, `image_size` (H, W), and with `consistent=True`: `consistent_chain`, `changed_steps`.
+    """
+
+    _load_processor = None  # the checkpoint's saved StepCoTProcessor when present (optional)
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, model, *args, image_processor=None, processor=None, **kwargs):
+        config = getattr(model, "config", None)
+        if not is_stepcot_config(config) or not hasattr(model, "vision_encoder"):
+            raise ValueError(f"the {TASK} pipeline needs a Step-CoT teacher or student; got a "
+                             f"{type(model).__name__} (model_type {getattr(config, 'model_type', None)!r})")
+        if image_processor is None:
+            image_processor = getattr(processor, "image_processor", None) or _image_processor_from_config(config)
+        # The tokenizer of a saved processor is not needed (question tokens live in the model's buffers).
+        super().__init__(model, *args, image_processor=image_processor, **kwargs)
+        self.model.eval()
+        self.checker = ChainChecker.from_config(config)
+        self.temperatures, self.probability_method = step_temperatures(config)
+
+    def _sanitize_parameters(self, maps=None, consistent=None, **unused):
+        if unused:
+            raise TypeError(f"unexpected arguments for the {TASK} pipeline: {sorted(unused)}")
+        forward, postprocess = {}, {}
+        if maps is not None:
+            forward["maps"] = bool(maps)
+        if consistent is not None:
+            postprocess["consistent"] = bool(consistent)
+        return {}, forward, postprocess
+
+    def preprocess(self, image):
+        image = load_image(image)
+        if isinstance(image, np.ndarray):
+            height, width = image.shape[:2]
+        else:
+            width, height = image.size  # from the header, before any draft-mode decoding
+        size = int(self.model.config.image_size)
+        try:
+            rgb = image_to_rgb(image, size)
+        except OSError as error:  # truncated or corrupt data surfaces only when decoding
+            name = getattr(image, "filename", "") or "the image"
+            raise ValueError(f"{name} could not be decoded ({error})") from None
+        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "image_size": torch.tensor([[height, width]])}
+
+    def _forward(self, model_inputs, maps=False):
+        pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
+        outputs = {"image_size": model_inputs["image_size"]}
+        if maps:
+            step_logits, grid_maps = stepwise_grad_cam(self.model, pixel_values)
+            outputs["maps"] = grid_maps
+        else:
+            step_logits = self.model(pixel_values=pixel_values).step_logits
+        width = max(logits.shape[-1] for logits in step_logits)
+        # Padded with NaN (never a valid logit) so postprocess can cut each step back to its own options.
+        outputs["logits"] = torch.stack(
+            [F.pad(logits.float(), (0, width - logits.shape[-1]), value=float("nan")) for logits in step_logits], 1
+        )
+        return outputs
+
+    def postprocess(self, model_outputs, consistent=False):
+        config = self.model.config
+        logits = model_outputs["logits"][0]
+        steps, log_probs, labels = [], [], []
+        for step, options in enumerate(config.step_options):
+            step_logits = logits[step, : len(options)].double() / self.temperatures[step]
+            step_log_probs = torch.log_softmax(step_logits, -1)
+            probabilities = step_log_probs.exp()
+            label = int(probabilities.argmax())
+            log_probs.append(step_log_probs.numpy())
+            labels.append(label)
+            steps.append({
+                "step": step + 1,
+                "name": config.step_names[step],
+                "question": config.step_questions[step],
+                "answer": options[label],
+                "label": label,
+                "score": float(probabilities[label]),
+                "probabilities": {option: float(p) for option, p in zip(options, probabilities)},
+                "is_na": options[label] == NA_OPTION,
+            })
+        violations = self.checker.violations(labels)
+        result = {
+            "steps": steps,
+            "chain": format_chain(config.step_names, [s["answer"] for s in steps]),
+            "is_consistent": not violations,
+            "violations": violations,
+            "probability_method": self.probability_method,
+            "image_size": tuple(int(v) for v in model_outputs["image_size"][0]),
+        }
+        if consistent:
+            best, _ = self.checker.most_probable_consistent(log_probs)
+            for step, label in enumerate(best):
+                options = config.step_options[step]
+                steps[step].update(consistent_answer=options[label], consistent_label=label,
+                                   changed=label != labels[step])
+            result["consistent_chain"] = format_chain(config.step_names, [s["consistent_answer"] for s in steps])
+            result["changed_steps"] = [s["name"] for s in steps if s["changed"]]
+        if "maps" in model_outputs:
+            result["maps"] = upsample_maps(model_outputs["maps"][0], result["image_size"])
+        return result
+
+
+__all__ = [
+    "StepCoTVQAPipeline",
+    "TASK",
+    "encode_with_grid",
+    "format_chain",
+    "load_image",
+    "step_temperatures",
+    "stepwise_grad_cam",
+    "upsample_maps",
+]

@@ -1,0 +1,222 @@
+"""`stepcot predict`: answer the seven Step-CoT steps for chest X-ray images, with stepwise attention maps.
+
+    stepcot predict chest1.png chest2.jpeg --model outputs/demo/student --maps maps/ --consistent
+    stepcot predict xrays/ --model outputs/demo/teacher --json > predictions.json
+
+prints one table per image (step, answer, probability, N/A), the chain as one line and any contradictions
+between steps; `--maps OUT` writes OUT/<image>/step{1..7}_<name>.png (Grad-CAM of the predicted answer over the
+image) and OUT/<image>/summary.png. `--consistent` also decodes the most probable chain that breaks no consistency
+rule and shows which steps it changes (the per-step predictions are always reported as they are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_stepcot_model(model_dir, device: str | None = None):
+    """A Step-CoT teacher or student from a saved folder, with clear errors for anything else."""
+    import json as json_module
+
+    from transformers import AutoModel
+
+    import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
+
+    path = Path(model_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder not found: {model_dir}")
+    if not path.is_dir():
+        raise ValueError(f"--model must be a folder written by save_pretrained, got the file {model_dir}")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json: not a saved model folder")
+    try:
+        model_type = json_module.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json_module.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"{config_file} is not a valid JSON config ({error})") from None
+    if not str(model_type or "").startswith("stepcot"):
+        raise ValueError(f"{model_dir} holds a {model_type!r} model, not a Step-CoT teacher or student")
+    model = AutoModel.from_pretrained(path)
+    return model.to(device) if device else model
+
+
+def build_pipeline(model, device: str | None = None):
+    """The `stepcot-vqa` pipeline around a loaded model (or a model folder)."""
+    from transformers import pipeline
+
+    from modeling_stepcot.pipeline_stepcot import TASK
+
+    if isinstance(model, (str, Path)):
+        model = load_stepcot_model(model)
+    return pipeline(TASK, model=model, device=device or "cpu")
+
+
+def add_pipeline_to_checkpoint(folder) -> Path:
+    """Make a saved model folder carry the pipeline as remote code: copies `pipeline_stepcot.py` (and its sibling
+    imports) next to the model and adds `custom_pipelines` to config.json, so that
+    `pipeline(model=FOLDER_OR_REPO, trust_remote_code=True)` works without this package."""
+    from transformers.dynamic_module_utils import custom_object_save
+
+    from modeling_stepcot.pipeline_stepcot import TASK, StepCoTVQAPipeline
+
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: save the model there first")
+    custom_object_save(StepCoTVQAPipeline, folder)
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = {
+        TASK: {"impl": f"pipeline_stepcot.{StepCoTVQAPipeline.__name__}", "pt": ["AutoModel"], "type": "image"}
+    }
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return config_file
+
+
+def expand_images(inputs: list[str]) -> list[Path]:
+    """Image files from the arguments; a folder contributes its image files (sorted, not recursive)."""
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder {path}")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def check_images(paths: list[Path]) -> None:
+    """Fail before any model work if an input is missing or not an image (all problems in one message)."""
+    from modeling_stepcot.pipeline_stepcot import load_image
+
+    problems = []
+    for path in paths:
+        try:
+            load_image(path).close()
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(str(error))
+    if problems:
+        raise ValueError("cannot read the input images:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# output
+
+
+def format_table(name: str, result: dict, model_label: str) -> str:
+    consistent = "consistent_chain" in result
+    header = f"{'#':>2}  {'Step':<22} {'Answer':<22} {'p':>5}  N/A"
+    if consistent:
+        header += f"   {'Consistent answer':<22}"
+    lines = [f"{name}  [{model_label}; probabilities: {result['probability_method']}]", header, "-" * len(header)]
+    for step in result["steps"]:
+        line = (f"{step['step']:>2}  {step['name']:<22} {step['answer']:<22} {step['score']:5.2f}  "
+                f"{'yes' if step['is_na'] else '-':<3}")
+        if consistent:
+            line += f"   {step['consistent_answer']:<22}" + ("  (changed)" if step["changed"] else "")
+        lines.append(line)
+    lines.append(f"Chain: {result['chain']}")
+    if result["violations"]:
+        lines.append(f"Contradictions ({len(result['violations'])}):")
+        lines += [f"  - {v['message']} [{v['rule']}: {' / '.join(v['steps'])}]" for v in result["violations"]]
+    else:
+        lines.append("Contradictions: none")
+    if consistent:
+        changed = ", ".join(result["changed_steps"]) or "none"
+        lines.append(f"Most probable consistent chain: {result['consistent_chain']} (changed steps: {changed})")
+    return "\n".join(lines)
+
+
+def json_ready(result: dict, image: Path, map_paths: dict | None) -> dict:
+    out = {key: value for key, value in result.items() if key != "maps"}
+    out["image"] = str(image)
+    out["image_size"] = list(result["image_size"])
+    if map_paths:
+        out["maps"] = {"steps": [str(p) for p in map_paths["steps"]], "summary": str(map_paths["summary"])}
+    return out
+
+
+def _map_folders(paths: list[Path], out: Path) -> list[Path]:
+    """One output folder per image, named by the image's stem (numbered when two images share a stem)."""
+    stems = [p.stem for p in paths]
+    return [out / (stem if stems.count(stem) == 1 else f"{index:03d}_{stem}") for index, stem in enumerate(stems)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="chest X-ray image files (PNG, JPEG, ...) or folders of them")
+    parser.add_argument("--model", required=True, help="a Step-CoT teacher or student folder (save_pretrained)")
+    parser.add_argument("--maps", metavar="OUT", help="write per-step Grad-CAM PNGs and a summary PNG per image here")
+    parser.add_argument("--consistent", action="store_true",
+                        help="also decode the most probable chain without contradictions (changes are flagged)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+
+
+def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consistent: bool = False,
+                   batch_size: int = 8) -> list[tuple[dict, dict | None]]:
+    """Run the pipeline over image files; with `maps_dir`, write each image's PNGs. Returns (result, map paths)."""
+    from .saliency import save_step_maps
+
+    results = pipe([str(p) for p in paths], maps=maps_dir is not None, consistent=consistent,
+                   batch_size=max(1, min(batch_size, len(paths))))
+    folders = _map_folders(paths, maps_dir) if maps_dir is not None else [None] * len(paths)
+    output = []
+    for path, result, folder in zip(paths, results, folders):
+        written = save_step_maps(path, result, folder) if folder is not None else None
+        result.pop("maps", None)  # large arrays: drawn, not kept
+        output.append((result, written))
+    return output
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        print(f"stepcot predict: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    try:
+        paths = expand_images(args.images)
+        check_images(paths)
+        model = load_stepcot_model(args.model)
+        pipe = build_pipeline(model, device=args.device)
+        maps_dir = Path(args.maps) if args.maps else None
+        outputs = predict_images(pipe, paths, maps_dir, args.consistent, args.batch_size)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"stepcot predict: error: {error}", file=sys.stderr)
+        return 2
+    model_label = "student" if model.config.model_type == "stepcot_student" else "teacher"
+    if args.json:
+        print(json.dumps([json_ready(r, p, m) for (r, m), p in zip(outputs, paths)], indent=2))
+    else:
+        for (result, written), path in zip(outputs, paths):
+            print(format_table(str(path), result, model_label))
+            if written:
+                print(f"Maps: {written['summary'].parent}/ (step1..{len(written['steps'])} + summary.png)")
+            print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stepcot predict", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+__all__ = ["add_pipeline_to_checkpoint", "build_pipeline", "load_stepcot_model", "predict_images", "run"]
+
+if __name__ == "__main__":
+    sys.exit(main())
