@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import Pipeline
 
 from .chain_stepcot import ChainChecker
@@ -148,7 +148,7 @@ def load_image(image):
             raise FileNotFoundError(f"image not found: {path}")
         try:
             return Image.open(path)
-        except UnidentifiedImageError as error:
+        except OSError as error:  # UnidentifiedImageError, or a header cut short
             raise ValueError(f"{path} is not a readable image file ({error})") from None
     if isinstance(image, Image.Image):
         return image
