@@ -249,3 +249,28 @@ def test_backbone_errors_name_the_problem(tmp_path, monkeypatch):
         baselines.load_backbone(str(tmp_path / "vit"))
     assert baselines.main(["--backbone", str(tmp_path / "missing"), "--dataset", str(tmp_path), "--out",
                            str(tmp_path / "o")]) == 1
+
+
+def test_a_baseline_folder_runs_in_eval_transfer(baseline_run, tmp_path):
+    from PIL import Image
+
+    from trainers import transfer
+
+    folder, _ = baseline_run
+    names = ["00013118_008.png", "00014716_007.png", "00029817_009.png"]
+    images_dir = tmp_path / "nih"
+    images_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(images_dir / name)
+    (tmp_path / "bbox.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                                       f"{names[0]},Mass,1,2,3,4\n{names[1]},Infiltrate,1,2,3,4\n"
+                                       f"{names[2]},Nodule,1,2,3,4\n")
+    out = tmp_path / "transfer"
+    assert transfer.main(["--model", str(folder / "with_stepcot"), "--nih-images", str(images_dir), "--bbox-csv",
+                          str(tmp_path / "bbox.csv"), "--out", str(out), "--num-bootstrap", "0", "--no-plots"]) == 0
+    model = baselines.load_baseline(folder / "with_stepcot")
+    logits = model.step_logits([Image.open(images_dir / name) for name in names], step=6)
+    rows = list(csv.DictReader(next(out.glob("*/predictions.csv")).open()))
+    assert [row["predicted"] for row in rows] == [model.spec.step_options[6][i] for i in logits.argmax(1)]
+    assert "(with Step-CoT) |" in (out / "table4.md").read_text()
