@@ -77,6 +77,8 @@ DEFAULT_CHAIN_RULES = (
               "location is given", ((DISTRIBUTION, (NA_OPTION,)), (LOCATION, LESION_LOCATIONS))),
     ChainRule("no-distribution-with-morphology", "Distribution is N/A (no lesion), but a lesion morphology is given",
               ((DISTRIBUTION, (NA_OPTION,)), (MORPHOLOGY, ANY_BUT_NA))),
+    ChainRule("focal-lesion-in-multiple-zones", "Distribution is focal, but the location spans multiple zones",
+              ((DISTRIBUTION, ("Focal",)), (LOCATION, ("Multiple zones",)))),
     ChainRule("normal-diagnosis-with-lesion", "Diagnosis is Normal, but Detection found a lesion",
               ((DIAGNOSIS, (NORMAL_DIAGNOSIS,)), (DETECTION, ABNORMAL_DENSITIES))),
     ChainRule("normal-diagnosis-with-location", "Diagnosis is Normal, but an abnormal location is given",

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Figures are drawn at most this many pixels on the long side: enough to read, fast for 2,000 px radiographs.
+# Figures are drawn with this many pixels on the long side: readable titles for small inputs, fast for 2,000 px
+# radiographs.
 FIGURE_MAX_SIDE = 512
+FIGURE_MIN_SIDE = 384
 OVERLAY_ALPHA = 0.55
 COLORMAP = "jet"
 
@@ -33,15 +35,15 @@ def overlay(image_rgb: np.ndarray, saliency: np.ndarray, alpha: float = OVERLAY_
     return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
 
 
-def figure_image(image, max_side: int = FIGURE_MAX_SIDE) -> np.ndarray:
-    """The radiograph as RGB uint8, shrunk to `max_side` (long side) for drawing."""
+def figure_image(image, max_side: int = FIGURE_MAX_SIDE, min_side: int = FIGURE_MIN_SIDE) -> np.ndarray:
+    """The radiograph as RGB uint8, resized into [min_side, max_side] (long side) for drawing."""
     from modeling_stepcot.processing_stepcot import image_to_8bit
 
     if isinstance(image, (str, Path)):
         image = Image.open(image)
     image = image_to_8bit(image).convert("RGB")
-    scale = max_side / max(image.size)
-    if scale < 1:
+    scale = min(max(1.0, min_side / max(image.size)), max_side / max(image.size))
+    if scale != 1:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.BILINEAR)
     return np.asarray(image)
@@ -86,7 +88,9 @@ def save_step_maps(image, result: dict, out_dir, dpi: int = 100) -> dict:
         axes = figure.add_axes((0, 0, 1, height / (height + 0.55 * dpi)))
         axes.imshow(overlay(picture, saliency))
         axes.set_axis_off()
-        figure.suptitle(step_title(step), fontsize=8, y=0.995, va="top")
+        title = "\n".join(line for part in step_title(step).split("\n")
+                          for line in textwrap.wrap(part, max(20, width // 6)))
+        figure.suptitle(title, fontsize=8, y=0.995, va="top")
         path = out_dir / f"step{step['step']}_{_slug(step['name'])}.png"
         figure.savefig(path, dpi=dpi)
         plt.close(figure)
