@@ -270,3 +270,26 @@ def test_pipeline_ships_with_the_checkpoint_as_remote_code(tmp_path):
         np.random.default_rng(0).integers(0, 256, (40, 36), dtype=np.uint8))
     assert remote["class"] == "StepCoTVQAPipeline" and remote["maps"] == [7, 40, 36]
     assert remote["chain"] == local["chain"]
+
+
+def test_calibrate_checkpoint_writes_temperatures_the_pipeline_uses(tmp_path):
+    from datasets import Dataset, Features, Image as ImageFeature, List, Value
+
+    from trainers.calibration import calibrate_checkpoint
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(image) for image in _images(12, seed=7)]
+    labels = [[int(rng.integers(n)) for n in [4, 4, 6, 7, 5, 7, 9]] for _ in images]
+    data = Dataset.from_dict({"image": images, "labels": labels},
+                             features=Features({"image": ImageFeature(), "labels": List(Value("int64"))}))
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    data.to_parquet(tmp_path / "data" / "data" / "validation-00000-of-00001.parquet")
+    tiny_student(seed=5).save_pretrained(tmp_path / "model")
+
+    calibration = calibrate_checkpoint(tmp_path / "model", str(tmp_path / "data"), split="val")
+    assert len(calibration["temperatures"]) == 7 and min(calibration["temperatures"]) > 0
+    assert calibration["examples"] == 12 and calibration["split"].endswith(":validation")
+    stored = json.loads((tmp_path / "model" / "config.json").read_text())["calibration"]
+    assert stored["temperatures"] == calibration["temperatures"]
+    result = pipeline(TASK, model=str(tmp_path / "model"), device="cpu")(images[0])
+    assert result["probability_method"].startswith("temperature scaling (fitted on ")
