@@ -9,7 +9,8 @@ probabilities, a readable chain, consistency flags and (optionally) one Grad-CAM
     'Detection: Decreased opacity → Lesion distribution: Focal → ... → Diagnosis: Pneumothorax'
 
 A checkpoint that carries `custom_pipelines` in its config.json (see `trainers.predict.add_pipeline_to_checkpoint`)
-loads without this package: `pipeline(model=DIR_OR_REPO, trust_remote_code=True)`.
+loads without this package: `pipeline(model=DIR_OR_REPO, trust_remote_code=True)` (transformers then asks for
+`trust_remote_code=True` even when this package is imported).
 
 This file ships inside checkpoints (remote code): it imports only torch, numpy, PIL, transformers and its siblings.
 """
