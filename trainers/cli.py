@@ -1,6 +1,7 @@
 """The `stepcot` command line.
 
-Each subcommand lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`.
+Each subcommand lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`, or
+`main(argv) -> int` when it parses its own arguments (the training scripts use HfArgumentParser).
 Modules are imported only when their command runs, so `stepcot --help` stays fast.
 """
 
@@ -15,6 +16,7 @@ COMMANDS = {
     "annotate": ("dataset_script.annotate_cli", "turn radiology reports into seven-step Step-CoT records"),
     "annotate-eval": ("dataset_script.annotate_eval", "score report annotation against IU X-Ray MeSH codes"),
     "train": ("trainers.run_distill", "train teacher and student jointly (distillation)"),
+    "report": ("trainers.report", "collect several evaluation runs into one comparison table"),
     "eval": ("trainers.evaluate", "evaluate a model on a dataset split: metrics, tables, plots"),
     "predict": ("trainers.predict", "answer the seven steps for chest X-ray images, with attention maps"),
 }
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stepcot {name}: this command is not available in this version.", file=sys.stderr)
             return 2
         raise
+    if not hasattr(module, "add_arguments"):
+        return int(module.main(rest) or 0)
     sub = argparse.ArgumentParser(prog=f"stepcot {name}", description=help_text)
     module.add_arguments(sub)
     return int(module.run(sub.parse_args(rest)) or 0)

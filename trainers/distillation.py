@@ -299,9 +299,10 @@ class StepCoTDistillationTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def build_pair_compute_metrics(num_classes_per_step, num_bootstrap=0):
+def build_pair_compute_metrics(num_classes_per_step, num_bootstrap=0, per_step="accuracy"):
     """`compute_metrics` for the pair: EvalPrediction.predictions = (teacher_logits, student_logits).
-    Returns `teacher_step1_accuracy`, ..., `teacher_mean_accuracy`, `student_...`."""
+    Returns `teacher_mean_<metric>` for every metric and `teacher_step<i>_<metric>` for the metrics named in
+    `per_step` ("accuracy" keeps the per-epoch logs readable; "all" for everything), and the same for the student."""
     import numpy as np
 
     from .metrics import compute_step_metrics
@@ -315,7 +316,10 @@ def build_pair_compute_metrics(num_classes_per_step, num_bootstrap=0):
                 np.asarray(logits), labels, num_classes_per_step=num_classes_per_step,
                 scores="logits", num_bootstrap=num_bootstrap,
             )
-            result.update({f"{role}_{k}": v for k, v in metrics.flat().items()})
+            result.update({
+                f"{role}_{key}": value for key, value in metrics.flat().items()
+                if key.startswith("mean_") or per_step == "all" or key.endswith(f"_{per_step}")
+            })
         return result
 
     return compute_metrics

@@ -198,7 +198,8 @@ def plot_step_metrics(result: EvaluationMetrics, path: str | Path, title: str | 
         low = np.array([100 * group[name].ci_low for group in groups])
         high = np.array([100 * group[name].ci_high for group in groups])
         has_interval = ~(np.isnan(low) | np.isnan(high) | np.isnan(values))
-        error = np.where(has_interval, [values - low, high - values], 0.0)
+        # a percentile interval need not contain the point estimate (skewed metrics): never a negative bar
+        error = np.clip(np.where(has_interval, [values - low, high - values], 0.0), 0.0, None)
         x = positions + (metric_index - (len(METRIC_NAMES) - 1) / 2) * width
         axes.bar(
             x,

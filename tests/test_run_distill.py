@@ -1,0 +1,97 @@
+"""`stepcot train` end to end on the synthetic demo with the offline pretrained encoders: it learns every step,
+exports loadable models with processor and model card, and two processes agree."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainers.offline_encoders import offline_encoders_available
+
+pytestmark = pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+SMALL_RUN = [
+    "--image_size", "128", "--teacher_hidden_size", "64", "--student_hidden_size", "64", "--relation_dim", "32",
+    "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64",
+    "--teacher_learning_rate", "2e-3", "--student_learning_rate", "3e-3",
+    "--save_strategy", "no", "--logging_steps", "50", "--disable_tqdm", "true", "--num_bootstrap", "50",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One short joint training run on 480 demo records at 128 px (shared by the tests below)."""
+    from trainers.run_distill import main
+
+    out = tmp_path_factory.mktemp("demo_run")
+    args = ["--output_dir", str(out), "--demo_size", "480", "--demo_image_size", "128",
+            "--num_train_epochs", "20", "--teacher_pretrain_epochs", "2", *SMALL_RUN]
+    assert main(args) == 0
+    return out
+
+
+def test_short_run_learns_every_step_well_above_the_majority_rate(demo_run):
+    from datasets import load_dataset
+
+    results = json.loads((demo_run / "results.json").read_text())
+    assert results["eval_split"] == "test"
+    labels = np.asarray(load_dataset(str(demo_run / "dataset"), split="test")["labels"])
+    for step in range(7):
+        column = labels[:, step][labels[:, step] >= 0]
+        majority = np.bincount(column).max() / len(column)
+        for role in ("teacher", "student"):
+            accuracy = results["results"][role][f"step{step + 1}_accuracy"]
+            # every demo step is drawn into the image: require a clear margin over always-the-majority
+            assert accuracy > majority + 0.5 * (1 - majority), (role, step + 1, accuracy, majority)
+
+
+def test_run_exports_loadable_models_with_processor_metrics_and_card(demo_run, tmp_path):
+    for role in ("teacher", "student"):
+        folder = demo_run / role
+        names = {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "modeling_stepcot.py", "processor_config.json", "README.md"} <= names
+        card = (folder / "README.md").read_text()
+        assert card.startswith("---\n") and "pipeline_tag: visual-question-answering" in card
+        assert "synthetic" in card.lower() and "Mean over steps" in card
+        metrics = json.loads((demo_run / "metrics" / role / "metrics.json").read_text())
+        assert metrics["confidence_interval"]["num_resamples"] == 50
+        assert (demo_run / "metrics" / role / "confusion_matrices.png").stat().st_size > 1000
+    assert (demo_run / "best" / "teacher" / "model.safetensors").is_file()
+    # the exported student answers like the trained one, in a process without this package (remote code)
+    script = (
+        "import sys, torch; sys.modules['modeling_stepcot'] = None\n"
+        "from transformers import AutoModel, AutoProcessor\n"
+        "m = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "p = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "from PIL import Image\n"
+        "image = Image.open(sys.argv[2])\n"
+        "print(m(pixel_values=p(images=image)['pixel_values']).logits.shape)\n"
+    )
+    image = next((demo_run / "demo-release" / "images").iterdir())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", script, str(demo_run / "student"), str(image)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch.Size([1, 7, 9])" in result.stdout
+
+
+def test_two_processes_train_and_agree_on_metrics(tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        str(REPO_ROOT / "trainers" / "run_distill.py"), "--output_dir", str(out), "--demo_size", "120",
+        "--demo_image_size", "64", "--num_train_epochs", "1", "--teacher_pretrain_epochs", "1", *SMALL_RUN,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    reports = sorted(line for line in result.stdout.splitlines() if line.startswith("[rank "))
+    assert [line.split("]")[0] for line in reports] == ["[rank 0 of 2", "[rank 1 of 2"]
+    assert reports[0].split("]")[1] == reports[1].split("]")[1]  # identical metrics on both ranks
+    assert (out / "student" / "model.safetensors").is_file() and (out / "results.json").is_file()
