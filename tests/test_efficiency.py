@@ -11,7 +11,6 @@ import torch
 
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
 from trainers import efficiency
-from trainers.baselines import _pooled
 
 CLASSES = [len(options) for options in DEFAULT_STEP_OPTIONS]
 
@@ -72,9 +71,10 @@ def test_rows_and_table_in_process():
 
 def test_command_measures_in_a_subprocess_and_writes_json(tmp_path, capsys):
     out = tmp_path / "eff.json"
-    assert efficiency.main(["--tiny", "--models", "student", "--repeats", "1", "--batch-size", "2",
+    assert efficiency.main(["--tiny", "--models", "student", "--repeats", "1", "--batch-size", "2", "--threads", "1",
                             "--out", str(out)]) == 0
-    assert "| student |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| student |" in printed and ", 1 threads, cpu" in printed
     saved = json.loads(out.read_text())
     assert saved["tiny"] and saved["rows"][0]["model"] == "student" and saved["batch_size"] == 2
 

@@ -139,7 +139,8 @@ def test_metrics_count_normal_as_wrong_and_restrict_auc_to_the_findings(nih, tmp
     columns = [predictor.options.index(name) for name in transfer.NIH_FINDINGS]
     restricted = torch.tensor(logits[:, columns]).softmax(-1).numpy()
     expected_auc = np.mean([roc_auc_score(labels == predictor.options.index(name), restricted[:, k])
-                            for k, name in enumerate(transfer.NIH_FINDINGS) if predictor.options.index(name) in present])
+                            for k, name in enumerate(transfer.NIH_FINDINGS)
+                            if predictor.options.index(name) in present])
     assert metrics["auc"].value == pytest.approx(expected_auc)
     nine_way = torch.tensor(logits).softmax(-1).numpy()
     atelectasis = transfer.NIH_FINDINGS.index("Atelectasis")
@@ -177,7 +178,8 @@ def test_eval_transfer_command_on_a_saved_teacher(nih, tmp_path):
     assert result.metadata["subset"]["samples"] == 11 and result.num_examples == 9  # 2 samples lack images
     # Independent forward: the data layer's processor and the diagnosis head.
     model = tiny_teacher(seed=2, use_memory=False).eval()
-    processor = StepCoTProcessor.from_model_config(model.config, AutoTokenizer.from_pretrained(offline_text_encoder_path()))
+    tokenizer = AutoTokenizer.from_pretrained(offline_text_encoder_path())
+    processor = StepCoTProcessor.from_model_config(model.config, tokenizer)
     rows = list(csv.DictReader((out / "Teacher_w_o_Memory" / "predictions.csv").open()))
     images = [Image.open(root / "images_001" / "images" / row["image"]) for row in rows]
     with torch.no_grad():

@@ -54,7 +54,6 @@ from trainers.metrics import (
     IGNORE_INDEX,
     METRIC_DISPLAY_NAMES,
     METRIC_NAMES,
-    EvaluationMetrics,
     compute_step_metrics,
     weighted_step_metrics,
 )
@@ -260,7 +259,8 @@ def embed_split(data, backbone, split: str, num_steps: int, cache_dir: Path | No
     path = _cache_path(Path(cache_dir), data, split, backbone) if cache_dir is not None else None
     if path is not None and path.is_file():
         stored = load_file(path)
-        return SplitEmbeddings(stored["image_embeds"], stored["text_embeds"], stored["question_index"], labels), path, True
+        embeddings = SplitEmbeddings(stored["image_embeds"], stored["text_embeds"], stored["question_index"], labels)
+        return embeddings, path, True
     texts = step_question_texts(data, num_steps)
     distinct = sorted({text for row in texts for text in row})
     row_of = {text: index for index, text in enumerate(distinct)}

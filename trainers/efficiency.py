@@ -106,8 +106,8 @@ def _backbone_config(name: str, tiny: bool):
     if name == "clip":
         return CLIPConfig(text_config=TINY_TEXT, vision_config=TINY_VISION, projection_dim=16) if tiny else CLIPConfig()
     if name == "blip":
-        return (BlipConfig(text_config=dict(TINY_TEXT, encoder_hidden_size=32, sep_token_id=3), vision_config=TINY_VISION,
-                           projection_dim=16) if tiny else BlipConfig())
+        tiny_text = dict(TINY_TEXT, encoder_hidden_size=32, sep_token_id=3)
+        return BlipConfig(text_config=tiny_text, vision_config=TINY_VISION, projection_dim=16) if tiny else BlipConfig()
     layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
     return (FlavaConfig(image_config=dict(layers, image_size=32, patch_size=8),
                         text_config=dict(layers, vocab_size=100, max_position_embeddings=32),
@@ -179,8 +179,11 @@ def time_calls(model: nn.Module, pixel_values: torch.Tensor, repeats: int, devic
     return statistics.median(timings) * 1000
 
 
-def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cpu", tiny: bool = False) -> dict:
+def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cpu", tiny: bool = False,
+            threads: int | None = None) -> dict:
     """One row of the table: parameters, latency at batch 1 and at `batch_size`, peak memory."""
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, image_size = build_model(name, tiny)
     model = model.to(device).eval()
@@ -205,9 +208,11 @@ def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cp
     return row
 
 
-def measure_in_subprocess(name: str, batch_size: int, repeats: int, device: str, tiny: bool = False) -> dict:
+def measure_in_subprocess(name: str, batch_size: int, repeats: int, device: str, tiny: bool = False,
+                          threads: int | None = None) -> dict:
     command = [sys.executable, "-m", "trainers.efficiency", "--only", name, "--batch-size", str(batch_size),
                "--repeats", str(repeats), "--device", device] + (["--tiny"] if tiny else [])
+    command += ["--threads", str(threads)] if threads else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"measuring {name} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
@@ -215,11 +220,11 @@ def measure_in_subprocess(name: str, batch_size: int, repeats: int, device: str,
 
 
 def measure_all(models, batch_size: int = 32, repeats: int = 5, device: str = "cpu", tiny: bool = False,
-                isolate: bool = True) -> list[dict]:
+                isolate: bool = True, threads: int | None = None) -> list[dict]:
     rows = []
     for name in models:
-        rows.append(measure_in_subprocess(name, batch_size, repeats, device, tiny) if isolate
-                    else measure(name, batch_size, repeats, device, tiny))
+        rows.append(measure_in_subprocess(name, batch_size, repeats, device, tiny, threads) if isolate
+                    else measure(name, batch_size, repeats, device, tiny, threads))
     if rows and rows[0]["model"] == "vision_encoder":  # relative cost against the frozen encoder alone
         batch_key = f"ms_per_batch{batch_size}"
         for row in rows:
@@ -227,12 +232,12 @@ def measure_all(models, batch_size: int = 32, repeats: int = 5, device: str = "c
     return rows
 
 
-def environment(device: str) -> str:
+def environment(device: str, threads: int | None = None) -> str:
     where = torch.cuda.get_device_name(0) if device.startswith("cuda") else (platform.processor() or platform.machine())
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}: {where}"
+    return f"torch {torch.__version__}, {threads or torch.get_num_threads()} threads, {device}: {where}"
 
 
-def markdown(rows: list[dict], batch_size: int, device: str) -> str:
+def markdown(rows: list[dict], batch_size: int, device: str, threads: int | None = None) -> str:
     columns = [("model", "Model"), ("parameters_M", "Params (M)"), ("ms_per_sample_batch1", "ms/sample (batch 1)"),
                (f"ms_per_batch{batch_size}", f"ms/batch ({batch_size})"),
                ("ms_per_sample_in_batch", "ms/sample in batch"), ("peak_rss_MB", "Peak RSS (MB)")]
@@ -244,10 +249,10 @@ def markdown(rows: list[dict], batch_size: int, device: str) -> str:
     lines += ["| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |" for row in rows]
     lines += [
         "",
-        f"{environment(device)}. Random weights at the paper's shapes (no Hub). Median of repeated calls after two "
-        "warm-ups. Peak RSS: the measuring process's peak resident memory (Python + torch + weights); Peak CUDA: "
-        "torch.cuda.max_memory_allocated. Baseline rows run the image tower + MLP per image (question embeddings "
-        "precomputed); their parameter counts include the text tower.",
+        f"{environment(device, threads)}. Random weights at the paper's shapes (no Hub). Median of repeated calls "
+        "after two warm-ups. Peak RSS: the measuring process's peak resident memory (Python + torch + weights); "
+        "Peak CUDA: torch.cuda.max_memory_allocated. Baseline rows run the image tower + MLP per image (question "
+        "embeddings precomputed); their parameter counts include the text tower.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -260,6 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch (batch-1 latency: 4x)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per measurement (default: torch's; 1 gives steadier numbers on a "
+                             "shared machine)")
     parser.add_argument("--tiny", action="store_true", help="tiny random shapes (smoke test)")
     parser.add_argument("--in-process", action="store_true",
                         help="measure all models in this process (faster; peak RSS is then cumulative)")
@@ -271,18 +279,19 @@ def run(args: argparse.Namespace) -> int:
         print("stepcot bench-efficiency: --device cuda but CUDA is not available.", file=sys.stderr)
         return 1
     if args.only:
-        print(json.dumps(measure(args.only, args.batch_size, args.repeats, args.device, args.tiny)))
+        print(json.dumps(measure(args.only, args.batch_size, args.repeats, args.device, args.tiny, args.threads)))
         return 0
     try:
         rows = measure_all(args.models, args.batch_size, args.repeats, args.device, args.tiny,
-                           isolate=not args.in_process)
+                           isolate=not args.in_process, threads=args.threads)
     except (ValueError, RuntimeError, OSError) as error:
         print(f"stepcot bench-efficiency: error: {error}", file=sys.stderr)
         return 1
-    print(markdown(rows, args.batch_size, args.device))
+    print(markdown(rows, args.batch_size, args.device, args.threads))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump({"device": args.device, "environment": environment(args.device), "torch": torch.__version__,
+            json.dump({"device": args.device, "environment": environment(args.device, args.threads),
+                       "torch": torch.__version__,
                        "batch_size": args.batch_size, "repeats": args.repeats, "tiny": args.tiny, "rows": rows},
                       handle, indent=2)
     return 0

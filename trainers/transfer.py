@@ -159,7 +159,6 @@ class StepCoTDiagnosis:
     """A saved Step-CoT teacher or student: the logits of its diagnosis step."""
 
     def __init__(self, model_dir, device: str):
-        import torch  # noqa: F401
         from transformers import AutoModel
 
         import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
@@ -192,7 +191,8 @@ class BaselineDiagnosis:
         spec = self.baseline.spec
         names = [name.lower() for name in spec.step_names]
         if "diagnosis" not in names:
-            raise ValueError(f"the baseline in {folder} was not trained on the diagnosis step (steps {spec.step_names}).")
+            raise ValueError(f"the baseline in {folder} was not trained on the diagnosis step "
+                             f"(steps {spec.step_names}).")
         self.step = spec.steps[names.index("diagnosis")]
         self.options = list(spec.step_options[names.index("diagnosis")])
         self.name = self.baseline.display_name
@@ -328,9 +328,10 @@ def evaluate_transfer(model, image_paths: dict[str, Path], subset: TransferSubse
         _write_lines(out / "missing_images.txt", f"{len(missing)} images of the bbox list not found", missing)
         _write_lines(out / "unreadable_images.txt", f"{len(unreadable)} images that could not be read",
                      unreadable.values())
+        treatment = "left out" if subset.policy == "exclude" else "one sample per finding"
         _write_lines(out / "multi_finding_images.txt",
                      f"{len(subset.multi_finding_images)} images with two or more distinct findings "
-                     f"(policy {subset.policy}: {'left out' if subset.policy == 'exclude' else 'one sample per finding'})",
+                     f"(policy {subset.policy}: {treatment})",
                      (f"{image}\t{', '.join(findings)}" for image, findings in subset.multi_finding_images.items()))
         (out / "subset.json").write_text(json.dumps({**subset.summary(), "samples_scored": len(kept),
                                                      "missing_images": len(missing),
@@ -375,10 +376,12 @@ def table4_csv(runs: list[tuple[str, EvaluationMetrics]]) -> str:
         header += [name, f"{name}_ci_low", f"{name}_ci_high"]
     writer.writerow(header)
     for model, result in runs:
-        row = [model, result.num_examples, result.metadata.get("missing_images"), result.metadata.get("predicted_normal")]
+        row = [model, result.num_examples, result.metadata.get("missing_images"),
+               result.metadata.get("predicted_normal")]
         for name in METRIC_NAMES:
             estimate = result.steps[0].metrics[name]
-            row += ["" if math.isnan(v) else repr(float(v)) for v in (estimate.value, estimate.ci_low, estimate.ci_high)]
+            bounds = (estimate.value, estimate.ci_low, estimate.ci_high)
+            row += ["" if math.isnan(v) else repr(float(v)) for v in bounds]
         writer.writerow(row)
     return buffer.getvalue()
 
