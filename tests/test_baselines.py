@@ -210,6 +210,11 @@ def test_cached_embeddings_equal_the_backbone_run_directly(baseline_run, tiny_cl
     # A second embedding pass reads the same file instead of running the backbone.
     again, again_path, hit = baselines.embed_split(test, backbone, "test", 7, cache_dir=out / "cache")
     assert hit and again_path == path and torch.equal(again.image_embeds, stored["image_embeds"])
+    # Changed weights under the same name never read those embeddings.
+    changed = baselines.load_backbone(str(tiny_clip_dir))
+    with torch.no_grad():
+        changed.model.visual_projection.weight[0, 0] += 1.0
+    assert baselines._cache_path(out / "cache", test, "test", changed) != path
 
 
 def test_saved_baseline_predicts_the_same_logits_from_images(baseline_run, hub_dataset):

@@ -144,7 +144,9 @@ class TransformersBackbone:
         return {"image_processor": self.image_processor.to_dict(), "max_length": self.max_length}
 
     def fingerprint(self) -> str:
-        return module_fingerprint(self.model, self.name)
+        if getattr(self, "_fingerprint", None) is None:  # hashing every weight takes ~1 s for ViT-B: once per run
+            self._fingerprint = module_fingerprint(self.model, self.name)
+        return self._fingerprint
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
@@ -186,7 +188,9 @@ class OpenClipBackbone:
         return {"open_clip_preprocess": repr(self.preprocess)}
 
     def fingerprint(self) -> str:
-        return module_fingerprint(self.model, self.name)
+        if getattr(self, "_fingerprint", None) is None:  # hashing every weight takes ~1 s for ViT-B: once per run
+            self._fingerprint = module_fingerprint(self.model, self.name)
+        return self._fingerprint
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
