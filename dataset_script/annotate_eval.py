@@ -4,7 +4,13 @@ Protocol (the MeSH -> answer mapping is documented in `annotate_mesh.py`):
 
 * every report with MeSH codes other than `No Indexing` is annotated from its findings + impression text;
 * **Detection**: abnormal (any answer but "No abnormality") vs normal, and the four-way Step 1 answer;
-* **Side**: the `laterality` of the location step, on reports whose primary MeSH lesion has a side;
+* **Side**: the `laterality` of the location step, on reports whose primary MeSH lesion has a side. The primary
+  lesion is chosen among the coded findings by the same priority as the chain (`FINDING_KINDS`; codes of one kind
+  add up, so a left and a right opacity make a bilateral one), so in a multi-finding report the side compared is
+  that of the lesion the chain's Step 4 is meant to locate. When the annotator's primary lesion is another
+  finding (a different diagnosis, or a side-less one such as cardiomegaly) the report still counts, as a side
+  miss: the chain then locates the wrong lesion. A costophrenic angle coded `obscured` is image quality, not a
+  lesion (see `annotate_mesh.py`);
 * **Zone**: the location step's answer, on reports whose primary MeSH lesion has a zone / region;
 * **Diagnosis**: the Step 7 answer, on reports whose codes give a class in the taxonomy (reports coded only with
   findings outside it, e.g. hyperinflation, are left out); macro-F1 over the classes with at least

@@ -7,10 +7,12 @@ A code is a head term followed by qualifiers. The head decides what the code mea
   radiodensity nor one of the nine diagnosis classes (hyperinflation, COPD, elevated diaphragm, ...): the report
   then has no reference diagnosis unless another code gives one;
 * **incidental** (`MESH_INCIDENTAL`): bones, devices, aorta, abdomen, image quality: ignored, so a report coded
-  only with these is Normal;
+  only with these is Normal. A costophrenic angle / sulcus coded `obscured` (and not `blunted`) is image quality
+  too: it says the angle was not seen (cut off the film, hidden on the lateral view), not that it is blunted;
 * `normal` (Normal) and `No Indexing` (no reference at all).
 
-Qualifiers give the side (left / right / bilateral), the zone (apex, upper lobe -> upper; middle lobe, lingula,
+Qualifiers give the side (left / right / bilateral; codes of one kind add up, so `Opacity/base/left` +
+`Opacity/upper lobe/right` is bilateral), the zone (apex, upper lobe -> upper; middle lobe, lingula,
 hilum -> middle; base, lower lobe, costophrenic angle, retrocardiac -> lower) and descriptors. The reference
 chain is then built by `build_chain`, the same function the annotators use, so Detection (Step 1), the location
 (Step 4 zone + `laterality`) and the Diagnosis (Step 7, priority order of `FINDING_KINDS`) follow one definition.
@@ -101,6 +103,9 @@ _NON_THORACIC_SITES = {"ribs", "clavicle", "adipose tissue", "mitral valve", "ao
                        "blood vessels", "abdomen", "humerus", "thoracic vertebrae", "spine", "lumbar vertebrae",
                        "breast", "heart ventricles", "trachea, carina"}
 _MEDIASTINAL_SITES = {"mediastinum", "paratracheal"}
+# Heads read as costophrenic blunting: "Costophrenic Angle/blunted" is a finding, "Costophrenic Angle/obscured" says
+# that the angle could not be assessed.
+_ANGLE_HEADS = {"Costophrenic Angle", "Sulcus", "Pleura"}
 
 _ZONE_QUALIFIERS = {"apex": UPPER, "upper lobe": UPPER, "middle lobe": MIDDLE, "lingula": MIDDLE,
                     "hilum": MIDDLE, "base": LOWER, "lower lobe": LOWER, "costophrenic angle": LOWER,
@@ -121,6 +126,8 @@ def _kind_for(head: str, qualifiers: list[str]) -> str | None:
     sites = set(qualifiers)
     if head == "Cardiac Shadow":
         return "cardiomegaly" if "enlarged" in sites else None
+    if head in _ANGLE_HEADS and "obscured" in sites and "blunted" not in sites:
+        return None  # the angle is not seen (outside the film, hidden on the lateral view): image quality
     if head in {"Thickening", "Cicatrix"}:
         if "pleura" in sites:
             return "pleural_thickening"

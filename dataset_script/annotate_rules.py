@@ -3,6 +3,21 @@
 The lexicon is general radiology language (finding terms, NegEx-style negation and hedging cues, side and zone
 words); nothing in it refers to a particular report. Each finding keeps the sentence it came from, which the chain
 quotes in its reasoning.
+
+Laterality of a finding, in order:
+
+* the side words describing it (up to the nearest comma / "and" / "with"; an "and" between site words does not
+  end them: "bibasilar and right midlung opacities", "in the left and right mid lung zones"). Explicit bilateral
+  wording ("bilateral", "both", "bibasilar", "right and left", "left greater than right") is both sides; plural
+  sites ("bases", "lower lungs", "lower lobes") are both sides only when no single side is named with them;
+* side words of a device, bone or vessel ("right PICC line", "left clavicle", unless a landmark: "over the left
+  fourth rib") and the words of a negated finding ("no right effusion") never give a lesion's side;
+* plural "effusions" / "pneumothoraces" with no side: both pleural spaces;
+* otherwise the site of the nearest sited finding before it in the sentence ("blunting of the right costophrenic
+  angle, likely a small effusion"), then the nearest side word before it;
+* a sentence that refers back ("These opacities ...", "This may represent edema") takes the previous sentence's
+  site; the same finding stated in several sentences adds its sides up ("Right ... . Left ..." is bilateral),
+  but a hedged mention's site is not added to a stated one.
 """
 
 from __future__ import annotations
@@ -90,17 +105,48 @@ _PRE_UNCERTAIN = re.compile(
     r"|rule out|exclude|evaluate for)\b", re.I)
 _POST_UNCERTAIN = re.compile(
     r"\b(?:(?:is|are) (?:not|difficult to be) excluded|(?:cannot|can not|can't) be (?:excluded|ruled out)"
-    r"|not (?:entirely |totally |completely )?excluded|is possible|are possible)\b|\?", re.I)
+    r"|not (?:entirely |totally |completely )?excluded|is possible|are possible"
+    r"|(?:would be|is|remains|are) (?:a |also a )?(?:consideration|considered))\b|\?", re.I)
 # A clause boundary ends the scope of a cue.
 _CLAUSE_END = re.compile(r"[;:]|\b(?:but|however|although|though|except|which|whereas|otherwise|while)\b"
                          r"|,\s*(?=(?:there|the|a|an|and there|with|likely|probably)\b)", re.I)
 
+# Side words. Explicit bilateral wording ("bilateral", "both", "bibasilar", "right and left", "left greater than
+# right") always means both sides; plural sites ("bases", "apices", "lower lungs", "lower lobes") mean both sides
+# only when no single side is named with them ("right middle and lower lobes" is one lung).
 _SIDE_WORDS = [
-    (BILATERAL, re.compile(r"\bbilateral(?:ly)?\b|\bboth\b|\bbibasi?lar\b|\bbibasal\b|\bbiapical\b|\bbases\b"
-                           r"|\bapices\b|\bbilaterally\b|\blungs\b(?= (?:bases|apices))", re.I)),
+    (BILATERAL, re.compile(r"\bbilateral(?:ly)?\b|\bboth\b|\bbibasi?lar\b|\bbibasal\b|\bbiapical\b"
+                           r"|\b(?:right|left)(?: (?:slightly |much |somewhat )?(?:greater|more|worse|larger|"
+                           r"denser|higher) than| (?:and|&|as well as)(?: the| in the)?| ?[>/<] ?)"
+                           r" (?:the )?(?:left|right)\b", re.I)),
     (LEFT, re.compile(r"\bleft\b|\blingula(?:r)?\b|\blevo", re.I)),
     (RIGHT, re.compile(r"\bright\b|\bazygos\b", re.I)),
 ]
+_PLURAL_SITE = re.compile(r"\bbases\b|\bapices\b|\blungs\b(?= (?:bases|apices))|\blung (?:bases|apices)\b"
+                          r"|\b(?:upper|lower|mid|middle)(?:[- ]lung)? (?:and (?:upper|lower|mid|middle) )?"
+                          r"(?:lungs|lobes|lung zones)\b|\bthroughout (?:the|both) lungs\b", re.I)
+# A side word that names a device, a bone, a vessel or the chest wall rather than a lung or pleural site
+# ("right PICC line", "left-sided pacemaker", "left clavicle") says nothing about the lesion's side.
+_NON_LESION_SIDE = re.compile(
+    r"\b(?:right|left)(?:[- ]sided?)?\s+(?:(?!lobe|lung|base|apex|hil|upper|lower|mid)\w+\s+){0,2}?"
+    r"(?:picc|catheters?|lines?|ports?|port-a-cath|pacemakers?|pacers?|generators?|devices?|leads?|tubes?"
+    r"|clavicles?|ribs?|shoulders?|humer\w*|scapula\w*|breasts?|mastectomy|axilla\w*|chest wall|arm|neck"
+    r"|internal jugular|ij|subclavian|jugular|innominate|brachiocephalic|veins?|arter\w*|atri\w+|ventric\w*)\b",
+    re.I)
+# ... unless the structure is a landmark for the lesion ("a nodule projecting over the left fifth rib").
+_LANDMARK = re.compile(r"\b(?:over|overl(?:ying|ies|ie)|projecting|projects|projected|superimposed on|level of"
+                       r"|adjacent to|near|along|at)(?: the)?\s*$", re.I)
+# Site words that may be coordinated in front of one finding ("bibasilar and right midlung opacities",
+# "opacities in the left and right mid lung zones"): an "and" between them does not end the finding's words.
+_SITE_WORD = (r"(?:left|right|bilateral|bibasi?lar|basi?lar|biapical|apical|upper|lower|middle|mid|midlung"
+              r"|perihilar|hilar|lingula|lingular|base|bases|apex|apices|lobe|lobes|lung|lungs|zone|zones)")
+_COORDINATED_SITES = re.compile(rf"\b{_SITE_WORD}\s+(?:and|&)\s+(?:the\s+|in\s+the\s+)?(?=(?:left|right|bilateral"
+                                rf"|bibasi?lar|basi?lar|biapical|apical|upper|lower|middle|mid|midlung|perihilar"
+                                rf"|hilar|lingula|lingular)\b)", re.I)
+# A sentence whose subject refers back to the previous sentence ("These opacities ...", "This may represent
+# edema"): its findings are sited where the previous sentence's findings are.
+_ANAPHORA = re.compile(r"^(?:this|these|that|those|it|they|(?:the |these |such )?(?:findings?|appearances?)"
+                       r"|(?:the|these|such) changes)\b", re.I)
 _ZONE_WORDS = [
     (UPPER, re.compile(r"\bupper (?:lobes?|lungs?|zones?|lung zones?)\b|\bapex\b|\bapices\b|\bapical\b"
                        r"|\bbiapical\b|\bapicoposterior\b", re.I)),
@@ -165,14 +211,31 @@ def _clause_bounds(sentence: str, start: int, end: int) -> tuple[int, int]:
     return left, right
 
 
+_WINDOW_BOUNDARY = re.compile(r",|\band\b|\bwith\b|\bin addition\b|;|\bas well as\b|\bplus\b", re.I)
+
+
 def _local_window(sentence: str, start: int, end: int) -> str:
+    left, right = _window_bounds(sentence, start, end)
+    return sentence[left:right]
+
+
+def _window_bounds(sentence: str, start: int, end: int) -> tuple[int, int]:
     """The words describing one mention: up to the nearest comma / 'and' / 'with' on each side."""
-    boundary = re.compile(r",|\band\b|\bwith\b|\bin addition\b|;|\bas well as\b|\bplus\b", re.I)
+    joined = [m.span() for m in _COORDINATED_SITES.finditer(sentence)]
+
+    def is_boundary(match: re.Match) -> bool:
+        return not any(a <= match.start() and match.end() <= b for a, b in joined)
+
     left = 0
-    for match in boundary.finditer(sentence, 0, start):
-        left = match.end()
-    right_match = boundary.search(sentence, end)
-    return sentence[left:right_match.start() if right_match else len(sentence)]
+    for match in _WINDOW_BOUNDARY.finditer(sentence, 0, start):
+        if is_boundary(match):
+            left = match.end()
+    right = len(sentence)
+    for match in _WINDOW_BOUNDARY.finditer(sentence, end):
+        if is_boundary(match):
+            right = match.start()
+            break
+    return left, right
 
 
 def _status(sentence: str, clause_start: int, clause_end: int, start: int, end: int) -> str:
@@ -212,22 +275,65 @@ def find_mentions(sentence: str) -> list[Mention]:
     return sorted(mentions, key=lambda m: m.start)
 
 
-def _describe(mention: Mention, alone_in_sentence: bool) -> Finding:
-    window = _local_window(mention.sentence, mention.start, mention.end)
+_BOTH_PLEURAL_SPACES = re.compile(r"effusions|pneumothoraces|hydropneumothoraces", re.I)
+
+
+def _mask(text: str, spans: list[tuple[int, int]]) -> str:
+    for start, end in spans:
+        text = text[:start] + " " * (end - start) + text[end:]
+    return text
+
+
+def _lesion_text(sentence: str, mentions: list[Mention]) -> str:
+    """The sentence with the words that cannot give a lesion's side blanked out (same length, so offsets hold):
+    side words naming a device, bone or vessel, and the clauses of negated findings ("no right effusion")."""
+    spans = [m.span() for m in _NON_LESION_SIDE.finditer(sentence) if not _LANDMARK.search(sentence[:m.start()])]
+    spans += [_negated_span(sentence, m) for m in mentions if m.status == ABSENT]
+    return _mask(sentence, spans)
+
+
+def _negated_span(sentence: str, mention: Mention) -> tuple[int, int]:
+    """The words of a negated finding: from its negation cue ("no", "without") through the words describing the
+    term ("no pneumothorax on the right"); for a post-negation ("the right effusion has resolved"), the term's own
+    words."""
+    clause_start, clause_end = _clause_bounds(sentence, mention.start, mention.end)
+    window_start, window_end = _window_bounds(sentence, mention.start, mention.end)
+    cues = list(_PRE_NEGATION.finditer(sentence, clause_start, mention.start))
+    if cues:
+        return cues[-1].start(), max(mention.end, min(window_end, clause_end))
+    return max(window_start, clause_start), min(window_end, clause_end)
+
+
+def _describe(mention: Mention, alone_in_sentence: bool, mentions: list[Mention] | None = None) -> Finding:
+    mentions = mentions or [mention]
+    text = _lesion_text(mention.sentence, [m for m in mentions if m is not mention])
+    window = _local_window(text, mention.start, mention.end)
     finding = Finding(kind=mention.kind, status=mention.status, evidence=mention.sentence)
     _read_site(finding, window)
     if not finding.sides and not finding.zones and alone_in_sentence:
-        _read_site(finding, mention.sentence)
+        _read_site(finding, text)
+    if not finding.sides and _BOTH_PLEURAL_SPACES.fullmatch(mention.sentence[mention.start:mention.end].split()[-1]):
+        finding.sides |= {LEFT, RIGHT}  # "small pleural effusions": a patient has two pleural spaces
     if not finding.sides and finding.zones and re.search(r"\bbas(?:i?lar|al)\b", window, re.I):
         finding.sides |= {LEFT, RIGHT}  # "basilar atelectasis" with no side means both bases
     if not finding.sides:
-        # "Blunting of the right costophrenic angle, likely a small effusion": the nearest side word before
-        # the term, within the sentence.
-        before = mention.sentence[:mention.start]
-        nearest = max(((m.start(), side) for side, pattern in _SIDE_WORDS for m in pattern.finditer(before)),
-                      default=None)
+        # "Bibasilar opacities, right greater than left, likely atelectasis" / "Blunting of the right
+        # costophrenic angle, likely a small effusion": the finding is sited with the nearest finding before it
+        # in the sentence that has a side; failing that, the nearest side word before the term.
+        for other in sorted((m for m in mentions if m.end <= mention.start and m.status != ABSENT),
+                            key=lambda m: -m.start):
+            other_site = Finding(kind=other.kind)
+            _read_site(other_site, _local_window(text, other.start, other.end))
+            if other_site.sides:
+                finding.sides |= other_site.sides
+                break
+    if not finding.sides:
+        before = text[:mention.start]
+        # (a "left greater than right" phrase ends where its "right" does, and wins over it)
+        nearest = max(((m.end(), side == BILATERAL, side) for side, pattern in _SIDE_WORDS
+                       for m in pattern.finditer(before)), default=None)
         if nearest is not None:
-            finding.sides |= {LEFT, RIGHT} if nearest[1] == BILATERAL else {nearest[1]}
+            finding.sides |= {LEFT, RIGHT} if nearest[2] == BILATERAL else {nearest[2]}
     for name, pattern in _MODIFIER_WORDS.items():
         if pattern.search(window):
             finding.modifiers.add(name)
@@ -242,24 +348,33 @@ def _describe(mention: Mention, alone_in_sentence: bool) -> Finding:
 
 
 def _read_site(finding: Finding, text: str) -> None:
+    sides: set[str] = set()
     for side, pattern in _SIDE_WORDS:
         if pattern.search(text):
-            finding.sides |= {LEFT, RIGHT} if side == BILATERAL else {side}
+            sides |= {LEFT, RIGHT} if side == BILATERAL else {side}
+    if not sides and _PLURAL_SITE.search(text):
+        sides = {LEFT, RIGHT}  # "atelectasis at the bases", "opacities in the lower lungs"
+    finding.sides |= sides
     for zone, pattern in _ZONE_WORDS:
         if pattern.search(text):
             finding.zones.add(zone)
 
 
 def _merge(findings: list[Finding]) -> list[Finding]:
-    """One finding per kind: a stated mention outranks a hedged one, which outranks a negated one."""
+    """One finding per kind: a stated mention outranks a hedged one, which outranks a negated one.
+
+    Mentions of the same status add up ("Right basilar atelectasis. Left basilar atelectasis." is bilateral); a
+    hedged mention's site is used only when the stated one has none, since the hedge may concern another lesion
+    ("Right upper lobe pneumonia. Left upper lobe nodule, possibly infectious.")."""
     order = {PRESENT: 0, UNCERTAIN: 1, ABSENT: 2}
     merged: dict[str, Finding] = {}
     for finding in findings:
         current = merged.get(finding.kind)
         if current is None or order[finding.status] < order[current.status]:
             if current is not None and current.status != ABSENT and finding.status != ABSENT:
-                finding.sides |= current.sides
-                finding.zones |= current.zones
+                if not finding.sides and not finding.zones:
+                    finding.sides |= current.sides
+                    finding.zones |= current.zones
                 finding.modifiers |= current.modifiers
             merged[finding.kind] = finding
         elif order[finding.status] == order[current.status] and finding.status != ABSENT:
@@ -274,10 +389,19 @@ def extract_findings(report_text: str) -> list[Finding]:
     """All findings of a report (stated, hedged and negated), one per kind."""
     findings: list[Finding] = []
     previous_generic: list[Finding] = []
+    previous_sited: list[Finding] = []
     for sentence in split_sentences(report_text):
         mentions = find_mentions(sentence)
         lesion_mentions = [m for m in mentions if m.kind in FINDING_KINDS]
-        sentence_findings = [_describe(m, alone_in_sentence=len(lesion_mentions) == 1) for m in mentions]
+        sentence_findings = [_describe(m, alone_in_sentence=len(lesion_mentions) == 1, mentions=mentions)
+                             for m in mentions]
+        if previous_sited and _ANAPHORA.match(sentence):
+            # "These opacities have increased." / "This may represent edema.": the sentence speaks of the
+            # previous sentence's findings, which give the site its own words do not.
+            for finding in sentence_findings:
+                if finding.status != ABSENT and not finding.sides:
+                    finding.sides |= set().union(*(f.sides for f in previous_sited))
+                    finding.zones = finding.zones or set().union(*(f.zones for f in previous_sited))
         # "Left basilar opacity, likely atelectasis": the generic opacity is explained by the specific finding,
         # which takes over its site.
         specific = [f for f in sentence_findings if f.kind in FINDING_KINDS and f.kind not in _GENERIC_KINDS
@@ -297,6 +421,7 @@ def extract_findings(report_text: str) -> list[Finding]:
                 specific[0].zones |= opacity.zones
                 findings.remove(opacity)
         previous_generic = [f for f in sentence_findings if f.kind in _GENERIC_KINDS and f.status != ABSENT]
+        previous_sited = [f for f in sentence_findings if f.kind in FINDING_KINDS and f.status != ABSENT and f.sides]
         findings.extend(sentence_findings)
     return _merge(findings)
 

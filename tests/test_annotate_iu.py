@@ -48,7 +48,8 @@ def test_agreement_with_expert_codes_on_both_halves(scored):
     for split in ("dev", "holdout"):
         assert results[split]["detection"]["accuracy"].value >= 0.90, split
         assert results[split]["diagnosis"]["macro_f1"].value >= 0.80, split
-        assert results[split]["side"]["accuracy"].value >= 0.78, split  # target 0.85 is met on dev and overall
+        # target 0.85; rules reach 0.94 on dev, 0.875 on the held-out half (threshold kept below the holdout)
+        assert results[split]["side"]["accuracy"].value >= 0.87, split
     assert results["all"]["diagnosis"]["macro_f1_classes"] == [
         "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Nodule", "Normal"]
 

@@ -77,6 +77,53 @@ def test_laterality_of_the_primary_lesion(text, side):
     assert chain[LOCATION]["laterality"] == side
 
 
+@pytest.mark.parametrize("text, side", [
+    # explicit bilateral wording, including coordinated and ranked sides
+    ("Patchy opacities in the left and right lower lobes.", "bilateral"),
+    ("Right upper and left lower lobe opacities.", "bilateral"),
+    ("Bibasilar and right perihilar opacities.", "bilateral"),
+    ("Basilar opacities, left greater than right, likely atelectasis.", "bilateral"),
+    ("Atelectasis at both lung bases.", "bilateral"),
+    # plural sites mean both lungs unless one side is named with them
+    ("Streaky opacities in the lower lungs.", "bilateral"),
+    ("Subsegmental atelectasis at the bases.", "bilateral"),
+    ("Small pleural effusions.", "bilateral"),
+    ("Right middle and lower lobe pneumonia.", "right"),
+    # the same finding named on each side in separate sentences
+    ("Right lower lobe atelectasis. Left lower lobe atelectasis.", "bilateral"),
+    # side words of devices, bones and negated findings are not the lesion's side
+    ("Left-sided pacemaker with mild bibasilar atelectasis.", "bilateral"),
+    ("Right internal jugular catheter tip in the SVC and mild atelectasis.", None),
+    ("No pneumothorax on the right, but subsegmental atelectasis is present.", None),
+    ("No right pleural effusion. Left basilar atelectasis.", "left"),
+    # ... unless the bone is the lesion's landmark
+    ("Nodular opacity projecting over the left fourth rib.", "left"),
+    # a finding named after a sited one in the same sentence shares its site
+    ("Blunting of the right costophrenic angle, likely a small effusion.", "right"),
+])
+def test_laterality_in_general_clinical_language(text, side):
+    chain = annotate_report(text, "")
+    assert chain[LOCATION]["laterality"] == side
+
+
+def test_a_sentence_referring_back_takes_the_previous_sentences_site():
+    found = {f.kind: f for f in extract_findings(
+        "Increased interstitial markings in the right lower lung. This may represent early edema.")}
+    assert found["edema"].sides == {"right"} and found["edema"].zones == {"lower"}
+    found = {f.kind: f for f in extract_findings("Hazy bilateral opacities. These opacities have increased.")}
+    assert found["opacity"].sides == {"left", "right"}
+
+
+def test_a_hedged_mention_does_not_add_its_side_to_a_stated_one():
+    found = {f.kind: f for f in extract_findings(
+        "Right upper lobe pneumonia. Left upper lobe nodule which may represent an infectious process.")}
+    assert found["pneumonia"].status == PRESENT and found["pneumonia"].sides == {"right"}
+
+
+def test_would_be_a_consideration_is_a_hedge():
+    assert status_of("A pneumonia in the right lower lobe would be a consideration.", "pneumonia") == UNCERTAIN
+
+
 def test_each_finding_in_a_sentence_keeps_its_own_side_and_zone():
     found = {f.kind: f for f in extract_findings("Left basilar atelectasis and right upper lobe nodule.")}
     assert found["atelectasis"].sides == {"left"} and found["atelectasis"].zones == {"lower"}
@@ -203,6 +250,16 @@ def test_mesh_codes_map_to_reference_answers():
     assert not parse_mesh("u7", ["No Indexing"]).indexed
     with pytest.raises(UnknownMeshCode, match="u8.*Made Up Finding"):
         parse_mesh("u8", ["Made Up Finding/left"])
+
+
+def test_mesh_side_of_multi_finding_reports_and_obscured_angles():
+    # codes of one kind add up; the side compared is that of the primary lesion (same priority as the chain)
+    assert parse_mesh("u1", ["Opacity/lung/base/left", "Opacity/lung/upper lobe/right"]).side == "bilateral"
+    assert parse_mesh("u2", ["Pulmonary Atelectasis/base/left", "Pleural Effusion/right"]).side == "right"
+    # an angle coded "obscured" was not seen: image quality, not blunting
+    obscured = parse_mesh("u3", ["Costophrenic Angle/sulcus/bilateral/posterior/obscured"])
+    assert obscured.side is None and obscured.detection == "No abnormality" and obscured.diagnosis == "Normal"
+    assert parse_mesh("u4", ["Costophrenic Angle/left/blunted"]).side == "left"
 
 
 def test_agreement_matches_scikit_learn_and_has_bootstrap_intervals():
