@@ -236,9 +236,13 @@ class StepCoTPreTrainedModel(PreTrainedModel):
             encoder.eval()
         return self
 
+    def vision_encoder_is_trainable(self) -> bool:
+        """True when any encoder weight trains (unfrozen encoder, or LoRA adapters on a frozen one)."""
+        return any(p.requires_grad for p in self.vision_encoder.parameters())
+
     def encode_images(self, pixel_values):
         """The pooled image embedding (B, image_embed_dim) of the (frozen) encoder: what a feature cache stores."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_encoder_is_trainable()):
             pooled, _ = self.vision_encoder(pixel_values)
         return pooled
 

@@ -79,6 +79,17 @@ def test_run_exports_loadable_models_with_processor_metrics_and_card(demo_run, t
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.Size([1, 7, 9])" in result.stdout
+    # and the checkpoint carries the pipeline: one call gives the readable chain
+    script = (
+        "import sys; sys.modules['modeling_stepcot'] = None\n"
+        "from transformers import pipeline\n"
+        "vqa = pipeline(model=sys.argv[1], trust_remote_code=True)\n"
+        "print(vqa(sys.argv[2])['chain'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(demo_run / "teacher"), str(image)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("Detection: ")
 
 
 def test_two_processes_train_and_agree_on_metrics(tmp_path):

@@ -90,8 +90,8 @@ class StepCoTDistillationPair(PreTrainedModel):
         if self._shares_image_encoder is None:
             t, s = self.teacher, self.student
             same = (
-                t.config.freeze_vision_encoder
-                and s.config.freeze_vision_encoder
+                not t.vision_encoder_is_trainable()
+                and not s.vision_encoder_is_trainable()
                 and t.config.vision_backbone == s.config.vision_backbone
                 and t.config.image_size == s.config.image_size
             )

@@ -59,6 +59,9 @@ class ModelArguments:
     teacher_model: str | None = field(default=None, metadata={"help": "start from a saved teacher folder"})
     student_model: str | None = field(default=None, metadata={"help": "start from a saved student folder"})
     relation_dim: int = field(default=256, metadata={"help": "width of the CH projections"})
+    lora_r: int = field(
+        default=0, metadata={"help": "rank of LoRA adapters on both image encoders (0: none); merged at export"}
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "input size for the efficientnet_lite0 backbone (CLIP fixes its own); default 224"}
     )
@@ -233,12 +236,18 @@ def pixel_datasets(splits, processor):
 
 def export(pair, processor, output_dir: Path, results: dict, run_args: dict, table: str):
     from trainers.model_card import write_model_card
+    from trainers.predict import add_pipeline_to_checkpoint
 
     for role in ("teacher", "student"):
         folder = output_dir / role
         model = getattr(pair, role)
+        if run_args["model"]["lora_r"]:
+            from trainers.lora import merge_vision_lora
+
+            merge_vision_lora(model)  # the export is a plain Step-CoT model: no peft needed to load it
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
+        add_pipeline_to_checkpoint(folder)  # `pipeline(model=folder, trust_remote_code=True)` without this package
         write_model_card(folder, role, model.config, run_args=run_args, metrics=results.get(role), table=table)
 
 
@@ -304,7 +313,13 @@ def main(argv=None) -> int:
     teacher, student = build_models(model_args)
     processor = build_processor(teacher)
     pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=model_args.relation_dim)
-    frozen = pair.teacher.config.freeze_vision_encoder and pair.student.config.freeze_vision_encoder
+    if model_args.lora_r:
+        from trainers.lora import add_vision_lora
+
+        for role in ("teacher", "student"):
+            count = add_vision_lora(getattr(pair, role), model_args.lora_r)
+            logger.info("LoRA rank %d on the %s's image encoder: %d trainable weights", model_args.lora_r, role, count)
+    frozen = not (pair.teacher.vision_encoder_is_trainable() or pair.student.vision_encoder_is_trainable())
     use_cache = data_args.feature_cache and frozen
     cache_dir = Path(data_args.cache_dir or output_dir / "cache")
     if use_cache:
