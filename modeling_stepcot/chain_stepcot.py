@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .configuration_stepcot import NA_OPTION
+from .configuration_stepcot import DEFAULT_STEP_NAMES, NA_OPTION
 
 NO_ABNORMALITY = "No abnormality"
 ABNORMAL_DENSITIES = ("Increased opacity", "Decreased opacity", "Mixed")
@@ -29,15 +29,7 @@ NO_SECONDARY = ("None", NA_OPTION)
 NORMAL_DIAGNOSIS = "Normal"
 
 # The step names of the default schema, used by the rules below.
-DETECTION, DISTRIBUTION, PATTERN, LOCATION, MORPHOLOGY, SECONDARY, DIAGNOSIS = (
-    "Detection",
-    "Lesion distribution",
-    "Radiographic pattern",
-    "Anatomical location",
-    "Morphologic feature",
-    "Secondary effects",
-    "Diagnosis",
-)
+DETECTION, DISTRIBUTION, PATTERN, LOCATION, MORPHOLOGY, SECONDARY, DIAGNOSIS = DEFAULT_STEP_NAMES
 
 ANY_BUT_NA = "any option but N/A"  # marker resolved against each step's own options
 ANY_BUT_NO_SECONDARY = "any option but None/N/A"
