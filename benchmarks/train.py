@@ -41,7 +41,7 @@ def build_pair():
     return StepCoTDistillationPair.from_models(teacher, student).train()
 
 
-def make_update(pair, batch_size, mode):
+def make_update(pair, batch_size, mode, bf16=False):
     trainable = [p for p in pair.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     pixels = torch.randn(batch_size, 3, 224, 224)
@@ -49,7 +49,7 @@ def make_update(pair, batch_size, mode):
         cached = pair.teacher.encode_images(pixels)
     labels = torch.stack([torch.randint(0, n, (batch_size,)) for n in pair.teacher.config.num_classes_per_step], 1)
 
-    def update():
+    def loss():
         if mode == "cached":
             out = pair(image_embeds=cached)
         elif mode == "images":
@@ -61,8 +61,13 @@ def make_update(pair, batch_size, mode):
             out = pair(pixel_values=pixels)
         terms = distillation_losses(out.teacher_step_logits, out.student_step_logits, labels,
                                     out.teacher_relation, out.student_relation)
+        return terms["teacher_ce"] + terms["student"]
+
+    def update():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            value = loss()
         optimizer.zero_grad(set_to_none=True)
-        (terms["teacher_ce"] + terms["student"]).backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
 
@@ -88,6 +93,7 @@ def main():
     parser.add_argument("--steps", type=int, default=6, help="timed updates per mode")
     parser.add_argument("--extract-batches", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["cached", "images", "reference"])
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (what --bf16 does in stepcot train)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -98,7 +104,7 @@ def main():
         extract = median_seconds(lambda: pair.teacher.encode_images(pixels), args.extract_batches)
     rows = {"feature_extraction_s": round(extract * steps_per_epoch, 1)}
     for mode in args.modes:
-        seconds = median_seconds(make_update(pair, args.batch_size, mode), args.steps)
+        seconds = median_seconds(make_update(pair, args.batch_size, mode, args.bf16), args.steps)
         rows[mode] = {
             "s_per_update": round(seconds, 3),
             "s_per_epoch": round(seconds * steps_per_epoch, 1),
@@ -106,7 +112,8 @@ def main():
         }
         print(mode, rows[mode], flush=True)
 
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}; "
           f"{args.samples} samples, batch {args.batch_size}, {steps_per_epoch} updates/epoch")
     print(f"feature extraction (once): {rows['feature_extraction_s']} s")
     print("| mode | s/update | s/epoch | min for %d epochs |" % args.epochs)

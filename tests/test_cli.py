@@ -36,3 +36,11 @@ def test_info_names_a_folder_that_is_not_a_model(tmp_path):
 def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "trainers.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "stepcot" in result.stdout
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_registered_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out

@@ -19,6 +19,10 @@ COMMANDS = {
     "report": ("trainers.report", "collect several evaluation runs into one comparison table"),
     "eval": ("trainers.evaluate", "evaluate a model on a dataset split: metrics, tables, plots"),
     "predict": ("trainers.predict", "answer the seven steps for chest X-ray images, with attention maps"),
+    "baseline": ("trainers.baselines", "train and evaluate vision-language baselines with/without Step-CoT (Table 3/8)"),
+    "eval-transfer": ("trainers.transfer", "zero-shot diagnosis on the NIH ChestX-ray8 bbox subset (Table 4)"),
+    "bench-ablations": ("trainers.bench", "train full, w/o Memory and w/o Text teachers and tabulate them (Table 6)"),
+    "bench-efficiency": ("trainers.efficiency", "parameters, latency and peak memory of models and baselines (Table 11)"),
 }
 
 
