@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from trainers.offline_encoders import offline_encoders_available
 
@@ -106,3 +107,25 @@ def test_two_processes_train_and_agree_on_metrics(tmp_path):
     assert [line.split("]")[0] for line in reports] == ["[rank 0 of 2", "[rank 1 of 2"]
     assert reports[0].split("]")[1] == reports[1].split("]")[1]  # identical metrics on both ranks
     assert (out / "student" / "model.safetensors").is_file() and (out / "results.json").is_file()
+
+
+def test_teacher_stage_then_distillation_from_the_saved_teacher(tmp_path):
+    from safetensors.torch import load_file
+
+    from trainers.run_distill import main as train
+    from trainers.run_teacher import main as train_teacher
+
+    common = [a for a in SMALL_RUN if a not in ("--teacher_learning_rate", "2e-3", "--student_learning_rate", "3e-3")]
+    stage = ["--demo_size", "120", "--demo_image_size", "64", "--num_train_epochs", "1", *common]
+    assert train_teacher(["--output_dir", str(tmp_path / "teacher_stage"), "--learning_rate", "2e-3", *stage]) == 0
+    teacher_dir = tmp_path / "teacher_stage" / "teacher"
+    results = json.loads((tmp_path / "teacher_stage" / "results.json").read_text())
+    assert set(results["results"]) == {"teacher"} and "mean_accuracy" in results["results"]["teacher"]
+    assert (tmp_path / "teacher_stage" / "metrics" / "teacher" / "metrics.md").is_file()
+
+    joint = tmp_path / "joint"
+    assert train(["--output_dir", str(joint), "--teacher_model", str(teacher_dir), "--teacher_pretrain_epochs", "0",
+                  "--teacher_learning_rate", "0", *stage]) == 0
+    # with a zero teacher learning rate the exported teacher is exactly the stage-1 teacher
+    before, after = load_file(teacher_dir / "model.safetensors"), load_file(joint / "teacher" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -16,6 +16,7 @@ COMMANDS = {
     "annotate": ("dataset_script.annotate_cli", "turn radiology reports into seven-step Step-CoT records"),
     "annotate-eval": ("dataset_script.annotate_eval", "score report annotation against IU X-Ray MeSH codes"),
     "train": ("trainers.run_distill", "train teacher and student jointly (distillation)"),
+    "train-teacher": ("trainers.run_teacher", "train the teacher alone (supervised pre-training stage)"),
     "report": ("trainers.report", "collect several evaluation runs into one comparison table"),
     "eval": ("trainers.evaluate", "evaluate a model on a dataset split: metrics, tables, plots"),
     "predict": ("trainers.predict", "answer the seven steps for chest X-ray images, with attention maps"),

@@ -163,24 +163,24 @@ def _image_size_kwargs(model_args):
     return {"image_size": model_args.image_size}
 
 
-def build_models(model_args):
+def build_teacher(model_args):
     if model_args.teacher_model:
-        teacher = StepCoTTeacher.from_pretrained(model_args.teacher_model)
-    else:
-        text = offline_text_encoder_path() if model_args.text_encoder == OFFLINE_TEXT else model_args.text_encoder
-        teacher = StepCoTTeacher.from_pretrained_encoders(
-            vision=model_args.vision_encoder, text=text, freeze_encoders=model_args.freeze_encoders,
-            hidden_size=model_args.teacher_hidden_size, use_memory=model_args.use_memory, use_text=model_args.use_text,
-            **_image_size_kwargs(model_args),
-        )
+        return StepCoTTeacher.from_pretrained(model_args.teacher_model)
+    text = offline_text_encoder_path() if model_args.text_encoder == OFFLINE_TEXT else model_args.text_encoder
+    return StepCoTTeacher.from_pretrained_encoders(
+        vision=model_args.vision_encoder, text=text, freeze_encoders=model_args.freeze_encoders,
+        hidden_size=model_args.teacher_hidden_size, use_memory=model_args.use_memory, use_text=model_args.use_text,
+        **_image_size_kwargs(model_args),
+    )
+
+
+def build_student(model_args):
     if model_args.student_model:
-        student = StepCoTStudent.from_pretrained(model_args.student_model)
-    else:
-        student = StepCoTStudent.from_pretrained_encoders(
-            vision=model_args.vision_encoder, freeze_encoders=model_args.freeze_encoders,
-            hidden_size=model_args.student_hidden_size, **_image_size_kwargs(model_args),
-        )
-    return teacher, student
+        return StepCoTStudent.from_pretrained(model_args.student_model)
+    return StepCoTStudent.from_pretrained_encoders(
+        vision=model_args.vision_encoder, freeze_encoders=model_args.freeze_encoders,
+        hidden_size=model_args.student_hidden_size, **_image_size_kwargs(model_args),
+    )
 
 
 def build_processor(teacher):
@@ -204,25 +204,27 @@ def _pixel_batches(dataset, processor, batch_size, num_workers):
     return loader, len(batches)
 
 
-def feature_datasets(splits, pair, processor, cache_dir, training_args):
-    """Cached-feature datasets per split (one encoder pass per image and encoder, reused across runs)."""
+def feature_datasets(splits, models: dict, processor, cache_dir, training_args, share_encoder=False):
+    """Cached-feature datasets per split: one encoder pass per image and encoder, reused across runs.
+
+    `models` maps a role ("teacher", and optionally "student") to its model; with `share_encoder` the student reads
+    the teacher's features (same frozen encoder)."""
     result = {}
     for name, dataset in splits.items():
         fingerprint = f"{dataset._fingerprint}:{name}:{len(dataset)}:{processor.image_size}"
         extras = {"mean": processor.image_processor.image_mean, "std": processor.image_processor.image_std}
         embeds = {}
-        for role in ("teacher", "student"):
-            if role == "student" and pair.shares_image_encoder():
-                embeds["student"] = None
+        for role, model in models.items():
+            if role == "student" and share_encoder:
                 continue
             with training_args.main_process_first(desc=f"{role} image features ({name})"):
                 loader, total = _pixel_batches(dataset, processor, training_args.per_device_eval_batch_size,
                                                training_args.dataloader_num_workers)
                 embeds[role], path, hit = cached_image_embeds(
-                    getattr(pair, role), loader, fingerprint, cache_dir, total=total, extra=extras
+                    model, loader, fingerprint, cache_dir, total=total, extra=extras
                 )
             logger.info("%s %s features %s %s", name, role, "read from" if hit else "written to", path)
-        result[name] = EmbeddingDataset(embeds["teacher"], dataset["labels"], embeds["student"])
+        result[name] = EmbeddingDataset(embeds["teacher"], dataset["labels"], embeds.get("student"))
     return result
 
 
@@ -234,14 +236,14 @@ def pixel_datasets(splits, processor):
 # export
 
 
-def export(pair, processor, output_dir: Path, results: dict, run_args: dict, table: str):
+def export(models: dict, processor, output_dir: Path, results: dict, run_args: dict, table: str):
+    """Each model to OUTPUT_DIR/ROLE: weights + code, processor, the pipeline, and a filled-in model card."""
     from trainers.model_card import write_model_card
     from trainers.predict import add_pipeline_to_checkpoint
 
-    for role in ("teacher", "student"):
+    for role, model in models.items():
         folder = output_dir / role
-        model = getattr(pair, role)
-        if run_args["model"]["lora_r"]:
+        if run_args["model"].get("lora_r"):
             from trainers.lora import merge_vision_lora
 
             merge_vision_lora(model)  # the export is a plain Step-CoT model: no peft needed to load it
@@ -251,27 +253,31 @@ def export(pair, processor, output_dir: Path, results: dict, run_args: dict, tab
         write_model_card(folder, role, model.config, run_args=run_args, metrics=results.get(role), table=table)
 
 
-def evaluate_split(trainer, pair, dataset, split, output_dir, num_bootstrap, config):
-    """Teacher and student metrics with bootstrap CIs on `dataset`; reports under OUTPUT_DIR/metrics/ROLE."""
+def score_and_report(role_logits: dict, labels, split, output_dir, num_bootstrap, config, write=True):
+    """Metrics with bootstrap CIs for each role's padded logits; reports under OUTPUT_DIR/metrics/ROLE."""
     import numpy as np
 
     from trainers.metrics import compute_step_metrics
     from trainers.report import markdown_table, write_report
 
-    prediction = trainer.predict(dataset, metric_key_prefix=split)
-    teacher_logits, student_logits = prediction.predictions[:2]
-    labels = np.asarray(prediction.label_ids)
     results, runs = {}, []
-    for role, logits in (("teacher", teacher_logits), ("student", student_logits)):
+    for role, logits in role_logits.items():
         metrics = compute_step_metrics(
-            np.asarray(logits), labels, step_names=config.step_names, step_options=config.step_options,
+            np.asarray(logits), np.asarray(labels), step_names=config.step_names, step_options=config.step_options,
             scores="logits", num_bootstrap=num_bootstrap, metadata={"model": role, "split": split},
         )
-        if trainer.is_world_process_zero():
+        if write:
             write_report(metrics, output_dir / "metrics" / role, model_name=role.capitalize())
         runs.append((role.capitalize(), metrics))
         results[role] = metrics.flat()
     return results, markdown_table(runs)
+
+
+def print_summary(output_dir: Path, eval_split: str, table: str, roles):
+    print("\n" + table)
+    folders = " and ".join(str(output_dir / role) for role in roles)
+    print(f"\nCheckpoints: {folders} (load with AutoModel.from_pretrained(..., trust_remote_code=True))")
+    print(f"Metrics ({eval_split} split): {output_dir / 'metrics'}; summary: {output_dir / 'results.json'}")
 
 
 def load_best(pair, output_dir: Path):
@@ -310,7 +316,7 @@ def main(argv=None) -> int:
     if data_args.max_train_samples:
         splits["train"] = splits["train"].select(range(min(data_args.max_train_samples, len(splits["train"]))))
 
-    teacher, student = build_models(model_args)
+    teacher, student = build_teacher(model_args), build_student(model_args)
     processor = build_processor(teacher)
     pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=model_args.relation_dim)
     if model_args.lora_r:
@@ -323,7 +329,8 @@ def main(argv=None) -> int:
     use_cache = data_args.feature_cache and frozen
     cache_dir = Path(data_args.cache_dir or output_dir / "cache")
     if use_cache:
-        datasets_by_split = feature_datasets(splits, pair, processor, cache_dir, training_args)
+        datasets_by_split = feature_datasets(splits, {"teacher": pair.teacher, "student": pair.student}, processor,
+                                             cache_dir, training_args, share_encoder=pair.shares_image_encoder())
         data_collator = None  # default collator stacks the cached rows
     else:
         from modeling_stepcot.processing_stepcot import StepCoTDataCollator
@@ -357,8 +364,11 @@ def main(argv=None) -> int:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     load_best(pair, output_dir)
-    results, table = evaluate_split(trainer, pair, datasets_by_split[eval_split], eval_split, output_dir,
-                                     data_args.num_bootstrap, teacher.config)
+    prediction = trainer.predict(datasets_by_split[eval_split], metric_key_prefix=eval_split)
+    teacher_logits, student_logits = prediction.predictions[:2]
+    results, table = score_and_report({"teacher": teacher_logits, "student": student_logits}, prediction.label_ids,
+                                      eval_split, output_dir, data_args.num_bootstrap, teacher.config,
+                                      write=trainer.is_world_process_zero())
     run_args = {
         "model": asdict(model_args), "data": asdict(data_args), "distillation": asdict(distill_args),
         "training": {k: getattr(training_args, k) for k in (
@@ -367,14 +377,11 @@ def main(argv=None) -> int:
         "feature_cache": use_cache,
     }
     if trainer.is_world_process_zero():
-        export(pair, processor, output_dir, results, run_args, table)
+        export({"teacher": pair.teacher, "student": pair.student}, processor, output_dir, results, run_args, table)
         summary = {"eval_split": eval_split, "results": results, "run_args": run_args,
                    "teacher": str(output_dir / "teacher"), "student": str(output_dir / "student")}
         (output_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-        print("\n" + table)
-        print(f"\nCheckpoints: {output_dir / 'teacher'} and {output_dir / 'student'} "
-              f"(load with AutoModel.from_pretrained(..., trust_remote_code=True))")
-        print(f"Metrics ({eval_split} split): {output_dir / 'metrics'}; summary: {output_dir / 'results.json'}")
+        print_summary(output_dir, eval_split, table, ("teacher", "student"))
     # every rank reports what it computed (multi-process runs must agree)
     print(f"[rank {training_args.process_index} of {training_args.world_size}] {eval_split} mean accuracy: "
           f"teacher {results['teacher']['mean_accuracy']:.6f} student {results['student']['mean_accuracy']:.6f}")
