@@ -19,6 +19,16 @@ def demo_release_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def hub_dataset(demo_release_dir, tmp_path_factory):
+    """The small demo release built into the Hub layout (`load_dataset(hub_dataset)` works); read-only."""
+    from dataset_script.hub import build_hub_dataset
+
+    folder = tmp_path_factory.mktemp("demo_hub")
+    build_hub_dataset(demo_release_dir, folder)
+    return folder
+
+
 @pytest.fixture
 def shared_data_dir():
     """`../shared/data` (real images for tests); skips when this checkout has no `../shared` next to it."""

@@ -44,15 +44,6 @@ def tiny_clip_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hub_dataset(demo_release_dir, tmp_path_factory):
-    from dataset_script.hub import build_hub_dataset
-
-    folder = tmp_path_factory.mktemp("demo_hub")
-    build_hub_dataset(demo_release_dir, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def baseline_run(tiny_clip_dir, hub_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines")
     code = baselines.main(["--backbone", str(tiny_clip_dir), "--dataset", str(hub_dataset), "--out", str(out),

@@ -12,15 +12,6 @@ from trainers.metrics import IGNORE_INDEX, METRIC_NAMES, compute_step_metrics
 
 
 @pytest.fixture(scope="module")
-def hub_dataset(demo_release_dir, tmp_path_factory):
-    from dataset_script.hub import build_hub_dataset
-
-    folder = tmp_path_factory.mktemp("demo_hub")
-    build_hub_dataset(demo_release_dir, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def saved_teacher(tmp_path_factory):
     folder = tmp_path_factory.mktemp("teacher")
     tiny_teacher(seed=3, use_memory=False).save_pretrained(folder)

@@ -101,7 +101,19 @@ def is_open_clip_name(name_or_path: str) -> bool:
     return name_or_path.startswith(OPEN_CLIP_PREFIX) or (Path(name_or_path) / "open_clip_config.json").is_file()
 
 
-class TransformersBackbone:
+class _Backbone:
+    """What every backbone shares: a weight fingerprint for the embedding cache, computed once."""
+
+    def fingerprint(self) -> str:
+        if getattr(self, "_fingerprint", None) is None:  # hashing every weight takes ~1 s for ViT-B: once per run
+            self._fingerprint = module_fingerprint(self.model, self.name)
+        return self._fingerprint
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+class TransformersBackbone(_Backbone):
     """A transformers vision-language model with `get_image_features` and `get_text_features`."""
 
     kind = "transformers"
@@ -143,11 +155,6 @@ class TransformersBackbone:
     def preprocessing(self) -> dict:
         return {"image_processor": self.image_processor.to_dict(), "max_length": self.max_length}
 
-    def fingerprint(self) -> str:
-        if getattr(self, "_fingerprint", None) is None:  # hashing every weight takes ~1 s for ViT-B: once per run
-            self._fingerprint = module_fingerprint(self.model, self.name)
-        return self._fingerprint
-
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
         rgb = [image_to_rgb(image, self.image_size) for image in images]
@@ -161,11 +168,8 @@ class TransformersBackbone:
         inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         return _pooled(self.model.get_text_features(**inputs)).float().cpu()
 
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
-
-class OpenClipBackbone:
+class OpenClipBackbone(_Backbone):
     """An open_clip model (e.g. hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224)."""
 
     kind = "open_clip"
@@ -187,11 +191,6 @@ class OpenClipBackbone:
     def preprocessing(self) -> dict:
         return {"open_clip_preprocess": repr(self.preprocess)}
 
-    def fingerprint(self) -> str:
-        if getattr(self, "_fingerprint", None) is None:  # hashing every weight takes ~1 s for ViT-B: once per run
-            self._fingerprint = module_fingerprint(self.model, self.name)
-        return self._fingerprint
-
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
         pixel_values = torch.stack([self.preprocess(image_to_rgb(image)) for image in images]).to(self.device)
@@ -200,9 +199,6 @@ class OpenClipBackbone:
     @torch.no_grad()
     def embed_texts(self, texts) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float().cpu()
-
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
 
 def load_backbone(name_or_path: str, device: str = "cpu"):
