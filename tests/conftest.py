@@ -29,6 +29,14 @@ def hub_dataset(demo_release_dir, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A saved random tiny CLIPModel (32 px) with tokenizer and image processor, loadable like a Hub checkpoint."""
+    from tiny_models import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
 @pytest.fixture
 def shared_data_dir():
     """`../shared/data` (real images for tests); skips when this checkout has no `../shared` next to it."""

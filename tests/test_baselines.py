@@ -3,44 +3,14 @@ tiny random CLIP saved to a folder with a tokenizer built from a small vocabular
 
 import csv
 import json
-import re
 
 import numpy as np
 import pytest
 import torch
 
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS
 from trainers import baselines
 from trainers.metrics import IGNORE_INDEX, weighted_step_metrics
 from trainers.report import load_metrics
-
-
-def save_tiny_clip(folder, seed=0):
-    """A random CLIPModel (32 px images, 16-d projections) with a BERT word-piece tokenizer whose vocabulary is the
-    words of the step questions; the text tower pools at [SEP], CLIP's end-of-text role."""
-    from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    words = sorted({w for q in DEFAULT_STEP_QUESTIONS + ["Question:"] for w in re.findall(r"\w+|[^\w\s]", q.lower())})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    tokenizer = BertTokenizerFast(vocab={word: index for index, word in enumerate(vocab)})
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, max_position_embeddings=40, pad_token_id=0, bos_token_id=2,
-                         eos_token_id=3),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")

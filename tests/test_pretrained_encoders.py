@@ -39,3 +39,20 @@ def test_imagenet_features_separate_structured_from_noise_images():
     with torch.no_grad():
         features = torch.nn.functional.normalize(model.encode_images(batch), dim=-1)
     assert features[0] @ features[1] > features[0] @ features[2]
+
+
+def test_clip_checkpoint_loads_only_the_vision_tower(tiny_clip_dir, monkeypatch):
+    """The hub-loading path of `from_pretrained_encoders`, on a full CLIPModel checkpoint saved locally."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = StepCoTTeacher.from_pretrained_encoders(vision=str(tiny_clip_dir), text=offline_text_encoder_path(),
+                                                    hidden_size=32)
+    assert model.config.vision_backbone == "clip" and model.config.image_size == 32
+    assert model.config.vision_encoder_name_or_path == str(tiny_clip_dir)
+    saved = load_file(tiny_clip_dir / "model.safetensors")
+    ours = model.vision_encoder.model.state_dict()
+    for key, value in ours.items():
+        assert torch.equal(value, saved[key]), key  # same names as CLIPModel: vision_model.*, visual_projection.*
+    assert not any(k.startswith("text_model") for k in ours)  # no text tower
+    assert model(pixel_values=torch.randn(2, 3, 32, 32)).logits.shape == (2, 7, 9)

@@ -129,3 +129,27 @@ def test_teacher_stage_then_distillation_from_the_saved_teacher(tmp_path):
     # with a zero teacher learning rate the exported teacher is exactly the stage-1 teacher
     before, after = load_file(teacher_dir / "model.safetensors"), load_file(joint / "teacher" / "model.safetensors")
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_run_trains_on_images_and_exports_merged_models(tiny_clip_dir, tmp_path):
+    """With LoRA on a CLIP backbone (a local checkpoint standing in for a Hub id) the encoders train, so the run
+    goes through images and the collator instead of the feature cache, and the export is a plain model."""
+    from safetensors.torch import load_file
+
+    from trainers.run_distill import main
+
+    out = tmp_path / "lora"
+    args = ["--output_dir", str(out), "--vision_encoder", str(tiny_clip_dir), "--lora_r", "2",
+            "--demo_size", "60", "--demo_image_size", "32", "--num_train_epochs", "1", "--teacher_pretrain_epochs", "0",
+            *[a for a in SMALL_RUN if a not in ("--image_size", "128")]]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["run_args"]["feature_cache"] is False
+    assert not (out / "cache").exists()
+    weights = load_file(out / "student" / "model.safetensors")
+    assert not any("lora_" in key or "base_layer" in key for key in weights)
+    original = load_file(tiny_clip_dir / "model.safetensors")
+    key = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(weights[f"vision_encoder.model.{key}"], original[key])  # adapters merged in
+    key = "vision_model.encoder.layers.0.self_attn.k_proj.weight"
+    assert torch.equal(weights[f"vision_encoder.model.{key}"], original[key])  # no adapter: untouched

@@ -66,3 +66,30 @@ def random_batch(batch_size=4, image_size=32, seed=0, missing_fraction=0.2, conf
     missing = torch.rand(labels.shape, generator=generator) < missing_fraction
     labels[missing] = -100
     return pixel_values, labels
+
+
+def save_tiny_clip(folder, seed=0):
+    """A random CLIPModel (32 px images, 16-d projections) with a BERT word-piece tokenizer whose vocabulary is the
+    words of the step questions; the text tower pools at [SEP], CLIP's end-of-text role."""
+    import re
+
+    from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from modeling_stepcot import DEFAULT_STEP_QUESTIONS
+
+    words = sorted({w for q in DEFAULT_STEP_QUESTIONS + ["Question:"] for w in re.findall(r"\w+|[^\w\s]", q.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    tokenizer = BertTokenizerFast(vocab={word: index for index, word in enumerate(vocab)})
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=40, pad_token_id=0, bos_token_id=2,
+                         eos_token_id=3),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
