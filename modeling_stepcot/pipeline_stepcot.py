@@ -25,7 +25,7 @@ from transformers import Pipeline
 
 from .chain_stepcot import ChainChecker
 from .configuration_stepcot import NA_OPTION
-from .processing_stepcot import BACKBONE_MEAN_STD, image_to_rgb
+from .processing_stepcot import image_processor_for_config, image_to_rgb
 
 TASK = "stepcot-vqa"
 UNCALIBRATED = "softmax (uncalibrated)"
@@ -128,18 +128,6 @@ def upsample_maps(maps, size) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _image_processor_from_config(config):
-    """The image half of `StepCoTProcessor.from_model_config` (the students' saved processor may be absent, and
-    the full processor needs a tokenizer)."""
-    from transformers import CLIPImageProcessor
-
-    size = int(config.image_size)
-    mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
-    return CLIPImageProcessor(do_resize=True, size={"height": size, "width": size}, do_center_crop=False,
-                              crop_size={"height": size, "width": size}, do_normalize=True, image_mean=mean,
-                              image_std=std, do_convert_rgb=True)
-
-
 def load_image(image):
     """A PIL image (not yet decoded, so JPEG draft mode can still apply) from a path, PIL image or array, with a
     clear error for missing, unreadable or non-image files."""
@@ -188,7 +176,7 @@ class StepCoTVQAPipeline(Pipeline):
             raise ValueError(f"the {TASK} pipeline needs a Step-CoT teacher or student; got a "
                              f"{type(model).__name__} (model_type {getattr(config, 'model_type', None)!r})")
         if image_processor is None:
-            image_processor = getattr(processor, "image_processor", None) or _image_processor_from_config(config)
+            image_processor = getattr(processor, "image_processor", None) or image_processor_for_config(config)
         # The tokenizer of a saved processor is not needed (question tokens live in the model's buffers).
         super().__init__(model, *args, image_processor=image_processor, **kwargs)
         self.model.eval()

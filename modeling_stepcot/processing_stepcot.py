@@ -74,6 +74,25 @@ def image_to_rgb(image, size: int | None = None) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def image_processor_for_config(config):
+    """Resize the whole image (no crop: lung edges matter) to the model's `image_size` and normalise with the
+    backbone's mean/std. The image half of `StepCoTProcessor`; needs no tokenizer."""
+    from transformers import CLIPImageProcessor  # imported here: importing it logs a torchvision notice
+
+    size = int(config.image_size)
+    mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"height": size, "width": size},
+        do_center_crop=False,
+        crop_size={"height": size, "width": size},
+        do_normalize=True,
+        image_mean=mean,
+        image_std=std,
+        do_convert_rgb=True,
+    )
+
+
 class StepCoTProcessor(ProcessorMixin):
     r"""
     Image processor + tokenizer + the seven step questions of a Step-CoT model.
@@ -98,20 +117,7 @@ class StepCoTProcessor(ProcessorMixin):
     @classmethod
     def from_model_config(cls, config, tokenizer, **kwargs):
         """The processor matching a teacher or student config: its image size, backbone normalisation, questions."""
-        from transformers import CLIPImageProcessor  # imported here: importing it logs a torchvision notice
-
-        size = int(config.image_size)
-        mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
-        image_processor = CLIPImageProcessor(
-            do_resize=True,
-            size={"height": size, "width": size},
-            do_center_crop=False,
-            crop_size={"height": size, "width": size},
-            do_normalize=True,
-            image_mean=mean,
-            image_std=std,
-            do_convert_rgb=True,
-        )
+        image_processor = image_processor_for_config(config)
         return cls(
             image_processor,
             tokenizer,
@@ -216,4 +222,11 @@ class StepCoTDataCollator:
         return batch
 
 
-__all__ = ["BACKBONE_MEAN_STD", "StepCoTDataCollator", "StepCoTProcessor", "image_to_8bit", "image_to_rgb"]
+__all__ = [
+    "BACKBONE_MEAN_STD",
+    "StepCoTDataCollator",
+    "StepCoTProcessor",
+    "image_processor_for_config",
+    "image_to_8bit",
+    "image_to_rgb",
+]

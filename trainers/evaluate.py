@@ -38,8 +38,8 @@ class ImagePreprocessor:
     resize/normalisation built from the model config.
 
     The fallback exists because `StepCoTProcessor` requires a tokenizer, which a student (and a teacher whose
-    question tokens are stored in its buffers) does not need for inference. It mirrors
-    `StepCoTProcessor.from_model_config`'s image settings; a test checks that both give identical pixels.
+    question tokens are stored in its buffers) does not need for inference; it uses the processor's own image half
+    (`image_processor_for_config`).
     """
 
     def __init__(self, model_dir, config):
@@ -51,18 +51,10 @@ class ImagePreprocessor:
             self._processor = AutoProcessor.from_pretrained(model_dir)
             self.source = "saved processor"
         except (OSError, ValueError, TypeError, KeyError):
-            from transformers import CLIPImageProcessor
+            from modeling_stepcot.processing_stepcot import image_processor_for_config
 
-            from modeling_stepcot.processing_stepcot import BACKBONE_MEAN_STD
-
-            size = int(config.image_size)
-            mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
-            self._image_processor = CLIPImageProcessor(
-                do_resize=True, size={"height": size, "width": size}, do_center_crop=False,
-                crop_size={"height": size, "width": size}, do_normalize=True, image_mean=mean, image_std=std,
-                do_convert_rgb=True,
-            )
-            self._size = size
+            self._image_processor = image_processor_for_config(config)
+            self._size = int(config.image_size)
 
     def __call__(self, images):
         if self._processor is not None:
