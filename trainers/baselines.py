@@ -50,6 +50,7 @@ from torch import nn
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, StepCoTSchemaConfig
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 from modeling_stepcot.processing_stepcot import image_to_rgb
+from trainers.feature_cache import module_fingerprint
 from trainers.metrics import (
     IGNORE_INDEX,
     METRIC_DISPLAY_NAMES,
@@ -85,15 +86,6 @@ def _pooled(output) -> torch.Tensor:
             raise ValueError(f"the backbone's feature method returned {type(output).__name__} without pooler_output")
         output = pooled
     return output[:, 0] if output.dim() == 3 else output
-
-
-def module_fingerprint(module: nn.Module, name: str) -> str:
-    """Digest of a module's name and every weight (a changed checkpoint never reads stale cached embeddings)."""
-    digest = hashlib.sha256(name.encode())
-    for key, tensor in module.state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def is_open_clip_name(name_or_path: str) -> bool:

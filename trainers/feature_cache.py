@@ -16,19 +16,22 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 
-def encoder_fingerprint(model) -> str:
-    """Digest of a Step-CoT model's image encoder: backbone, input size and every weight."""
-    digest = hashlib.sha256()
-    digest.update(f"{model.config.vision_backbone}:{model.config.image_size}".encode())
-    for name, tensor in model.vision_encoder.state_dict().items():
-        digest.update(name.encode())
+def module_fingerprint(module, name: str = "") -> str:
+    """Digest of a name and every weight of `module` (a changed checkpoint never reads stale cached features)."""
+    digest = hashlib.sha256(name.encode())
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def cache_key(dataset_fingerprint: str, model, extra: dict | None = None) -> str:
-    payload = json.dumps({"data": dataset_fingerprint, "encoder": encoder_fingerprint(model), **(extra or {})},
-                         sort_keys=True)
+def encoder_fingerprint(model) -> str:
+    """Digest of a Step-CoT model's image encoder: backbone, input size and every weight (~1 s for ViT-B/32)."""
+    return module_fingerprint(model.vision_encoder, f"{model.config.vision_backbone}:{model.config.image_size}")
+
+
+def cache_key(dataset_fingerprint: str, encoder_digest: str, extra: dict | None = None) -> str:
+    payload = json.dumps({"data": dataset_fingerprint, "encoder": encoder_digest, **(extra or {})}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -42,9 +45,12 @@ def compute_image_embeds(model, batches, total=None, device="cpu", description="
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=None, device="cpu", extra=None):
-    """Embeddings from `cache_dir` when present for this dataset + encoder, else computed and stored."""
-    path = Path(cache_dir) / f"image_embeds-{cache_key(dataset_fingerprint, model, extra)}.safetensors"
+def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=None, device="cpu", extra=None,
+                        encoder_digest=None):
+    """Embeddings from `cache_dir` when present for this dataset + encoder, else computed and stored.
+    Pass `encoder_digest` (from `encoder_fingerprint`) when caching several splits, to hash the weights once."""
+    encoder_digest = encoder_digest or encoder_fingerprint(model)
+    path = Path(cache_dir) / f"image_embeds-{cache_key(dataset_fingerprint, encoder_digest, extra)}.safetensors"
     if path.is_file():
         return load_file(path)["image_embeds"], path, True
     embeds = compute_image_embeds(model, batches, total=total, device=device)

@@ -32,7 +32,7 @@ from trainers.distillation import (
     StepCoTDistillationTrainer,
     build_pair_compute_metrics,
 )
-from trainers.feature_cache import EmbeddingDataset, cached_image_embeds
+from trainers.feature_cache import EmbeddingDataset, cached_image_embeds, encoder_fingerprint
 from trainers.losses import inverse_frequency_class_weights
 from trainers.offline_encoders import OFFLINE_VISION_ENCODER, offline_text_encoder_path
 
@@ -209,19 +209,19 @@ def feature_datasets(splits, models: dict, processor, cache_dir, training_args, 
 
     `models` maps a role ("teacher", and optionally "student") to its model; with `share_encoder` the student reads
     the teacher's features (same frozen encoder)."""
+    roles = {role: model for role, model in models.items() if not (role == "student" and share_encoder)}
+    digests = {role: encoder_fingerprint(model) for role, model in roles.items()}  # hash the weights once
     result = {}
     for name, dataset in splits.items():
         fingerprint = f"{dataset._fingerprint}:{name}:{len(dataset)}:{processor.image_size}"
         extras = {"mean": processor.image_processor.image_mean, "std": processor.image_processor.image_std}
         embeds = {}
-        for role, model in models.items():
-            if role == "student" and share_encoder:
-                continue
+        for role, model in roles.items():
             with training_args.main_process_first(desc=f"{role} image features ({name})"):
                 loader, total = _pixel_batches(dataset, processor, training_args.per_device_eval_batch_size,
                                                training_args.dataloader_num_workers)
                 embeds[role], path, hit = cached_image_embeds(
-                    model, loader, fingerprint, cache_dir, total=total, extra=extras
+                    model, loader, fingerprint, cache_dir, total=total, extra=extras, encoder_digest=digests[role]
                 )
             logger.info("%s %s features %s %s", name, role, "read from" if hit else "written to", path)
         result[name] = EmbeddingDataset(embeds["teacher"], dataset["labels"], embeds.get("student"))
