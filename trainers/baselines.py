@@ -724,9 +724,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepcot baseline", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m trainers.baselines`: the same as `stepcot baseline`."""
+    from trainers.cli import run_command
+
+    return run_command("baseline", argv)
 
 
 if __name__ == "__main__":

@@ -155,9 +155,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepcot bench-ablations", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m trainers.bench`: the same as `stepcot bench-ablations`."""
+    from trainers.cli import run_command
+
+    return run_command("bench-ablations", argv)
 
 
 if __name__ == "__main__":

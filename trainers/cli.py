@@ -68,5 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.run(sub.parse_args(rest)) or 0)
 
 
+def run_command(name: str, argv: list[str] | None = None) -> int:
+    """Run one subcommand as `stepcot NAME ARGV...` (for `python -m MODULE` and for tests)."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

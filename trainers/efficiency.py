@@ -298,9 +298,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepcot bench-efficiency", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m trainers.efficiency`: the same as `stepcot bench-efficiency`."""
+    from trainers.cli import run_command
+
+    return run_command("bench-efficiency", argv)
 
 
 if __name__ == "__main__":

@@ -215,9 +215,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepcot eval", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m trainers.evaluate`: the same as `stepcot eval`."""
+    from trainers.cli import run_command
+
+    return run_command("eval", argv)
 
 
 if __name__ == "__main__":

@@ -211,9 +211,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepcot predict", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m trainers.predict`: the same as `stepcot predict`."""
+    from trainers.cli import run_command
+
+    return run_command("predict", argv)
 
 
 __all__ = ["add_pipeline_to_checkpoint", "build_pipeline", "load_stepcot_model", "predict_images", "run"]

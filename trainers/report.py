@@ -342,9 +342,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepcot report", description="compare several runs' metrics.json")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m trainers.report`: the same as `stepcot report`."""
+    from trainers.cli import run_command
+
+    return run_command("report", argv)
 
 
 if __name__ == "__main__":

@@ -456,9 +456,10 @@ def _default_device() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stepcot eval-transfer", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m trainers.transfer`: the same as `stepcot eval-transfer`."""
+    from trainers.cli import run_command
+
+    return run_command("eval-transfer", argv)
 
 
 if __name__ == "__main__":
