@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import TrainingArguments
 
 from tiny_models import tiny_student, tiny_teacher

@@ -115,13 +115,32 @@ TRAINING_DEFAULTS = dict(
 )
 
 
-def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, DistillationArguments, TrainingArguments))
-    parser.set_defaults(**TRAINING_DEFAULTS)
+def parse_run_args(argument_classes, argv=None, **defaults):
+    """HfArgumentParser over `argument_classes` (TrainingArguments last) with the Step-CoT training defaults."""
+    parser = HfArgumentParser(argument_classes)
+    parser.set_defaults(**{**TRAINING_DEFAULTS, **defaults})
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         # accelerate treats a multi-process launch as DDP on CPU (gloo) only when told it runs on the CPU
         parser.set_defaults(use_cpu=True)
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_args(argv=None):
+    return parse_run_args((ModelArguments, DataArguments, DistillationArguments, TrainingArguments), argv)
+
+
+def start_run(training_args) -> Path:
+    """Logging, seed, output folder and device set-up shared by the training scripts; returns the output folder."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
+    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False
+    _ = training_args.device  # sets up the process group, so main_process_first really waits
+    return output_dir
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,6 +251,37 @@ def pixel_datasets(splits, processor):
     return {name: dataset.with_transform(processor.dataset_transform) for name, dataset in splits.items()}
 
 
+def prepare_splits(data_args, training_args, output_dir: Path):
+    """The dataset's splits (built once, by the main process first) and the split used for the final evaluation."""
+    with training_args.main_process_first(desc="dataset"):
+        splits = load_splits(data_args, output_dir)
+    for required in ("train", "validation"):
+        if required not in splits:
+            raise ValueError(f"The dataset {data_args.dataset} has no {required!r} split (splits: {list(splits)}).")
+    eval_split = data_args.eval_split if data_args.eval_split in splits else "validation"
+    if data_args.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(data_args.max_train_samples, len(splits["train"]))))
+    return splits, eval_split
+
+
+def training_datasets(splits, models: dict, processor, data_args, training_args, output_dir, share_encoder=False):
+    """Cached-feature datasets when every encoder is frozen (and the cache is on), else lazily decoded images with
+    the Step-CoT collator. Returns (datasets by split, data collator, whether the cache is used)."""
+    frozen = not any(model.vision_encoder_is_trainable() for model in models.values())
+    if data_args.feature_cache and frozen:
+        cache_dir = Path(data_args.cache_dir or output_dir / "cache")
+        datasets_by_split = feature_datasets(splits, models, processor, cache_dir, training_args, share_encoder)
+        data_collator, use_cache = None, True  # the default collator stacks the cached rows
+    else:
+        from modeling_stepcot.processing_stepcot import StepCoTDataCollator
+
+        datasets_by_split, use_cache = pixel_datasets(splits, processor), False
+        data_collator = StepCoTDataCollator(processor)
+    logger.info("training on %s (%d train / %d validation)", "cached image features" if use_cache else "images",
+                len(splits["train"]), len(splits["validation"]))
+    return datasets_by_split, data_collator, use_cache
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # export
 
@@ -295,26 +345,10 @@ def load_best(pair, output_dir: Path):
 
 def main(argv=None) -> int:
     model_args, data_args, distill_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
-    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     distillation_epochs = training_args.num_train_epochs
     training_args.num_train_epochs = distillation_epochs + distill_args.teacher_pretrain_epochs
-    if not torch.cuda.is_available():
-        training_args.dataloader_pin_memory = False
-
-    _ = training_args.device  # sets up the process group, so main_process_first below really waits
-    with training_args.main_process_first(desc="dataset"):
-        splits = load_splits(data_args, output_dir)
-    for required in ("train", "validation"):
-        if required not in splits:
-            raise ValueError(f"The dataset {data_args.dataset} has no {required!r} split (splits: {list(splits)}).")
-    eval_split = data_args.eval_split if data_args.eval_split in splits else "validation"
-    if data_args.max_train_samples:
-        splits["train"] = splits["train"].select(range(min(data_args.max_train_samples, len(splits["train"]))))
+    output_dir = start_run(training_args)
+    splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
     teacher, student = build_teacher(model_args), build_student(model_args)
     processor = build_processor(teacher)
@@ -325,20 +359,10 @@ def main(argv=None) -> int:
         for role in ("teacher", "student"):
             count = add_vision_lora(getattr(pair, role), model_args.lora_r)
             logger.info("LoRA rank %d on the %s's image encoder: %d trainable weights", model_args.lora_r, role, count)
-    frozen = not (pair.teacher.vision_encoder_is_trainable() or pair.student.vision_encoder_is_trainable())
-    use_cache = data_args.feature_cache and frozen
-    cache_dir = Path(data_args.cache_dir or output_dir / "cache")
-    if use_cache:
-        datasets_by_split = feature_datasets(splits, {"teacher": pair.teacher, "student": pair.student}, processor,
-                                             cache_dir, training_args, share_encoder=pair.shares_image_encoder())
-        data_collator = None  # default collator stacks the cached rows
-    else:
-        from modeling_stepcot.processing_stepcot import StepCoTDataCollator
-
-        datasets_by_split = pixel_datasets(splits, processor)
-        data_collator = StepCoTDataCollator(processor)
-    logger.info("training on %s (%d train / %d validation / %d %s)", "cached image features" if use_cache else "images",
-                len(splits["train"]), len(splits["validation"]), len(splits[eval_split]), eval_split)
+    datasets_by_split, data_collator, use_cache = training_datasets(
+        splits, {"teacher": pair.teacher, "student": pair.student}, processor, data_args, training_args, output_dir,
+        share_encoder=pair.shares_image_encoder(),
+    )
 
     class_weights = None
     if distill_args.class_weights:

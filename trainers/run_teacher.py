@@ -9,7 +9,6 @@ distillation terms. The best epoch by mean validation accuracy over steps is kep
 """
 
 import json
-import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -17,70 +16,50 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_teacher.py`): find the project
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments
 
 from trainers.metrics import build_compute_metrics
 from trainers.run_distill import (
-    TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
     build_processor,
     build_teacher,
     export,
-    feature_datasets,
-    load_splits,
-    pixel_datasets,
+    parse_run_args,
+    prepare_splits,
     print_summary,
     score_and_report,
+    start_run,
+    training_datasets,
 )
-
-logger = logging.getLogger("stepcot.train_teacher")
 
 # Output fields that are not predictions (so EvalPrediction.predictions is the padded logits alone).
 NON_PREDICTION_KEYS = ["step_logits", "step_losses", "image_features", "image_embeds", "step_features", "gat_attentions"]
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    parser.set_defaults(**{**TRAINING_DEFAULTS, "output_dir": "outputs/teacher", "num_train_epochs": 2})
-    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        parser.set_defaults(use_cpu=True)  # multi-process CPU runs use gloo DDP
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_run_args((ModelArguments, DataArguments, TrainingArguments), argv,
+                          output_dir="outputs/teacher", num_train_epochs=2)
 
 
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
-    set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if not torch.cuda.is_available():
-        training_args.dataloader_pin_memory = False
     if training_args.save_strategy == training_args.eval_strategy and training_args.save_strategy != "no":
         training_args.load_best_model_at_end = True
         training_args.metric_for_best_model = "mean_accuracy"
         training_args.greater_is_better = True
+    output_dir = start_run(training_args)
+    splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    _ = training_args.device  # sets up the process group, so main_process_first below really waits
-    with training_args.main_process_first(desc="dataset"):
-        splits = load_splits(data_args, output_dir)
-    eval_split = data_args.eval_split if data_args.eval_split in splits else "validation"
     teacher = build_teacher(model_args)
     if model_args.lora_r:
         from trainers.lora import add_vision_lora
 
         add_vision_lora(teacher, model_args.lora_r)
     processor = build_processor(teacher)
-    use_cache = data_args.feature_cache and not teacher.vision_encoder_is_trainable()
-    if use_cache:
-        datasets_by_split = feature_datasets(splits, {"teacher": teacher}, processor,
-                                             Path(data_args.cache_dir or output_dir / "cache"), training_args)
-        data_collator = None
-    else:
-        from modeling_stepcot.processing_stepcot import StepCoTDataCollator
-
-        datasets_by_split, data_collator = pixel_datasets(splits, processor), StepCoTDataCollator(processor)
+    datasets_by_split, data_collator, use_cache = training_datasets(
+        splits, {"teacher": teacher}, processor, data_args, training_args, output_dir
+    )
 
     trainer = Trainer(
         model=teacher,
