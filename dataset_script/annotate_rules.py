@@ -138,11 +138,10 @@ _LANDMARK = re.compile(r"\b(?:over|overl(?:ying|ies|ie)|projecting|projects|proj
                        r"|adjacent to|near|along|at)(?: the)?\s*$", re.I)
 # Site words that may be coordinated in front of one finding ("bibasilar and right midlung opacities",
 # "opacities in the left and right mid lung zones"): an "and" between them does not end the finding's words.
-_SITE_WORD = (r"(?:left|right|bilateral|bibasi?lar|basi?lar|biapical|apical|upper|lower|middle|mid|midlung"
-              r"|perihilar|hilar|lingula|lingular|base|bases|apex|apices|lobe|lobes|lung|lungs|zone|zones)")
-_COORDINATED_SITES = re.compile(rf"\b{_SITE_WORD}\s+(?:and|&)\s+(?:the\s+|in\s+the\s+)?(?=(?:left|right|bilateral"
-                                rf"|bibasi?lar|basi?lar|biapical|apical|upper|lower|middle|mid|midlung|perihilar"
-                                rf"|hilar|lingula|lingular)\b)", re.I)
+_SITE_START = ("left|right|bilateral|bibasi?lar|basi?lar|biapical|apical|upper|lower|middle|mid|midlung|perihilar"
+               "|hilar|lingula|lingular")  # words that can open a site description
+_SITE_WORD = rf"(?:{_SITE_START}|base|bases|apex|apices|lobe|lobes|lung|lungs|zone|zones)"
+_COORDINATED_SITES = re.compile(rf"\b{_SITE_WORD}\s+(?:and|&)\s+(?:the\s+|in\s+the\s+)?(?=(?:{_SITE_START})\b)", re.I)
 # A sentence whose subject refers back to the previous sentence ("These opacities ...", "This may represent
 # edema"): its findings are sited where the previous sentence's findings are.
 _ANAPHORA = re.compile(r"^(?:this|these|that|those|it|they|(?:the |these |such )?(?:findings?|appearances?)"
