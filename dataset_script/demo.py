@@ -22,14 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataset_script.release import SPLITS, stratified_group_split
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_NAMES,
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
     NA_OPTION,
 )
-
-from .release import SPLITS, stratified_group_split
 
 DEMO_ORIGIN = "Step-CoT synthetic demo"
 DEMO_PATIENT_PREFIX = "demo"

@@ -19,11 +19,10 @@ from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from dataset_script.demo import DEMO_ORIGIN
+from dataset_script.release import SPLITS, StepCoTRelease
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, StepCoTSchemaConfig
 from modeling_stepcot.processing_stepcot import image_to_8bit
-
-from .demo import DEMO_ORIGIN
-from .release import SPLITS, StepCoTRelease
 
 DEFAULT_REPO_ID = "fl-15o/Step-CoT"
 MAX_SHARD_BYTES = 500 * 2**20  # as push_to_hub

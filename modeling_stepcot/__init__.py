@@ -26,8 +26,9 @@ from .modeling_stepcot import (
     masked_step_cross_entropy,
     pad_step_logits,
 )
+from .pipeline_stepcot import TASK as PIPELINE_TASK
+from .pipeline_stepcot import StepCoTVQAPipeline
 from .processing_stepcot import StepCoTDataCollator, StepCoTProcessor
-from .pipeline_stepcot import TASK as PIPELINE_TASK, StepCoTVQAPipeline
 
 AutoConfig.register(StepCoTConfig.model_type, StepCoTConfig, exist_ok=True)
 AutoConfig.register(StepCoTStudentConfig.model_type, StepCoTStudentConfig, exist_ok=True)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from trainers import bench
-from trainers.offline_encoders import offline_encoders_available
-from trainers.report import load_metrics
+from trainers import cli
+from trainers.evaluation.report import load_metrics
+from trainers.training.offline_encoders import offline_encoders_available
 
 pytestmark = pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
 
@@ -20,7 +20,7 @@ TINY_TRAIN = ["--image_size", "64", "--num_train_epochs", "1", "--teacher_pretra
 @pytest.fixture(scope="module")
 def ablation_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablations")
-    code = bench.main(["--dataset", "demo", "--out", str(out), "--demo_size", "120", "--demo_image_size", "64",
+    code = cli.main(["bench-ablations", "--dataset", "demo", "--out", str(out), "--demo_size", "120", "--demo_image_size", "64",
                        "--", *TINY_TRAIN])
     assert code == 0
     return out
@@ -62,7 +62,7 @@ def test_table6_rows_are_the_variants_metrics(ablation_run):
 
 @pytest.mark.slow
 def test_the_exported_ablated_teacher_reproduces_its_reported_metrics(ablation_run, tmp_path):
-    from trainers.evaluate import evaluate
+    from trainers.evaluation.evaluate_model import evaluate
 
     out = ablation_run
     result = evaluate(out / "no_text" / "teacher", str(out / "data" / "dataset"), split="test", num_bootstrap=0,
@@ -74,7 +74,7 @@ def test_the_exported_ablated_teacher_reproduces_its_reported_metrics(ablation_r
 
 
 def test_flags_that_would_change_more_than_the_ablation_are_refused(tmp_path, capsys):
-    code = bench.main(["--out", str(tmp_path), "--", "--use_memory", "False", "--output_dir=x"])
+    code = cli.main(["bench-ablations", "--out", str(tmp_path), "--", "--use_memory", "False", "--output_dir=x"])
     assert code == 2
     assert "--output_dir, --use_memory are set by this command" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before rendering or training anything

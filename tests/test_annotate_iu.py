@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from dataset_script.annotate_eval import collect_pairs, evaluate, split_of
-from dataset_script.annotate_io import make_record, read_reports, validate_record
-from dataset_script.annotate_mesh import parse_mesh
-from dataset_script.annotate_rules import annotate_report
+from dataset_script.annotate.mesh import parse_mesh
+from dataset_script.annotate.records import make_record, read_reports, validate_record
+from dataset_script.annotate.rules import annotate_report
+from trainers.evaluation.annotation_agreement import collect_pairs, evaluate, split_of
 
 REPORTS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "iu-xray-reports" / "reports.jsonl"
 

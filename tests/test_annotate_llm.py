@@ -8,10 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dataset_script.annotate_cli import add_arguments, run
-from dataset_script.annotate_findings import DIAGNOSIS, LOCATION
-from dataset_script.annotate_llm import LLMAnnotator, LLMError, parse_reply, system_prompt
+from dataset_script.annotate.findings import DIAGNOSIS, LOCATION
+from dataset_script.annotate.llm import LLMAnnotator, LLMError, parse_reply, system_prompt
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS, NA_OPTION
+from trainers.commands.annotate import add_arguments, run
 
 VALID_ANSWERS = ["Increased opacity", "Focal", NA_OPTION, "Pleura/Chest wall", NA_OPTION, "Pleural effusion",
                  "Effusion"]

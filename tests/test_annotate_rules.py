@@ -7,10 +7,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from dataset_script import release
-from dataset_script.annotate_cli import add_arguments as annotate_arguments
-from dataset_script.annotate_cli import run as annotate_run
-from dataset_script.annotate_eval import agreement, split_of
-from dataset_script.annotate_findings import (
+from dataset_script.annotate.findings import (
     ABSENT,
     DETECTION,
     DIAGNOSIS,
@@ -21,10 +18,13 @@ from dataset_script.annotate_findings import (
     SECONDARY,
     UNCERTAIN,
 )
-from dataset_script.annotate_io import ReportError, read_reports, validate_record
-from dataset_script.annotate_mesh import UnknownMeshCode, parse_mesh
-from dataset_script.annotate_rules import annotate_report, extract_findings, split_sentences
+from dataset_script.annotate.mesh import UnknownMeshCode, parse_mesh
+from dataset_script.annotate.records import ReportError, read_reports, validate_record
+from dataset_script.annotate.rules import annotate_report, extract_findings, split_sentences
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, NA_OPTION
+from trainers.commands.annotate import add_arguments as annotate_arguments
+from trainers.commands.annotate import run as annotate_run
+from trainers.evaluation.annotation_agreement import agreement, split_of
 
 
 def status_of(text, kind):

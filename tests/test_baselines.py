@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import baselines
-from trainers.metrics import IGNORE_INDEX, weighted_step_metrics
-from trainers.report import load_metrics
+from trainers import cli
+from trainers.evaluation.metrics import IGNORE_INDEX, weighted_step_metrics
+from trainers.evaluation.report import load_metrics
+from trainers.paper import baselines
 
 
 @pytest.fixture(scope="module")
 def baseline_run(tiny_clip_dir, hub_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines")
-    code = baselines.main(["--backbone", str(tiny_clip_dir), "--dataset", str(hub_dataset), "--out", str(out),
+    code = cli.main(["baseline", "--backbone", str(tiny_clip_dir), "--dataset", str(hub_dataset), "--out", str(out),
                            "--epochs", "4", "--num-bootstrap", "40", "--no-plots"])
     assert code == 0
     return out / baselines.backbone_slug(str(tiny_clip_dir)), out
@@ -213,14 +214,12 @@ def test_backbone_errors_name_the_problem(tmp_path, monkeypatch):
                        image_size=16, patch_size=8)).save_pretrained(tmp_path / "vit")
     with pytest.raises(ValueError, match="no get_image_features / get_text_features|no get_text_features"):
         baselines.load_backbone(str(tmp_path / "vit"))
-    assert baselines.main(["--backbone", str(tmp_path / "missing"), "--dataset", str(tmp_path), "--out",
+    assert cli.main(["baseline", "--backbone", str(tmp_path / "missing"), "--dataset", str(tmp_path), "--out",
                            str(tmp_path / "o")]) == 1
 
 
 def test_a_baseline_folder_runs_in_eval_transfer(baseline_run, tmp_path):
     from PIL import Image
-
-    from trainers import transfer
 
     folder, _ = baseline_run
     names = ["00013118_008.png", "00014716_007.png", "00029817_009.png"]
@@ -233,7 +232,7 @@ def test_a_baseline_folder_runs_in_eval_transfer(baseline_run, tmp_path):
                                        f"{names[0]},Mass,1,2,3,4\n{names[1]},Infiltrate,1,2,3,4\n"
                                        f"{names[2]},Nodule,1,2,3,4\n")
     out = tmp_path / "transfer"
-    assert transfer.main(["--model", str(folder / "with_stepcot"), "--nih-images", str(images_dir), "--bbox-csv",
+    assert cli.main(["eval-transfer", "--model", str(folder / "with_stepcot"), "--nih-images", str(images_dir), "--bbox-csv",
                           str(tmp_path / "bbox.csv"), "--out", str(out), "--num-bootstrap", "0", "--no-plots"]) == 0
     model = baselines.load_baseline(folder / "with_stepcot")
     logits = model.step_logits([Image.open(images_dir / name) for name in names], step=6)

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from tiny_models import tiny_teacher
+
 from trainers import cli
 
 

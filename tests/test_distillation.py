@@ -6,17 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_student, tiny_teacher
 from transformers import TrainingArguments
 
-from tiny_models import tiny_student, tiny_teacher
-from trainers.distillation import (
+from trainers.training.distillation import (
     BestModelExportCallback,
     StepCoTDistillationPair,
     StepCoTDistillationTrainer,
     build_pair_compute_metrics,
 )
-from trainers.feature_cache import EmbeddingDataset
-from trainers.losses import (
+from trainers.training.feature_cache import EmbeddingDataset
+from trainers.training.losses import (
     ch_loss,
     distillation_losses,
     hsic_weight,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
-from trainers import efficiency
+from trainers import cli
+from trainers.paper import efficiency
 
 CLASSES = [len(options) for options in DEFAULT_STEP_OPTIONS]
 
@@ -71,7 +72,7 @@ def test_rows_and_table_in_process():
 
 def test_command_measures_in_a_subprocess_and_writes_json(tmp_path, capsys):
     out = tmp_path / "eff.json"
-    assert efficiency.main(["--tiny", "--models", "student", "--repeats", "1", "--batch-size", "2", "--threads", "1",
+    assert cli.main(["bench-efficiency", "--tiny", "--models", "student", "--repeats", "1", "--batch-size", "2", "--threads", "1",
                             "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| student |" in printed and ", 1 threads, cpu" in printed
@@ -80,15 +81,15 @@ def test_command_measures_in_a_subprocess_and_writes_json(tmp_path, capsys):
 
 
 def test_unknown_model_and_missing_cuda_are_reported(capsys):
-    assert efficiency.main(["--tiny", "--in-process", "--models", "resnet"]) == 1
+    assert cli.main(["bench-efficiency", "--tiny", "--in-process", "--models", "resnet"]) == 1
     assert "unknown model 'resnet'" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert efficiency.main(["--device", "cuda"]) == 1
+        assert cli.main(["bench-efficiency", "--device", "cuda"]) == 1
         assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_benchmarks_inference_wrapper_keeps_its_output(monkeypatch, capsys, tmp_path):
-    path = efficiency.__file__.replace("trainers/efficiency.py", "benchmarks/inference.py")
+    path = efficiency.__file__.replace("trainers/paper/efficiency.py", "benchmarks/inference.py")
     spec = importlib.util.spec_from_file_location("benchmark_inference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from tiny_models import tiny_student, tiny_teacher
-from trainers import cli, report
-from trainers.metrics import IGNORE_INDEX, METRIC_NAMES, compute_step_metrics
+
+from trainers import cli
+from trainers.evaluation import report
+from trainers.evaluation.metrics import IGNORE_INDEX, METRIC_NAMES, compute_step_metrics
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_eval_command_writes_a_report_that_matches_a_hand_run_forward(hub_datase
     from transformers import AutoModel, AutoTokenizer
 
     from modeling_stepcot import StepCoTProcessor
-    from trainers.offline_encoders import offline_text_encoder_path
+    from trainers.training.offline_encoders import offline_text_encoder_path
 
     out = tmp_path / "report"
     code = cli.main(["eval", "--model", str(saved_teacher), "--dataset", str(hub_dataset), "--split", "test",
@@ -72,8 +73,8 @@ def test_fallback_image_preprocessing_equals_the_processor(hub_dataset, saved_te
     from transformers import AutoTokenizer
 
     from modeling_stepcot import StepCoTProcessor
-    from trainers.evaluate import ImagePreprocessor
-    from trainers.offline_encoders import offline_text_encoder_path
+    from trainers.evaluation.evaluate_model import ImagePreprocessor
+    from trainers.training.offline_encoders import offline_text_encoder_path
 
     images = list(_test_split(hub_dataset).select(range(3))["image"])
     fallback = ImagePreprocessor(saved_teacher, tiny_teacher().config)
@@ -85,7 +86,7 @@ def test_fallback_image_preprocessing_equals_the_processor(hub_dataset, saved_te
 
 
 def test_student_eval_with_report_comparison(hub_dataset, saved_teacher, tmp_path):
-    from trainers.evaluate import evaluate
+    from trainers.evaluation.evaluate_model import evaluate
 
     student_dir = tmp_path / "student"
     tiny_student(seed=1).save_pretrained(student_dir)
@@ -95,7 +96,7 @@ def test_student_eval_with_report_comparison(hub_dataset, saved_teacher, tmp_pat
     evaluate(saved_teacher, str(hub_dataset), split="validation", out=tmp_path / "t", num_bootstrap=0, plots=False,
              max_examples=5)
     assert report.load_metrics(tmp_path / "t").num_examples == 5
-    assert report.main([str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "cmp.md")]) == 0
+    assert cli.main(["report", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "cmp.md")]) == 0
     assert "| Student |" in (tmp_path / "cmp.md").read_text()
 
 

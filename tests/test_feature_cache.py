@@ -1,9 +1,9 @@
 """The image-feature cache: a second run reads the stored features; changed encoder weights or data never do."""
 
 import torch
-
 from tiny_models import tiny_student
-from trainers.feature_cache import cached_image_embeds, encoder_fingerprint
+
+from trainers.training.feature_cache import cached_image_embeds, encoder_fingerprint
 
 
 def test_cache_hits_for_the_same_data_and_encoder_and_misses_otherwise(tmp_path):
@@ -20,6 +20,7 @@ def test_cache_hits_for_the_same_data_and_encoder_and_misses_otherwise(tmp_path)
     _, other_data_path, hit = cached_image_embeds(model, batches, "data-v2", tmp_path)
     assert not hit and other_data_path != path
     with torch.no_grad():
-        model.vision_encoder.model.visual_projection.weight.add_(0.1)
+        weight = model.vision_encoder.model.visual_projection.weight
+        weight.add_(0.1 * torch.randn_like(weight))  # not a uniform shift, which a LayerNorm would cancel
     changed, changed_path, hit = cached_image_embeds(model, batches, "data-v1", tmp_path)
     assert not hit and changed_path != path and not torch.allclose(changed, first)

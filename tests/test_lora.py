@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from tiny_models import random_batch, tiny_student, tiny_teacher
-from trainers.lora import add_vision_lora, merge_vision_lora
+
+from trainers.training.lora import add_vision_lora, merge_vision_lora
 
 
 @pytest.mark.parametrize("factory", [tiny_teacher, tiny_student])

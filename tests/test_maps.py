@@ -7,14 +7,14 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_student, tiny_teacher
 from transformers import pipeline
 
 import modeling_stepcot  # noqa: F401  (registers the task)
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS
 from modeling_stepcot.pipeline_stepcot import TASK, stepwise_grad_cam, upsample_maps
-from tiny_models import tiny_student, tiny_teacher
-from trainers.offline_encoders import offline_encoders_available
-from trainers.saliency import overlay
+from trainers.inference.saliency import overlay
+from trainers.training.offline_encoders import offline_encoders_available
 
 # Diagnoses whose finding is drawn as a parenchymal lesion by the demo renderer (`_draw_lesions`); effusion,
 # pneumothorax and cardiomegaly change the pleura/heart instead, and Normal has nothing to find.
@@ -109,9 +109,9 @@ def test_trained_model_maps_concentrate_on_the_rendered_lesion():
     explains its pattern and diagnosis answers with maps that are denser inside the lesion than outside.
     The baseline pairs each map with another image's lesion mask: lesions always lie in the lungs, so a map that
     merely highlights the lungs would score as well there."""
+    from dataset_script.demo import DIAGNOSIS_PRIOR
     from modeling_stepcot import StepCoTStudent
     from modeling_stepcot.processing_stepcot import BACKBONE_MEAN_STD
-    from dataset_script.demo import DIAGNOSIS_PRIOR
 
     size, train_count, test_count = 160, 128, 24
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from trainers.metrics import (
+from trainers.evaluation.metrics import (
     IGNORE_INDEX,
     METRIC_NAMES,
     EvaluationMetrics,

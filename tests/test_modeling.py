@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import random_batch, tiny_student, tiny_teacher, tiny_teacher_config
 
 from modeling_stepcot import (
     StepCoTConfig,
@@ -12,7 +13,6 @@ from modeling_stepcot import (
     masked_step_cross_entropy,
 )
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT, StepCoTGATLayer
-from tiny_models import random_batch, tiny_student, tiny_teacher, tiny_teacher_config
 
 CLASSES = [4, 4, 6, 7, 5, 7, 9]
 

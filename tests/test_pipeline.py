@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_student, tiny_teacher
 from transformers import pipeline
 
 import modeling_stepcot  # noqa: F401  (registers the task)
@@ -19,9 +20,8 @@ from modeling_stepcot import NA_OPTION
 from modeling_stepcot.chain_stepcot import DEFAULT_CHAIN_RULES, ChainChecker
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS
 from modeling_stepcot.pipeline_stepcot import TASK, UNCALIBRATED
-from tiny_models import tiny_student, tiny_teacher
-from trainers.calibration import fit_calibration, fit_temperature
-from trainers.predict import add_pipeline_to_checkpoint
+from trainers.evaluation.calibration import fit_calibration, fit_temperature
+from trainers.inference.predict import add_pipeline_to_checkpoint
 
 STEP_KEYS = {"step", "name", "question", "answer", "label", "score", "probabilities", "is_na"}
 
@@ -273,9 +273,10 @@ def test_pipeline_ships_with_the_checkpoint_as_remote_code(tmp_path):
 
 
 def test_calibrate_checkpoint_writes_temperatures_the_pipeline_uses(tmp_path):
-    from datasets import Dataset, Features, Image as ImageFeature, List, Value
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
 
-    from trainers.calibration import calibrate_checkpoint
+    from trainers.evaluation.calibration import calibrate_checkpoint
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(image) for image in _images(12, seed=7)]

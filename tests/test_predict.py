@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from tiny_models import tiny_student, tiny_teacher
+
 from trainers.cli import main as stepcot
 
 

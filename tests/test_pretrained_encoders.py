@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_stepcot import StepCoTStudent, StepCoTTeacher
-from trainers.offline_encoders import offline_encoders_available, offline_text_encoder_path
+from trainers.training.offline_encoders import offline_encoders_available, offline_text_encoder_path
 
 pytestmark = pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
 

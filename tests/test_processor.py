@@ -13,6 +13,7 @@ import pytest
 import torch
 from datasets import load_dataset
 from PIL import Image
+from tiny_models import TINY_TEXT, tiny_teacher_config
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, AutoTokenizer
 
@@ -21,7 +22,6 @@ from dataset_script.release import StepCoTRelease
 from modeling_stepcot import StepCoTDataCollator, StepCoTProcessor, StepCoTStudentConfig, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
 from modeling_stepcot.processing_stepcot import BACKBONE_MEAN_STD, image_to_8bit
-from tiny_models import TINY_TEXT, tiny_teacher_config
 
 IMAGE_SIZE = 32  # the tiny CLIP's input size
 

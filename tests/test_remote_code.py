@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tiny_models import random_batch, tiny_student, tiny_teacher
 
 LOADER = textwrap.dedent(

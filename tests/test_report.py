@@ -8,8 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from trainers import report
-from trainers.metrics import IGNORE_INDEX, METRIC_DISPLAY_NAMES, METRIC_NAMES, compute_step_metrics
+from trainers import cli
+from trainers.commands import report as report_command
+from trainers.evaluation import report
+from trainers.evaluation.metrics import IGNORE_INDEX, METRIC_DISPLAY_NAMES, METRIC_NAMES, compute_step_metrics
 
 STEP_NAMES = ["Detection", "Lesion distribution", "Diagnosis"]
 STEP_OPTIONS = [
@@ -101,7 +103,7 @@ def test_plots_are_readable_pngs(tmp_path):
 
 
 def test_format_estimate_without_interval_or_value():
-    from trainers.metrics import MetricEstimate
+    from trainers.evaluation.metrics import MetricEstimate
 
     assert report.format_estimate(MetricEstimate(0.8768)) == "87.7"
     assert report.format_estimate(MetricEstimate(0.5, 0.25, 0.75), decimals=2) == "50.00 [25.00, 75.00]"
@@ -114,10 +116,10 @@ def test_report_command_writes_a_comparison_table_and_csv(tmp_path, capsys):
         report.write_metrics_json(result, tmp_path / folder / "metrics.json")
     out = tmp_path / "cmp" / "comparison.md"
     parser = __import__("argparse").ArgumentParser()
-    report.add_arguments(parser)
+    report_command.add_arguments(parser)
     args = parser.parse_args([str(tmp_path / "teacher"), str(tmp_path / "student" / "metrics.json"),
                               "--out", str(out)])
-    assert report.run(args) == 0
+    assert report_command.run(args) == 0
 
     header, rows = _table_rows(out.read_text())
     assert header[:2] == ["Model", "Step"]
@@ -145,22 +147,22 @@ def test_report_command_errors_and_duplicate_names(tmp_path, capsys):
     report.write_metrics_json(_result(4, "Teacher"), tmp_path / "a" / "metrics.json")
     report.write_metrics_json(_result(5, "Teacher"), tmp_path / "b" / "metrics.json")
 
-    assert report.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert cli.main(["report", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
     assert "| Teacher (a) |" in printed and "| Teacher (b) |" in printed
 
-    assert report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--names", "Only one"]) == 2
+    assert cli.main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--names", "Only one"]) == 2
     assert "--names has 1 names for 2 runs" in capsys.readouterr().err
 
-    assert report.main([str(tmp_path / "missing")]) == 2
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
     assert "No metrics.json" in capsys.readouterr().err
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text('{"steps": []}')
-    assert report.main([str(tmp_path / "broken")]) == 2
+    assert cli.main(["report", str(tmp_path / "broken")]) == 2
     assert "not a valid Step-CoT metrics file" in capsys.readouterr().err
 
-    assert report.main([str(tmp_path / "a"), "--names", "Ablation", "--no-mean"]) == 0
+    assert cli.main(["report", str(tmp_path / "a"), "--names", "Ablation", "--no-mean"]) == 0
     printed = capsys.readouterr().out
     assert "| Ablation |" in printed and "Mean over steps" not in printed
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.offline_encoders import offline_encoders_available
+from trainers.training.offline_encoders import offline_encoders_available
 
 pytestmark = pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
-
 from tiny_models import tiny_teacher
-from trainers import transfer
-from trainers.report import load_metrics
+
+from trainers import cli
+from trainers.evaluation.report import load_metrics
+from trainers.paper import transfer
 
 HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
 BOXES = [  # (image, finding as NIH spells it); the same image twice = two boxes
@@ -165,13 +166,13 @@ def test_eval_transfer_command_on_a_saved_teacher(nih, tmp_path):
     from transformers import AutoTokenizer
 
     from modeling_stepcot import StepCoTProcessor
-    from trainers.offline_encoders import offline_text_encoder_path
+    from trainers.training.offline_encoders import offline_text_encoder_path
 
     csv_path, root = nih
     model_dir = tmp_path / "teacher"
     tiny_teacher(seed=2, use_memory=False).save_pretrained(model_dir)
     out = tmp_path / "transfer"
-    code = transfer.main(["--model", str(model_dir), "--nih-images", str(root), "--bbox-csv", str(csv_path),
+    code = cli.main(["eval-transfer", "--model", str(model_dir), "--nih-images", str(root), "--bbox-csv", str(csv_path),
                           "--out", str(out), "--multi-finding", "each", "--num-bootstrap", "30", "--no-plots"])
     assert code == 0
     result = load_metrics(out / "Teacher_w_o_Memory")
@@ -198,9 +199,9 @@ def test_eval_transfer_errors(nih, tmp_path, capsys):
     args = ["--model", str(model_dir), "--bbox-csv", str(csv_path), "--out", str(tmp_path / "o")]
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert transfer.main(args + ["--nih-images", str(empty)]) == 1
+    assert cli.main(["eval-transfer", *args, "--nih-images", str(empty)]) == 1
     assert "none of the 9 samples' images was found" in capsys.readouterr().err
-    assert transfer.main(args + ["--nih-images", str(tmp_path / "nowhere")]) == 1
+    assert cli.main(["eval-transfer", *args, "--nih-images", str(tmp_path / "nowhere")]) == 1
     assert "NIH image folder not found" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"lack \['Mass'\]"):
         transfer.finding_columns(["Normal", "Nodule", "Atelectasis", "Infiltration", "Effusion", "Pneumonia",

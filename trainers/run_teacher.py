@@ -18,13 +18,14 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 
 from transformers import Trainer, TrainingArguments
 
-from trainers.metrics import build_compute_metrics
-from trainers.run_distill import (
+from trainers.evaluation.metrics import build_compute_metrics
+from trainers.hub.export import export
+from trainers.training.lora import add_vision_lora
+from trainers.training.run_setup import (
     DataArguments,
     ModelArguments,
     build_processor,
     build_teacher,
-    export,
     parse_run_args,
     prepare_splits,
     print_summary,
@@ -53,8 +54,6 @@ def main(argv=None) -> int:
 
     teacher = build_teacher(model_args)
     if model_args.lora_r:
-        from trainers.lora import add_vision_lora
-
         add_vision_lora(teacher, model_args.lora_r)
     processor = build_processor(teacher)
     datasets_by_split, data_collator, use_cache = training_datasets(

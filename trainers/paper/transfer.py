@@ -18,7 +18,7 @@ boxes over 880 images, 8 findings; default path ../shared/data/nih-chestxray8/BB
 
 Prediction: the argmax over all the model's diagnosis classes (9 for Step-CoT: Normal + the 8 findings). A
 "Normal" prediction is wrong for every sample (each has a finding). Accuracy, sensitivity, specificity, F1 and
-precision are macro averages over the 8 findings (trainers/metrics.py), computed from that 9-way argmax. AUC ranks
+precision are macro averages over the 8 findings (trainers/evaluation/metrics.py), computed from that 9-way argmax. AUC ranks
 the probabilities of the softmax restricted to the 8 finding logits (Normal's logit dropped): a one-vs-rest AUC
 needs a score per finding, and Normal is no class of this set. Every number has a percentile-bootstrap CI over
 samples (the same resamples for all metrics).
@@ -30,14 +30,12 @@ folder (or Hub id) or a `stepcot baseline` output folder (its diagnosis-trained 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import os
 import re
-import sys
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -45,15 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, compute_step_metrics
-from trainers.report import format_estimate, write_report
+from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, compute_step_metrics
+from trainers.evaluation.report import format_estimate, write_report
 
 NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                 "Pneumothorax")
 # NIH's bbox list spells one finding differently from its Data_Entry labels and from Step-CoT's diagnosis options.
 CSV_FINDING_NAMES = {"infiltrate": "Infiltration"}
 IMAGE_COLUMN, FINDING_COLUMN = "Image Index", "Finding Label"
-DEFAULT_BBOX_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-chestxray8" / "BBox_List_2017.csv"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MULTI_FINDING_POLICIES = ("exclude", "each")
 AUC_NOTE = ("restricted to the 8 findings: one-vs-rest AUC of the softmax over the 8 finding logits (the model's "
@@ -162,7 +159,7 @@ class StepCoTDiagnosis:
         from transformers import AutoModel
 
         import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
-        from trainers.evaluate import ImagePreprocessor, model_display_name
+        from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
 
         self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
         config = self.model.config
@@ -185,7 +182,7 @@ class BaselineDiagnosis:
     """A `stepcot baseline` output folder: its MLP asked the diagnosis question."""
 
     def __init__(self, folder, device: str):
-        from trainers.baselines import load_baseline
+        from trainers.paper.baselines import load_baseline
 
         self.baseline = load_baseline(folder, device)
         spec = self.baseline.spec
@@ -202,7 +199,7 @@ class BaselineDiagnosis:
 
 
 def load_diagnosis_model(model, device: str):
-    from trainers.baselines import is_baseline_folder
+    from trainers.paper.baselines import is_baseline_folder
 
     return BaselineDiagnosis(model, device) if is_baseline_folder(model) else StepCoTDiagnosis(model, device)
 
@@ -388,79 +385,3 @@ def table4_csv(runs: list[tuple[str, EvaluationMetrics]]) -> str:
 
 def _folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", nargs="+", required=True,
-                        help="saved Step-CoT teacher/student folders or Hub ids, or `stepcot baseline` output folders")
-    parser.add_argument("--nih-images", required=True, type=Path,
-                        help="folder with the ChestX-ray8 PNGs (searched recursively by file name)")
-    parser.add_argument("--bbox-csv", type=Path, default=None,
-                        help=f"NIH BBox_List_2017.csv (default: {DEFAULT_BBOX_CSV})")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--names", nargs="+", default=None, help="model names in the tables, one per --model")
-    parser.add_argument("--multi-finding", choices=MULTI_FINDING_POLICIES, default="exclude",
-                        help="images with boxes of 2+ different findings: exclude them (default) or score each "
-                             "(image, finding) pair")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-bootstrap", type=int, default=1000)
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-plots", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.names is not None and len(args.names) != len(args.model):
-        print(f"stepcot eval-transfer: --names has {len(args.names)} names for {len(args.model)} models.",
-              file=sys.stderr)
-        return 2
-    bbox_csv = args.bbox_csv or DEFAULT_BBOX_CSV
-    try:
-        subset = single_label_subset(read_bbox_csv(bbox_csv), args.multi_finding)
-        image_paths = index_images(args.nih_images)
-        runs, used = [], set()
-        for index, model in enumerate(args.model):
-            predictor = load_diagnosis_model(model, args.device or _default_device())
-            name = args.names[index] if args.names else predictor.name
-            folder = _folder_name(name)
-            while folder in used:  # two models with the same display name
-                folder += "_"
-            used.add(folder)
-            result = evaluate_transfer(predictor, image_paths, subset, out=args.out / folder, bbox_csv=bbox_csv,
-                                       name=name, batch_size=args.batch_size, num_bootstrap=args.num_bootstrap,
-                                       confidence_level=args.confidence, seed=args.seed, plots=not args.no_plots,
-                                       device=args.device or _default_device(), model_path=str(model))
-            runs.append((name, result))
-            missing = result.metadata["missing_images"]
-            unreadable = result.metadata["unreadable_images"]
-            if missing or unreadable:
-                print(f"warning: {name}: {missing} images missing and {unreadable} unreadable, not scored; "
-                      f"see {args.out / folder}/missing_images.txt and unreadable_images.txt", file=sys.stderr)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"stepcot eval-transfer: error: {error}", file=sys.stderr)
-        return 1
-    table = table4_markdown(runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table4.md").write_text(table, encoding="utf-8")
-    (args.out / "table4.csv").write_text(table4_csv(runs), encoding="utf-8")
-    print(table)
-    print(f"reports in {args.out} (table4.md, table4.csv, one folder per model)")
-    return 0
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.transfer`: the same as `stepcot eval-transfer`."""
-    from trainers.cli import run_command
-
-    return run_command("eval-transfer", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

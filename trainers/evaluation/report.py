@@ -7,18 +7,16 @@ Also the `stepcot report` command, which collects several runs' `metrics.json` i
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from trainers.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, MetricEstimate
+from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, MetricEstimate
 
 METRICS_FILENAME = "metrics.json"
 TABLE_FILENAME = "metrics.md"
@@ -294,59 +292,13 @@ def write_report(result: EvaluationMetrics, out_dir: str | Path, model_name: str
 # `stepcot report`
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="OUT_DIR",
-                        help="run folders holding metrics.json (or metrics.json files themselves)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="Markdown file to write; the CSV goes next to it with a .csv suffix (default: print)")
-    parser.add_argument("--names", nargs="+", default=None,
-                        help="model names, one per run (default: the name stored in metrics.json, else the folder)")
-    parser.add_argument("--decimals", type=int, default=1, help="decimals of the percentages (default: 1)")
-    parser.add_argument("--no-mean", action="store_true", help="leave out the mean-over-steps rows")
+def write_comparison(runs, out_path, sources=None, decimals: int = 1, include_mean: bool = True) -> tuple[Path, Path]:
+    """The comparison table of several runs as Markdown at `out_path` and CSV next to it; returns both paths."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(markdown_table(runs, decimals=decimals, include_mean=include_mean, sources=sources),
+                        encoding="utf-8")
+    csv_path = out_path.with_suffix(".csv")
+    csv_path.write_text(comparison_csv(runs, sources=sources, include_mean=include_mean), encoding="utf-8")
+    return out_path, csv_path
 
-
-def _default_name(source: Path, result: EvaluationMetrics) -> str:
-    folder = source.parent if source.name == METRICS_FILENAME else source
-    return str(result.metadata.get("model") or folder.name)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.names is not None and len(args.names) != len(args.runs):
-        print(f"stepcot report: --names has {len(args.names)} names for {len(args.runs)} runs.", file=sys.stderr)
-        return 2
-    runs, sources = [], []
-    for index, source in enumerate(args.runs):
-        try:
-            result = load_metrics(source)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"stepcot report: {error}", file=sys.stderr)
-            return 2
-        name = args.names[index] if args.names else _default_name(Path(source), result)
-        runs.append((name, result))
-        sources.append(str(source))
-    names = [name for name, _ in runs]
-    if len(set(names)) < len(names):  # two runs of the same model: tell them apart by folder
-        runs = [(f"{name} ({Path(src).name})", result) for (name, result), src in zip(runs, sources)]
-    include_mean = not args.no_mean
-    table = markdown_table(runs, decimals=args.decimals, include_mean=include_mean, sources=sources)
-    table_csv = comparison_csv(runs, sources=sources, include_mean=include_mean)
-    if args.out is None:
-        sys.stdout.write(table)
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table, encoding="utf-8")
-    csv_path = args.out.with_suffix(".csv")
-    csv_path.write_text(table_csv, encoding="utf-8")
-    print(f"wrote {args.out} and {csv_path}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.report`: the same as `stepcot report`."""
-    from trainers.cli import run_command
-
-    return run_command("report", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

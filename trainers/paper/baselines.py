@@ -16,7 +16,7 @@ rate and weight decay did not survive extraction: defaults here are 1e-4 and 0.0
   probability and zero gradient). The question embedding tells the MLP which step it answers.
 - "without Step-CoT": the same MLP trained on the final diagnosis step only.
 Both are selected by validation accuracy (mean over the trained steps, checked after every epoch) and evaluated on
-the test split with `trainers.metrics` (bootstrap CIs); `table3.md` sets the diagnosis rows side by side with the
+the test split with `trainers.evaluation.metrics` (bootstrap CIs); `table3.md` sets the diagnosis rows side by side with the
 paired-bootstrap difference (with - without), the "(+x)" of the paper's Table 3.
 
 Embeddings are computed once per dataset split and backbone and cached (safetensors, keyed by the dataset
@@ -29,7 +29,6 @@ OUT/table3.md, OUT/table3.csv, OUT/table8.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import csv
@@ -38,7 +37,6 @@ import io
 import json
 import math
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,15 +48,15 @@ from torch import nn
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, StepCoTSchemaConfig
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 from modeling_stepcot.processing_stepcot import image_to_rgb
-from trainers.feature_cache import module_fingerprint
-from trainers.metrics import (
+from trainers.evaluation.metrics import (
     IGNORE_INDEX,
     METRIC_DISPLAY_NAMES,
     METRIC_NAMES,
     compute_step_metrics,
     weighted_step_metrics,
 )
-from trainers.report import format_estimate, markdown_table, write_report
+from trainers.evaluation.report import format_estimate, write_report
+from trainers.training.feature_cache import module_fingerprint
 
 QUESTION_PREFIX = "Question: "
 SETTINGS = {"with": "with_stepcot", "without": "without_stepcot"}
@@ -596,7 +594,7 @@ def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", 
                  embed_batch_size: int = 32, plots: bool = True, log=print) -> dict:
     """Train and evaluate one backbone in the requested settings; returns {setting: (EvaluationMetrics, logits,
     labels)} and writes each setting's report under OUT/<backbone slug>/."""
-    from trainers.evaluate import dataset_step_options, load_split
+    from trainers.evaluation.evaluate_model import dataset_step_options, load_split
 
     training = training or BaselineTrainingConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -654,81 +652,3 @@ def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", 
             training=asdict(training), history=history))
         results[setting] = (result, logits, labels)
     return results
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", nargs="+", required=True,
-                        help="Hub ids or folders of vision-language models (CLIP, SigLIP, BLIP, FLAVA, ...); "
-                             "open_clip models as hf-hub:ORG/NAME (BiomedCLIP)")
-    parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["with", "without"],
-                        help="with: all seven steps; without: the diagnosis step only (default: both)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper's value unknown)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (paper's value unknown)")
-    parser.add_argument("--hidden-size", type=int, default=768, help="MLP hidden width (paper: 768)")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0)
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--val-split", default="validation", help="split for picking the best epoch")
-    parser.add_argument("--eval-split", default="test")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default OUT/cache)")
-    parser.add_argument("--embed-batch-size", type=int, default=32)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--num-bootstrap", type=int, default=1000)
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and bootstrap")
-    parser.add_argument("--max-examples", type=int, default=None, help="use only the first N examples of each split")
-    parser.add_argument("--no-plots", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    training = BaselineTrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                      weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                                      hidden_size=args.hidden_size, seed=args.seed)
-    cache_dir = args.cache_dir or args.out / "cache"
-    table_rows, with_runs = [], []
-    for backbone_name in args.backbone:
-        try:
-            results = run_baseline(
-                backbone_name, args.dataset, args.out, settings=args.settings, training=training,
-                splits=(args.train_split, args.val_split, args.eval_split), cache_dir=cache_dir, device=args.device,
-                num_bootstrap=args.num_bootstrap, confidence_level=args.confidence, seed=args.seed,
-                max_examples=args.max_examples, embed_batch_size=args.embed_batch_size, plots=not args.no_plots)
-        except (ValueError, FileNotFoundError, ModuleNotFoundError, OSError) as error:
-            print(f"stepcot baseline: error with backbone {backbone_name}: {error}", file=sys.stderr)
-            return 1
-        model = backbone_display_name(backbone_name)
-        for setting in ("with", "without"):
-            if setting in results:
-                table_rows.append({"kind": "metrics", "model": model, "setting": SETTING_LABELS[setting],
-                                   "result": results[setting][0]})
-        if "with" in results:
-            with_runs.append((results["with"][0].metadata["model"], results["with"][0]))
-        if "with" in results and "without" in results:
-            (_, with_logits, with_labels), (_, without_logits, _) = results["with"], results["without"]
-            table_rows.append({"kind": "difference", "model": model, "difference": paired_difference(
-                _softmax(with_logits[-1]), _softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
-                args.seed, args.confidence)})
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = table3_markdown(table_rows, args.confidence, args.num_bootstrap, args.seed)
-    (args.out / "table3.md").write_text(table, encoding="utf-8")
-    (args.out / "table3.csv").write_text(table3_csv(table_rows), encoding="utf-8")
-    if with_runs:
-        (args.out / "table8.md").write_text(markdown_table(with_runs), encoding="utf-8")
-    print(table)
-    print(f"reports in {args.out} (table3.md, table3.csv{', table8.md' if with_runs else ''}, one folder per "
-          "backbone and setting)")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.baselines`: the same as `stepcot baseline`."""
-    from trainers.cli import run_command
-
-    return run_command("baseline", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

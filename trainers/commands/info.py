@@ -3,6 +3,9 @@
 import json
 from pathlib import Path
 
+HELP = "describe a saved Step-CoT model folder"
+
+
 
 def add_arguments(parser):
     parser.add_argument("model_dir", help="a folder written by save_pretrained (or a Hub id)")

@@ -1,14 +1,18 @@
-"""`stepcot annotate`: radiology reports (JSONL / CSV / JSON list) -> Step-CoT records (a `data.json` list)."""
+"""`stepcot annotate`: radiology reports (JSONL / CSV / JSON list) -> Step-CoT records (a `data.json` list).
+
+The library is imported inside `run`, not at the top: `stepcot --help` then imports no torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from .annotate_io import ReportError, make_record, read_reports, validate_record, write_records
+HELP = "turn radiology reports into seven-step Step-CoT records"
+
+
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "stepcot" / "annotate"
 
@@ -31,19 +35,6 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--price-completion", type=float, default=0.0, help="cost per 1,000 completion tokens")
 
 
-def make_llm_annotator(args: argparse.Namespace):
-    from .annotate_llm import LLMAnnotator
-
-    if not args.base_url or not args.model:
-        raise ValueError("the llm backend needs --base-url and --model")
-    return LLMAnnotator(
-        args.base_url, args.model, os.environ.get(args.api_key_env),
-        cache_dir=None if str(args.cache_dir).lower() == "none" else args.cache_dir,
-        max_retries=args.max_retries, timeout_s=args.timeout, requests_per_minute=args.requests_per_minute,
-        price_per_1k_prompt=args.price_prompt, price_per_1k_completion=args.price_completion,
-    )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports", required=True,
                         help="reports file: .jsonl, .json (list) or .csv with an id (patient_id / uid / id), "
@@ -61,37 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_llm_arguments(parser)
 
 
-def annotate_rows(rows, backend: str, args: argparse.Namespace, *, strict: bool, progress: bool = True):
-    """(records, skipped, llm totals or None) for report rows."""
-    from tqdm import tqdm
-
-    from .annotate_rules import annotate_report
-
-    llm = make_llm_annotator(args) if backend == "llm" else None
-    records, skipped = [], []
-    bar = tqdm(rows, desc=f"annotate ({backend})", unit="report", disable=not progress, file=sys.stderr)
-    for row in bar:
-        try:
-            if llm is None:
-                chain = annotate_report(row.findings, row.impression)
-            else:
-                chain = llm.annotate(row.text, where=f"{row.source} (id {row.patient_id})")
-                bar.set_postfix_str(f"cost {llm.totals.cost:.4f}, {llm.totals.latency_s:.0f} s, "
-                                    f"cached {llm.totals.cache_hits}", refresh=False)
-            record = make_record(row, chain)
-            validate_record(record, row.source)
-        except Exception as error:  # noqa: BLE001 - reported per report; strict mode re-raises
-            from .annotate_llm import LLMError
-
-            if strict or not isinstance(error, (ValueError, LLMError)):
-                raise
-            skipped.append({"source": row.source, "patient_id": row.patient_id, "reason": str(error)})
-            continue
-        records.append(record)
-    return records, skipped, (llm.totals if llm else None)
-
-
 def run(args: argparse.Namespace) -> int:
+    from dataset_script.annotate.annotator import annotate_rows
+    from dataset_script.annotate.records import ReportError, read_reports, write_records
+
     strict = not args.lenient
     try:
         read = read_reports(args.reports, strict=strict, default_origin=args.origin,

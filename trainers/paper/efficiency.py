@@ -25,7 +25,6 @@ resident set size (ru_maxrss: Python, torch and the weights included, so it is n
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
@@ -54,7 +53,7 @@ class BaselineInference(nn.Module):
     def __init__(self, backbone_model: nn.Module, question_embeds: torch.Tensor, num_classes_per_step: list[int],
                  hidden_size: int = 768):
         super().__init__()
-        from trainers.baselines import StepBaselineHead
+        from trainers.paper.baselines import StepBaselineHead
 
         self.backbone = backbone_model.eval().requires_grad_(False)
         self.register_buffer("question_embeds", question_embeds)
@@ -73,7 +72,7 @@ class BaselineInference(nn.Module):
 
     @torch.no_grad()
     def _image_embeds(self, pixel_values):
-        from trainers.baselines import _pooled
+        from trainers.paper.baselines import _pooled
 
         return _pooled(self.backbone.get_image_features(pixel_values=pixel_values))
 
@@ -90,7 +89,7 @@ class BaselineInference(nn.Module):
 def _random_question_embeds(model: nn.Module, num_steps: int, seed: int = 0) -> torch.Tensor:
     """Text-tower embeddings of random token ids (the real questions need the checkpoint's tokenizer; the cost is
     paid once, outside the timed loop, either way)."""
-    from trainers.baselines import _pooled
+    from trainers.paper.baselines import _pooled
 
     config = model.config
     text = getattr(config, "text_config", None)
@@ -139,8 +138,8 @@ def build_model(name: str, tiny: bool = False) -> tuple[nn.Module, int]:
                                     hidden_size=32 if tiny else 768)
         return wrapper, wrapper.image_size
     if name.startswith("hf:"):
-        from trainers.baselines import QUESTION_PREFIX, load_backbone
         from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS
+        from trainers.paper.baselines import QUESTION_PREFIX, load_backbone
 
         loaded = load_backbone(name[3:])
         if loaded.kind != "transformers":
@@ -210,7 +209,7 @@ def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cp
 
 def measure_in_subprocess(name: str, batch_size: int, repeats: int, device: str, tiny: bool = False,
                           threads: int | None = None) -> dict:
-    command = [sys.executable, "-m", "trainers.efficiency", "--only", name, "--batch-size", str(batch_size),
+    command = [sys.executable, "-m", "trainers.cli", "bench-efficiency", "--only", name, "--batch-size", str(batch_size),
                "--repeats", str(repeats), "--device", device] + (["--tiny"] if tiny else [])
     command += ["--threads", str(threads)] if threads else []
     result = subprocess.run(command, capture_output=True, text=True)
@@ -255,54 +254,3 @@ def markdown(rows: list[dict], batch_size: int, device: str, threads: int | None
         "embeddings precomputed); their parameter counts include the text tower.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
-                        help=f"presets {PRESETS}, hf:NAME (a real backbone as a baseline) or dir:PATH (a saved "
-                             "Step-CoT model); default: " + " ".join(DEFAULT_MODELS))
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch (batch-1 latency: 4x)")
-    parser.add_argument("--out", default=None, help="also write the rows as JSON here")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads per measurement (default: torch's; 1 gives steadier numbers on a "
-                             "shared machine)")
-    parser.add_argument("--tiny", action="store_true", help="tiny random shapes (smoke test)")
-    parser.add_argument("--in-process", action="store_true",
-                        help="measure all models in this process (faster; peak RSS is then cumulative)")
-    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # subprocess mode: print one JSON row
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("stepcot bench-efficiency: --device cuda but CUDA is not available.", file=sys.stderr)
-        return 1
-    if args.only:
-        print(json.dumps(measure(args.only, args.batch_size, args.repeats, args.device, args.tiny, args.threads)))
-        return 0
-    try:
-        rows = measure_all(args.models, args.batch_size, args.repeats, args.device, args.tiny,
-                           isolate=not args.in_process, threads=args.threads)
-    except (ValueError, RuntimeError, OSError) as error:
-        print(f"stepcot bench-efficiency: error: {error}", file=sys.stderr)
-        return 1
-    print(markdown(rows, args.batch_size, args.device, args.threads))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump({"device": args.device, "environment": environment(args.device, args.threads),
-                       "torch": torch.__version__,
-                       "batch_size": args.batch_size, "repeats": args.repeats, "tiny": args.tiny, "rows": rows},
-                      handle, indent=2)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.efficiency`: the same as `stepcot bench-efficiency`."""
-    from trainers.cli import run_command
-
-    return run_command("bench-efficiency", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,8 +22,7 @@ from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCall
 from transformers.utils import ModelOutput
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
-
-from .losses import distillation_losses
+from trainers.training.losses import distillation_losses
 
 
 class StepCoTPairConfig(PreTrainedConfig):
@@ -305,7 +304,7 @@ def build_pair_compute_metrics(num_classes_per_step, num_bootstrap=0, per_step="
     `per_step` ("accuracy" keeps the per-epoch logs readable; "all" for everything), and the same for the student."""
     import numpy as np
 
-    from .metrics import compute_step_metrics
+    from trainers.evaluation.metrics import compute_step_metrics
 
     def compute_metrics(eval_pred):
         teacher_logits, student_logits = eval_pred.predictions[:2]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .annotate_findings import (
+from dataset_script.annotate.findings import (
     DIAGNOSIS,
     LEFT,
     LOCATION,

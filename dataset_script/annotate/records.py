@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataset_script.annotate.findings import LOCATION, NO_ANSWER
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS, NA_OPTION
-
-from .annotate_findings import LOCATION, NO_ANSWER
 
 ID_FIELDS = ("patient_id", "uid", "id", "study_id")
 IMAGE_FIELDS = ("image_path", "image", "images")
@@ -185,7 +184,7 @@ def validate_chain(chain, where: str) -> None:
 def validate_record(record, where: str = "record") -> None:
     """Strict check of one output record: the data layer's own validation (`dataset_script.release`), then the
     exact schema texts and the `laterality` key. Raises ValueError naming `where`, the record and the field."""
-    from .release import validate_record as release_validate_record
+    from dataset_script.release import validate_record as release_validate_record
 
     problems = release_validate_record(record)
     if problems:

@@ -2,11 +2,12 @@
 model's config, the training arguments and the evaluation table."""
 
 import logging
+from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATES = resources.files("model_cards")  # package data: also there in a non-editable install
 PAPER = "arXiv:2603.13878"
 
 
@@ -47,8 +48,8 @@ def _count(model_config, role) -> tuple[str, str]:
 def render_model_card(role: str, config, run_args: dict | None = None, metrics: dict | None = None,
                       table: str | None = None, repo_id: str | None = None, has_pipeline: bool = False) -> str:
     """The README.md of an exported teacher or student. `has_pipeline`: the folder carries the stepcot-vqa pipeline
-    as remote code (`trainers.predict.add_pipeline_to_checkpoint`), so the card shows the package-free usage."""
-    from .card_metadata import metadata_problems
+    as remote code (`trainers.inference.predict.add_pipeline_to_checkpoint`), so the card shows the package-free usage."""
+    from trainers.hub.card_metadata import metadata_problems
 
     if role not in ("teacher", "student"):
         raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")

@@ -19,9 +19,6 @@ paper's Table 6 layout, with CIs).
 
 from __future__ import annotations
 
-import argparse
-import math
-import sys
 from pathlib import Path
 
 VARIANTS = {  # name -> (stepcot train flags, rows: (metrics folder under the run, model name))
@@ -82,7 +79,7 @@ def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> 
 
 def table6_markdown(runs) -> str:
     """Accuracy per step (columns) and model (rows) with CIs, the paper's Table 6 layout."""
-    from trainers.report import format_estimate, step_label
+    from trainers.evaluation.report import format_estimate, step_label
 
     steps = [step.name for step in runs[0][1].steps]
     lines = ["| Model | " + " | ".join(steps) + " | Mean |", "|" + "---|" * (len(steps) + 2)]
@@ -95,71 +92,3 @@ def table6_markdown(runs) -> str:
               f"({first.num_bootstrap} resamples). Columns: {', '.join(step_label(s) for s in steps)}. All six "
               "metrics per step: ablations.md."]
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="demo",
-                        help="'demo' (synthetic), a release folder (data.json), a built folder or a Hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="which runs (default: all three)")
-    parser.add_argument("--demo_size", "--demo-size", type=int, default=1200, help="records of the synthetic demo")
-    parser.add_argument("--demo_image_size", "--demo-image-size", type=int, default=224)
-    parser.add_argument("--lenient", action="store_true", help="skip (and report) bad records of a release")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep a variant whose OUT/VARIANT/results.json exists instead of training it again")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER,
-                        help="after `--`: arguments passed to every `stepcot train` run")
-
-
-def run(args: argparse.Namespace) -> int:
-    from trainers import report
-
-    train_args = list(args.train_args)
-    if train_args[:1] == ["--"]:
-        train_args = train_args[1:]
-    reserved = [flag for flag in RESERVED_TRAIN_FLAGS if _option_value(train_args, flag) is not None]
-    if reserved:
-        print(f"stepcot bench-ablations: {', '.join(reserved)} are set by this command (use --dataset / --out / "
-              "--variants / --demo_size here, not after --).", file=sys.stderr)
-        return 2
-    try:
-        dataset = prepare_dataset(args.dataset, args.out / "data", args.demo_size, args.demo_image_size, args.lenient)
-        for name in args.variants:
-            if args.reuse and (args.out / name / "results.json").is_file():
-                print(f"reusing {args.out / name}")
-                continue
-            print(f"=== training variant {name!r} ===")
-            train_variant(name, dataset, args.out, train_args)
-        folders, names = [], []
-        for name in args.variants:
-            for role, label in VARIANTS[name][1]:
-                folders.append(str(args.out / name / "metrics" / role))
-                names.append(label)
-        order = sorted(range(len(names)), key=lambda i: TABLE6_ORDER.index(names[i]))
-        folders, names = [folders[i] for i in order], [names[i] for i in order]
-        code = report.main([*folders, "--names", *names, "--out", str(args.out / "ablations.md")])
-        if code:
-            return code
-        runs = [(name, report.load_metrics(folder)) for name, folder in zip(names, folders)]
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"stepcot bench-ablations: error: {error}", file=sys.stderr)
-        return 1
-    table = table6_markdown(runs)
-    (args.out / "table6.md").write_text(table, encoding="utf-8")
-    print(table)
-    means = {name: result.mean["accuracy"].value for name, result in runs}
-    print("mean accuracy: " + ", ".join(f"{name} {100 * v:.1f}%" for name, v in means.items() if not math.isnan(v)))
-    print(f"reports: {args.out / 'table6.md'}, {args.out / 'ablations.md'} (+ .csv)")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.bench`: the same as `stepcot bench-ablations`."""
-    from trainers.cli import run_command
-
-    return run_command("bench-ablations", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .annotate_findings import (
+from dataset_script.annotate.findings import (
     ABSENT,
     BILATERAL,
     FINDING_KINDS,

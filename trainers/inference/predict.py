@@ -11,9 +11,7 @@ rule and shows which steps it changes (the per-step predictions are always repor
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -157,21 +155,10 @@ def _map_folders(paths: list[Path], out: Path) -> list[Path]:
 # command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="chest X-ray image files (PNG, JPEG, ...) or folders of them")
-    parser.add_argument("--model", required=True, help="a Step-CoT teacher or student folder (save_pretrained)")
-    parser.add_argument("--maps", metavar="OUT", help="write per-step Grad-CAM PNGs and a summary PNG per image here")
-    parser.add_argument("--consistent", action="store_true",
-                        help="also decode the most probable chain without contradictions (changes are flagged)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-
-
 def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consistent: bool = False,
                    batch_size: int = 8) -> list[tuple[dict, dict | None]]:
     """Run the pipeline over image files; with `maps_dir`, write each image's PNGs. Returns (result, map paths)."""
-    from .saliency import save_step_maps
+    from trainers.inference.saliency import save_step_maps
 
     results = pipe([str(p) for p in paths], maps=maps_dir is not None, consistent=consistent,
                    batch_size=max(1, min(batch_size, len(paths))))
@@ -184,40 +171,4 @@ def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consis
     return output
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        print(f"stepcot predict: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
-    try:
-        paths = expand_images(args.images)
-        check_images(paths)
-        model = load_stepcot_model(args.model)
-        pipe = build_pipeline(model, device=args.device)
-        maps_dir = Path(args.maps) if args.maps else None
-        outputs = predict_images(pipe, paths, maps_dir, args.consistent, args.batch_size)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"stepcot predict: error: {error}", file=sys.stderr)
-        return 2
-    model_label = "student" if model.config.model_type == "stepcot_student" else "teacher"
-    if args.json:
-        print(json.dumps([json_ready(r, p, m) for (r, m), p in zip(outputs, paths)], indent=2))
-    else:
-        for (result, written), path in zip(outputs, paths):
-            print(format_table(str(path), result, model_label))
-            if written:
-                print(f"Maps: {written['summary'].parent}/ (step1..{len(written['steps'])} + summary.png)")
-            print()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.predict`: the same as `stepcot predict`."""
-    from trainers.cli import run_command
-
-    return run_command("predict", argv)
-
-
-__all__ = ["add_pipeline_to_checkpoint", "build_pipeline", "load_stepcot_model", "predict_images", "run"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["add_pipeline_to_checkpoint", "build_pipeline", "load_stepcot_model", "predict_images"]

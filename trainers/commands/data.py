@@ -10,6 +10,9 @@ import argparse
 import json
 import sys
 
+HELP = "build, validate, publish Step-CoT datasets and render the synthetic demo"
+
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="{build,demo,push,validate}", required=True)
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .release import StepCoTDataError
+    from dataset_script.release import StepCoTDataError
 
     try:
         return _COMMANDS[args.data_command](args)
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args) -> int:
-    from .hub import build_hub_dataset
+    from dataset_script.hub import build_hub_dataset
 
     summary = build_hub_dataset(args.source, args.out, strict=not args.lenient, seed=args.seed,
                                 max_shard_bytes=args.max_shard_mb * 2**20)
@@ -65,7 +68,7 @@ def _build(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import write_demo_release
+    from dataset_script.demo import write_demo_release
 
     summary = write_demo_release(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers)
     print(f"wrote {summary['records']} synthetic records to {summary['out_dir']} in {summary['seconds']:.1f} s")
@@ -73,7 +76,7 @@ def _demo(args) -> int:
 
 
 def _push(args) -> int:
-    from .hub import push_to_hub
+    from dataset_script.hub import push_to_hub
 
     commit = push_to_hub(args.folder, args.repo, private=not args.public, token=args.token,
                          commit_message=args.message)
@@ -82,7 +85,7 @@ def _push(args) -> int:
 
 
 def _validate(args) -> int:
-    from .release import StepCoTRelease
+    from dataset_script.release import StepCoTRelease
 
     release = StepCoTRelease(args.source, strict=False, seed=args.seed, report_path=args.report)
     print(release)

@@ -9,16 +9,14 @@ metrics can be recomputed without the model). Several OUT folders compare with `
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from trainers.metrics import compute_step_metrics
-from trainers.report import write_report
+from trainers.evaluation.metrics import compute_step_metrics
+from trainers.evaluation.report import write_report
 
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 PREDICTIONS_FILENAME = "predictions.npz"
@@ -179,47 +177,3 @@ def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_boot
         np.savez_compressed(out / PREDICTIONS_FILENAME, labels=labels,
                             **{f"step{index + 1}_logits": step for index, step in enumerate(logits)})
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
-    parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json, tables and plots")
-    parser.add_argument("--name", default=None, help="model name in the tables (default: Teacher / Student / ablation)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate(args.model, args.dataset, split=args.split, out=args.out, batch_size=args.batch_size,
-                          num_bootstrap=args.num_bootstrap, confidence_level=args.confidence, seed=args.seed,
-                          name=args.name, device=args.device, max_examples=args.max_examples,
-                          plots=not args.no_plots)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"stepcot eval: error: {error}", file=sys.stderr)
-        return 1
-    for note in result.metadata.get("notes", []):
-        print(f"note: {note}", file=sys.stderr)
-    mean = result.mean
-    print(f"{result.metadata['model']} on {result.metadata['split']} ({result.num_examples} examples): "
-          f"mean accuracy {100 * mean['accuracy'].value:.1f}%, mean AUC {100 * mean['auc'].value:.1f}%; "
-          f"report in {args.out} ({result.metadata['seconds']} s)")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainers.evaluate`: the same as `stepcot eval`."""
-    from trainers.cli import run_command
-
-    return run_command("eval", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

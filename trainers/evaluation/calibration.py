@@ -1,7 +1,7 @@
 """Temperature scaling (Guo et al., 2017) per step: one temperature T_s per step, fitted on a validation split by
 minimising the negative log-likelihood of softmax(logits / T_s); the argmax (the predictions) never changes.
 
-    >>> from trainers.calibration import calibrate_checkpoint
+    >>> from trainers.evaluation.calibration import calibrate_checkpoint
     >>> calibrate_checkpoint("outputs/demo/student", "outputs/demo/dataset", split="validation")
 
 stores `{"method": "temperature", "temperatures": [...], "split": ..., "nll_before": [...], ...}` as
@@ -96,7 +96,7 @@ def fit_calibration(step_logits, labels, split: str | None = None) -> dict:
 def calibrate(model, data, preprocess=None, split: str | None = None, batch_size: int = 32, device: str = "cpu"):
     """Fit per-step temperatures of `model` on `data` (a `datasets` split with `image` and `labels` columns) and
     store them as `model.config.calibration`. Returns the calibration dict."""
-    from .evaluate import ImagePreprocessor, predict
+    from trainers.evaluation.evaluate_model import ImagePreprocessor, predict
 
     if preprocess is None:
         preprocess = ImagePreprocessor(getattr(model, "name_or_path", "") or "", model.config)
@@ -109,8 +109,8 @@ def calibrate(model, data, preprocess=None, split: str | None = None, batch_size
 def calibrate_checkpoint(model_dir, dataset, split: str = "validation", batch_size: int = 32,
                          device: str = "cpu") -> dict:
     """Calibrate a saved model on a dataset split and write the temperatures into its config.json."""
-    from .evaluate import ImagePreprocessor, load_split
-    from .predict import load_stepcot_model
+    from trainers.evaluation.evaluate_model import ImagePreprocessor, load_split
+    from trainers.inference.predict import load_stepcot_model
 
     model = load_stepcot_model(model_dir)
     data, split = load_split(dataset, split)

@@ -1,0 +1,77 @@
+"""`stepcot bench-ablations`: the command line over `trainers.paper.ablations`.
+
+The library is imported inside the functions, not at the top: `stepcot --help` then imports no torch.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+HELP = "train full, w/o Memory and w/o Text teachers and tabulate them (Table 6)"
+
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.paper.ablations import VARIANTS
+
+    parser.add_argument("--dataset", default="demo",
+                        help="'demo' (synthetic), a release folder (data.json), a built folder or a Hub id")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="which runs (default: all three)")
+    parser.add_argument("--demo_size", "--demo-size", type=int, default=1200, help="records of the synthetic demo")
+    parser.add_argument("--demo_image_size", "--demo-image-size", type=int, default=224)
+    parser.add_argument("--lenient", action="store_true", help="skip (and report) bad records of a release")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a variant whose OUT/VARIANT/results.json exists instead of training it again")
+    parser.add_argument("train_args", nargs=argparse.REMAINDER,
+                        help="after `--`: arguments passed to every `stepcot train` run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainers.evaluation.report import load_metrics, write_comparison
+    from trainers.paper.ablations import (
+        RESERVED_TRAIN_FLAGS,
+        TABLE6_ORDER,
+        VARIANTS,
+        _option_value,
+        prepare_dataset,
+        table6_markdown,
+        train_variant,
+    )
+    train_args = list(args.train_args)
+    if train_args[:1] == ["--"]:
+        train_args = train_args[1:]
+    reserved = [flag for flag in RESERVED_TRAIN_FLAGS if _option_value(train_args, flag) is not None]
+    if reserved:
+        print(f"stepcot bench-ablations: {', '.join(reserved)} are set by this command (use --dataset / --out / "
+              "--variants / --demo_size here, not after --).", file=sys.stderr)
+        return 2
+    try:
+        dataset = prepare_dataset(args.dataset, args.out / "data", args.demo_size, args.demo_image_size, args.lenient)
+        for name in args.variants:
+            if args.reuse and (args.out / name / "results.json").is_file():
+                print(f"reusing {args.out / name}")
+                continue
+            print(f"=== training variant {name!r} ===")
+            train_variant(name, dataset, args.out, train_args)
+        folders, names = [], []
+        for name in args.variants:
+            for role, label in VARIANTS[name][1]:
+                folders.append(str(args.out / name / "metrics" / role))
+                names.append(label)
+        order = sorted(range(len(names)), key=lambda i: TABLE6_ORDER.index(names[i]))
+        folders, names = [folders[i] for i in order], [names[i] for i in order]
+        runs = [(name, load_metrics(folder)) for name, folder in zip(names, folders)]
+        write_comparison(runs, args.out / "ablations.md", sources=folders)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"stepcot bench-ablations: error: {error}", file=sys.stderr)
+        return 1
+    table = table6_markdown(runs)
+    (args.out / "table6.md").write_text(table, encoding="utf-8")
+    print(table)
+    means = {name: result.mean["accuracy"].value for name, result in runs}
+    print("mean accuracy: " + ", ".join(f"{name} {100 * v:.1f}%" for name, v in means.items() if not math.isnan(v)))
+    print(f"reports: {args.out / 'table6.md'}, {args.out / 'ablations.md'} (+ .csv)")
+    return 0

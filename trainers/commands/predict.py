@@ -1,0 +1,59 @@
+"""`stepcot predict`: the command line over `trainers.inference.predict`.
+
+The library is imported inside the functions, not at the top: `stepcot --help` then imports no torch.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "answer the seven steps for chest X-ray images, with attention maps"
+
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="chest X-ray image files (PNG, JPEG, ...) or folders of them")
+    parser.add_argument("--model", required=True, help="a Step-CoT teacher or student folder (save_pretrained)")
+    parser.add_argument("--maps", metavar="OUT", help="write per-step Grad-CAM PNGs and a summary PNG per image here")
+    parser.add_argument("--consistent", action="store_true",
+                        help="also decode the most probable chain without contradictions (changes are flagged)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainers.inference.predict import (
+        build_pipeline,
+        check_images,
+        expand_images,
+        format_table,
+        json_ready,
+        load_stepcot_model,
+        predict_images,
+    )
+
+    if args.batch_size < 1:
+        print(f"stepcot predict: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    try:
+        paths = expand_images(args.images)
+        check_images(paths)
+        model = load_stepcot_model(args.model)
+        pipe = build_pipeline(model, device=args.device)
+        maps_dir = Path(args.maps) if args.maps else None
+        outputs = predict_images(pipe, paths, maps_dir, args.consistent, args.batch_size)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"stepcot predict: error: {error}", file=sys.stderr)
+        return 2
+    model_label = "student" if model.config.model_type == "stepcot_student" else "teacher"
+    if args.json:
+        print(json.dumps([json_ready(r, p, m) for (r, m), p in zip(outputs, paths)], indent=2))
+    else:
+        for (result, written), path in zip(outputs, paths):
+            print(format_table(str(path), result, model_label))
+            if written:
+                print(f"Maps: {written['summary'].parent}/ (step1..{len(written['steps'])} + summary.png)")
+            print()
+    return 0

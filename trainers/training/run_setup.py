@@ -1,0 +1,287 @@
+"""Run set-up shared by the training scripts (`run_distill.py`, `run_teacher.py`): arguments, data, models,
+feature caches, scoring."""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import load_dataset
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
+
+from dataset_script.demo import write_demo_release
+from dataset_script.hub import build_hub_dataset
+from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
+from modeling_stepcot.processing_stepcot import StepCoTDataCollator
+from trainers.evaluation.metrics import compute_step_metrics
+from trainers.evaluation.report import markdown_table, write_report
+from trainers.training.feature_cache import EmbeddingDataset, cached_image_embeds, encoder_fingerprint
+from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, offline_text_encoder_path
+
+logger = logging.getLogger("stepcot.train")
+
+OFFLINE_TEXT = "offline-minilm"
+
+
+@dataclass
+class ModelArguments:
+    vision_encoder: str = field(
+        default=OFFLINE_VISION_ENCODER,
+        metadata={"help": "CLIP checkpoint (paper: openai/clip-vit-base-patch32) or 'efficientnet_lite0' (offline)."},
+    )
+    text_encoder: str = field(
+        default=OFFLINE_TEXT,
+        metadata={"help": "BERT-family checkpoint for the questions (paper: bert-base-uncased) or 'offline-minilm'."},
+    )
+    teacher_hidden_size: int = field(default=768, metadata={"help": "teacher width H (paper: 768)"})
+    student_hidden_size: int = field(default=512, metadata={"help": "student width (paper: 512)"})
+    use_memory: bool = field(default=True, metadata={"help": "False: the 'w/o Memory' ablation"})
+    use_text: bool = field(default=True, metadata={"help": "False: the 'w/o Text' ablation"})
+    freeze_encoders: bool = field(default=True, metadata={"help": "keep image and text encoders frozen (paper)"})
+    teacher_model: str | None = field(default=None, metadata={"help": "start from a saved teacher folder"})
+    student_model: str | None = field(default=None, metadata={"help": "start from a saved student folder"})
+    relation_dim: int = field(default=256, metadata={"help": "width of the CH projections"})
+    lora_r: int = field(
+        default=0, metadata={"help": "rank of LoRA adapters on both image encoders (0: none); merged at export"}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "input size for the efficientnet_lite0 backbone (CLIP fixes its own); default 224"}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="demo",
+        metadata={"help": "'demo' (render the synthetic set), a release folder (data.json), a built folder, or a Hub id"},
+    )
+    demo_size: int = field(default=1200, metadata={"help": "records in the synthetic demo"})
+    demo_image_size: int = field(default=224)
+    eval_split: str = field(default="test", metadata={"help": "split for the final evaluation"})
+    feature_cache: bool = field(
+        default=True, metadata={"help": "with frozen encoders, encode every image once and train on cached features"}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "feature cache folder (default OUTPUT_DIR/cache)"})
+    max_train_samples: int | None = field(default=None)
+    num_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"})
+    lenient: bool = field(default=False, metadata={"help": "skip (and report) bad records instead of failing"})
+
+
+@dataclass
+class DistillationArguments:
+    alpha_kd: float = field(default=0.5)
+    alpha_ch: float = field(default=1.0)
+    temperature: float = field(default=2.0)
+    teacher_learning_rate: float = field(default=5e-5)
+    student_learning_rate: float = field(default=1e-4)
+    teacher_pretrain_epochs: int = field(default=2)
+    class_weights: bool = field(default=False, metadata={"help": "inverse-frequency class weights in the CE terms"})
+
+
+TRAINING_DEFAULTS = dict(
+    output_dir="outputs/stepcot",
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    num_train_epochs=40,
+    max_grad_norm=1.0,
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=1,
+    logging_steps=10,
+    report_to="none",
+    remove_unused_columns=False,
+    label_names=["labels"],
+    ddp_find_unused_parameters=False,
+    dataloader_num_workers=0,
+    seed=42,
+)
+
+
+def parse_run_args(argument_classes, argv=None, **defaults):
+    """HfArgumentParser over `argument_classes` (TrainingArguments last) with the Step-CoT training defaults."""
+    parser = HfArgumentParser(argument_classes)
+    parser.set_defaults(**{**TRAINING_DEFAULTS, **defaults})
+    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        # accelerate treats a multi-process launch as DDP on CPU (gloo) only when told it runs on the CPU
+        parser.set_defaults(use_cpu=True)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def start_run(training_args) -> Path:
+    """Logging, seed, output folder and device set-up shared by the training scripts; returns the output folder."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
+    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False
+    _ = training_args.device  # sets up the process group, so main_process_first really waits
+    return output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+def load_splits(data_args, output_dir: Path):
+    """A `DatasetDict` with `image` and `labels` columns from the demo, a release folder, a built folder or the Hub."""
+    source = data_args.dataset
+    if source == "demo":
+        release = output_dir / "demo-release"
+        if not (release / "data.json").is_file():
+            summary = write_demo_release(release, n=data_args.demo_size, image_size=data_args.demo_image_size)
+            logger.info("rendered %d synthetic records in %.1f s", summary["records"], summary["seconds"])
+        source = str(release)
+    path = Path(source)
+    if (path / "data.json").is_file() or (path / "data.jsonl").is_file():  # a release: validate and build
+        built = output_dir / "dataset"
+        if not (built / "README.md").is_file():
+            summary = build_hub_dataset(path, built, strict=not data_args.lenient)
+            logger.info("built %s from the release %s", built, path)
+            if summary.get("records_skipped"):
+                logger.warning("%s records skipped: see %s", summary["records_skipped"], summary["report"])
+        source = str(built)
+    return load_dataset(source)
+
+
+def _image_size_kwargs(model_args):
+    if model_args.image_size is None:
+        return {}
+    if model_args.vision_encoder != OFFLINE_VISION_ENCODER:
+        raise ValueError("--image_size applies to the efficientnet_lite0 backbone; a CLIP checkpoint fixes its own.")
+    return {"image_size": model_args.image_size}
+
+
+def build_teacher(model_args):
+    if model_args.teacher_model:
+        return StepCoTTeacher.from_pretrained(model_args.teacher_model)
+    text = offline_text_encoder_path() if model_args.text_encoder == OFFLINE_TEXT else model_args.text_encoder
+    return StepCoTTeacher.from_pretrained_encoders(
+        vision=model_args.vision_encoder, text=text, freeze_encoders=model_args.freeze_encoders,
+        hidden_size=model_args.teacher_hidden_size, use_memory=model_args.use_memory, use_text=model_args.use_text,
+        **_image_size_kwargs(model_args),
+    )
+
+
+def build_student(model_args):
+    if model_args.student_model:
+        return StepCoTStudent.from_pretrained(model_args.student_model)
+    return StepCoTStudent.from_pretrained_encoders(
+        vision=model_args.vision_encoder, freeze_encoders=model_args.freeze_encoders,
+        hidden_size=model_args.student_hidden_size, **_image_size_kwargs(model_args),
+    )
+
+
+def build_processor(teacher):
+    text = teacher.config.text_encoder_name_or_path or offline_text_encoder_path()
+    return StepCoTProcessor.from_model_config(teacher.config, AutoTokenizer.from_pretrained(text))
+
+
+def _pixels_of_batch(batch):
+    return batch["pixel_values"]
+
+
+def _pixel_batches(dataset, processor, batch_size, num_workers):
+    # Index the dataset with whole batches: the processor then preprocesses a batch in one call.
+    batches = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(dataset), batch_size, drop_last=False)
+    loader = torch.utils.data.DataLoader(
+        dataset.with_transform(processor.dataset_transform), sampler=batches, batch_size=None,
+        num_workers=num_workers, collate_fn=_pixels_of_batch,
+    )
+    return loader, len(batches)
+
+
+def feature_datasets(splits, models: dict, processor, cache_dir, training_args, share_encoder=False):
+    """Cached-feature datasets per split: one encoder pass per image and encoder, reused across runs.
+
+    `models` maps a role ("teacher", and optionally "student") to its model; with `share_encoder` the student reads
+    the teacher's features (same frozen encoder)."""
+    roles = {role: model for role, model in models.items() if not (role == "student" and share_encoder)}
+    digests = {role: encoder_fingerprint(model) for role, model in roles.items()}  # hash the weights once
+    result = {}
+    for name, dataset in splits.items():
+        fingerprint = f"{dataset._fingerprint}:{name}:{len(dataset)}:{processor.image_size}"
+        extras = {"mean": processor.image_processor.image_mean, "std": processor.image_processor.image_std}
+        embeds = {}
+        for role, model in roles.items():
+            with training_args.main_process_first(desc=f"{role} image features ({name})"):
+                loader, total = _pixel_batches(dataset, processor, training_args.per_device_eval_batch_size,
+                                               training_args.dataloader_num_workers)
+                embeds[role], path, hit = cached_image_embeds(
+                    model, loader, fingerprint, cache_dir, total=total, extra=extras, encoder_digest=digests[role]
+                )
+            logger.info("%s %s features %s %s", name, role, "read from" if hit else "written to", path)
+        result[name] = EmbeddingDataset(embeds["teacher"], dataset["labels"], embeds.get("student"))
+    return result
+
+
+def pixel_datasets(splits, processor):
+    return {name: dataset.with_transform(processor.dataset_transform) for name, dataset in splits.items()}
+
+
+def prepare_splits(data_args, training_args, output_dir: Path):
+    """The dataset's splits (built once, by the main process first) and the split used for the final evaluation."""
+    with training_args.main_process_first(desc="dataset"):
+        splits = load_splits(data_args, output_dir)
+    for required in ("train", "validation"):
+        if required not in splits:
+            raise ValueError(f"The dataset {data_args.dataset} has no {required!r} split (splits: {list(splits)}).")
+    eval_split = data_args.eval_split if data_args.eval_split in splits else "validation"
+    if data_args.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(data_args.max_train_samples, len(splits["train"]))))
+    return splits, eval_split
+
+
+def training_datasets(splits, models: dict, processor, data_args, training_args, output_dir, share_encoder=False):
+    """Cached-feature datasets when every encoder is frozen (and the cache is on), else lazily decoded images with
+    the Step-CoT collator. Returns (datasets by split, data collator, whether the cache is used)."""
+    frozen = not any(model.vision_encoder_is_trainable() for model in models.values())
+    if data_args.feature_cache and frozen:
+        cache_dir = Path(data_args.cache_dir or output_dir / "cache")
+        datasets_by_split = feature_datasets(splits, models, processor, cache_dir, training_args, share_encoder)
+        data_collator, use_cache = None, True  # the default collator stacks the cached rows
+    else:
+        datasets_by_split, use_cache = pixel_datasets(splits, processor), False
+        data_collator = StepCoTDataCollator(processor)
+    logger.info("training on %s (%d train / %d validation)", "cached image features" if use_cache else "images",
+                len(splits["train"]), len(splits["validation"]))
+    return datasets_by_split, data_collator, use_cache
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def score_and_report(role_logits: dict, labels, split, output_dir, num_bootstrap, config, write=True):
+    """Metrics with bootstrap CIs for each role's padded logits; reports under OUTPUT_DIR/metrics/ROLE."""
+    results, runs = {}, []
+    for role, logits in role_logits.items():
+        metrics = compute_step_metrics(
+            np.asarray(logits), np.asarray(labels), step_names=config.step_names, step_options=config.step_options,
+            scores="logits", num_bootstrap=num_bootstrap, metadata={"model": role, "split": split},
+        )
+        if write:
+            write_report(metrics, output_dir / "metrics" / role, model_name=role.capitalize())
+        runs.append((role.capitalize(), metrics))
+        results[role] = metrics.flat()
+    return results, markdown_table(runs)
+
+
+def print_summary(output_dir: Path, eval_split: str, table: str, roles):
+    print("\n" + table)
+    folders = " and ".join(str(output_dir / role) for role in roles)
+    print(f"\nCheckpoints: {folders} (load with AutoModel.from_pretrained(..., trust_remote_code=True))")
+    print(f"Metrics ({eval_split} split): {output_dir / 'metrics'}; summary: {output_dir / 'results.json'}")
+
+
+def load_best(pair, output_dir: Path):
+    """Put the best teacher and best student (by mean validation accuracy) back into the pair, where saved."""
+    for role in ("teacher", "student"):
+        weights = output_dir / "best" / role / "model.safetensors"
+        if weights.is_file():
+            getattr(pair, role).load_state_dict(load_file(weights))
