@@ -8,21 +8,44 @@ encoder never reads stale features.
 
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+logger = logging.getLogger(__name__)
 
-def module_fingerprint(module, name: str = "") -> str:
-    """Digest of a name and every weight of `module` (a changed checkpoint never reads stale cached features)."""
+
+def tensors_fingerprint(named_tensors, name: str = "") -> str:
+    """Digest of a name and of (key, tensor) pairs, in the order given."""
     digest = hashlib.sha256(name.encode())
-    for key, tensor in module.state_dict().items():
+    for key, tensor in named_tensors:
         digest.update(key.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def module_fingerprint(module, name: str = "") -> str:
+    """Digest of a name and every weight of `module` (a changed checkpoint never reads stale cached features)."""
+    return tensors_fingerprint(module.state_dict().items(), name)
+
+
+def save_file_atomically(tensors: dict, path, metadata=None):
+    """`safetensors.save_file` to a temporary name in the same folder, then rename: a killed write never leaves a
+    truncated file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def encoder_fingerprint(model) -> str:
@@ -46,18 +69,34 @@ def compute_image_embeds(model, batches, total=None, device="cpu", description="
 
 
 def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=None, device="cpu", extra=None,
-                        encoder_digest=None):
+                        encoder_digest=None, num_rows=None):
     """Embeddings from `cache_dir` when present for this dataset + encoder, else computed and stored.
     Pass `encoder_digest` (from `encoder_fingerprint`) when caching several splits, to hash the weights once."""
     encoder_digest = encoder_digest or encoder_fingerprint(model)
     path = Path(cache_dir) / f"image_embeds-{cache_key(dataset_fingerprint, encoder_digest, extra)}.safetensors"
     if path.is_file():
-        return load_file(path)["image_embeds"], path, True
+        embeds = _read_cached_embeds(path, num_rows)
+        if embeds is not None:
+            return embeds, path, True
     embeds = compute_image_embeds(model, batches, total=total, device=device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"image_embeds": embeds.contiguous()}, path,
-              metadata={"dataset": dataset_fingerprint, "backbone": model.config.vision_backbone})
+    save_file_atomically({"image_embeds": embeds.contiguous()}, path,
+                         metadata={"dataset": dataset_fingerprint, "backbone": model.config.vision_backbone})
     return embeds, path, False
+
+
+def _read_cached_embeds(path: Path, num_rows=None):
+    """The cached embeddings, or None (with a warning) when the file is damaged (e.g. truncated by a write killed
+    before writes became atomic, or holding the wrong number of rows); the caller then rebuilds it."""
+    try:
+        embeds = load_file(path)["image_embeds"]
+    except (SafetensorError, KeyError, OSError, ValueError) as error:
+        logger.warning("damaged feature cache %s (%s): rebuilding it", path, error)
+        return None
+    if embeds.ndim != 2 or (num_rows is not None and embeds.shape[0] != num_rows) or not torch.isfinite(embeds).all():
+        logger.warning("damaged feature cache %s (shape %s or non-finite values): rebuilding it", path,
+                       tuple(embeds.shape))
+        return None
+    return embeds
 
 
 class EmbeddingDataset(Dataset):

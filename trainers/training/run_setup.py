@@ -213,7 +213,8 @@ def feature_datasets(splits, models: dict, processor, cache_dir, training_args, 
                 loader, total = _pixel_batches(dataset, processor, training_args.per_device_eval_batch_size,
                                                training_args.dataloader_num_workers)
                 embeds[role], path, hit = cached_image_embeds(
-                    model, loader, fingerprint, cache_dir, total=total, extra=extras, encoder_digest=digests[role]
+                    model, loader, fingerprint, cache_dir, total=total, extra=extras, encoder_digest=digests[role],
+                    num_rows=len(dataset),
                 )
             logger.info("%s %s features %s %s", name, role, "read from" if hit else "written to", path)
         result[name] = EmbeddingDataset(embeds["teacher"], dataset["labels"], embeds.get("student"))
