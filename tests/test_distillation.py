@@ -242,3 +242,35 @@ def test_short_run_learns_and_exports_best_models(tmp_path):
     assert metrics["eval_student_mean_accuracy"] > majority + 0.1
     assert (tmp_path / "best" / "teacher" / "model.safetensors").is_file()
     assert (tmp_path / "best" / "student" / "config.json").is_file()
+
+
+def test_checkpoints_hold_only_the_trainable_state_and_resume_checks_the_frozen_encoders(tmp_path):
+    from safetensors import safe_open
+
+    from trainers.training.checkpoints import TRAINABLE_WEIGHTS_NAME, TrainingError, trainable_state_dict
+
+    pair = make_pair()
+    trainer_for(pair, learnable_dataset(16), tmp_path / "run", max_steps=2, save_strategy="steps",
+                save_steps=2).train()
+    folder = tmp_path / "run" / "checkpoint-2"
+    state_bytes = sum(t.numel() * t.element_size() for t in trainable_state_dict(pair).values())
+    moment_bytes = 2 * sum(p.numel() * p.element_size() for p in pair.parameters() if p.requires_grad)  # AdamW
+    weights = folder / TRAINABLE_WEIGHTS_NAME
+    assert weights.stat().st_size <= 1.1 * state_bytes
+    fixed = 64 * 1024  # rng, scheduler, trainer state, config: a few kB whatever the model size
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 1.1 * (state_bytes + moment_bytes) + fixed
+    with safe_open(str(weights), framework="pt") as reader:
+        assert not any(key.startswith("teacher.vision_encoder.") for key in reader.keys())
+    assert not (folder / "model.safetensors").exists()
+
+    changed = make_pair()
+    with torch.no_grad():
+        next(changed.teacher.vision_encoder.parameters()).add_(0.01)  # another frozen encoder than the one trained
+    with pytest.raises(TrainingError, match="other frozen encoder weights"):
+        trainer_for(changed, learnable_dataset(16), tmp_path / "run", max_steps=4, save_strategy="no").train(
+            resume_from_checkpoint=str(folder))
+
+    trainer = trainer_for(pair, learnable_dataset(16), tmp_path / "run", save_strategy="no")
+    trainer.save_model(str(tmp_path / "exported"))  # an explicit save stays a complete from_pretrained folder
+    reloaded = StepCoTDistillationPair.from_pretrained(tmp_path / "exported")
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), pair.state_dict().values()))

@@ -22,6 +22,7 @@ from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCall
 from transformers.utils import ModelOutput
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
+from trainers.training.checkpoints import LeanCheckpointMixin
 from trainers.training.losses import distillation_losses
 
 
@@ -158,6 +159,13 @@ class BestModelExportCallback(TrainerCallback):
         self.metric = metric
         self.best = {"teacher": -math.inf, "student": -math.inf}
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # resumed runs: the bests recorded in the checkpoint's log history, so a worse later epoch never replaces them
+        for role in self.best:
+            recorded = [entry[f"best_{role}_{self.metric}"] for entry in state.log_history
+                        if f"best_{role}_{self.metric}" in entry]
+            self.best[role] = max(recorded, default=-math.inf)
+
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not metrics or model is None:
             return
@@ -171,7 +179,7 @@ class BestModelExportCallback(TrainerCallback):
                 getattr(model, role).save_pretrained(os.path.join(self.output_dir, "best", role))
 
 
-class StepCoTDistillationTrainer(Trainer):
+class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
     """`Trainer` whose `compute_loss` is the Step-CoT joint objective:
 
     loss = teacher CE + [student CE + alpha_kd * KD + alpha_ch * CH]   (each summed over steps)
@@ -179,6 +187,7 @@ class StepCoTDistillationTrainer(Trainer):
     The bracket is switched off for the first `teacher_pretrain_epochs` epochs (teacher-only pre-training; the
     student's learning rate is 0 then too). Teacher and student get separate learning rates through parameter
     groups (defaults 5e-5 / 1e-4; the CH projections train with the student). Each term is logged separately.
+    Per-epoch checkpoints are lean (trainable weights + a digest of the frozen encoders, see `checkpoints.py`).
     """
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by accumulation steps
