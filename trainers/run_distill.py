@@ -34,6 +34,7 @@ from trainers.training.distillation import (
 )
 from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
+from trainers.training.run_folder import built_from
 from trainers.training.run_setup import (
     DataArguments,
     DistillationArguments,
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     model_args, data_args, distill_args, training_args = parse_args(argv)
     distillation_epochs = training_args.num_train_epochs
     training_args.num_train_epochs = distillation_epochs + distill_args.teacher_pretrain_epochs
-    output_dir = start_run(training_args)
+    inputs = built_from("run_distill", model_args, data_args)
+    output_dir = start_run(training_args, inputs, overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
     teacher, student = build_teacher(model_args), build_student(model_args)

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainingArguments
 from trainers.evaluation.metrics import build_compute_metrics
 from trainers.hub.export import export
 from trainers.training.lora import add_vision_lora
+from trainers.training.run_folder import built_from
 from trainers.training.run_setup import (
     DataArguments,
     ModelArguments,
@@ -49,7 +50,8 @@ def main(argv=None) -> int:
         training_args.load_best_model_at_end = True
         training_args.metric_for_best_model = "mean_accuracy"
         training_args.greater_is_better = True
-    output_dir = start_run(training_args)
+    output_dir = start_run(training_args, built_from("run_teacher", model_args, data_args),
+                           overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
     teacher = build_teacher(model_args)

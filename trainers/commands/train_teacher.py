@@ -1,9 +1,16 @@
 """`stepcot train-teacher`: `trainers/run_teacher.py` (the teacher-only stage); it parses its own arguments."""
 
+import sys
+
 HELP = "train the teacher alone (supervised pre-training stage)"
 
 
 def main(argv: list[str]) -> int:
     from trainers.run_teacher import main as run_teacher  # imported when the command runs: keeps `--help` fast
+    from trainers.training.checkpoints import TrainingError
 
-    return run_teacher(argv)
+    try:
+        return run_teacher(argv)
+    except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
+        print(f"stepcot train-teacher: error: {error}", file=sys.stderr)
+        return 2

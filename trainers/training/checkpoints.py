@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers.trainer import TRAINER_STATE_NAME
@@ -128,6 +129,9 @@ class LeanCheckpointMixin:
         self._saving_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
+        except OSError as error:  # a full disk or a folder turned read-only mid-run
+            where = error.filename or os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            raise TrainingError(f"cannot write the checkpoint {where}: {error.strerror or error}") from error
         finally:
             self._saving_checkpoint = False
 
@@ -155,3 +159,19 @@ class LeanCheckpointMixin:
                 f"damaged checkpoint: the optimizer or scheduler state in {checkpoint} is unreadable "
                 f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''})"
             ) from error
+
+
+def raise_if_not_finite(loss, terms: dict, trainer):
+    """Stop at the first non-finite training loss, naming the step, every loss term and the usual causes (one
+    host sync per step: cheap next to the update, and far cheaper than epochs of NaN weights)."""
+    if bool(torch.isfinite(loss.detach())):
+        return
+    values = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in terms.items()
+                       if torch.is_tensor(value) and value.numel() == 1)
+    groups = trainer.optimizer.param_groups if trainer.optimizer is not None else []
+    rates = ", ".join(f"{role} {rate:.3g}" for role, rate in {g.get("role", "all"): g["lr"] for g in groups}.items())
+    raise TrainingError(
+        f"non-finite training loss {float(loss):.4g} at step {trainer.state.global_step + 1} ({values}): lower the "
+        f"learning rates (now {rates or 'not set'}), check --temperature ({getattr(trainer, 'temperature', None)}) "
+        "and the inputs for NaN/inf features; resume from the last checkpoint once fixed"
+    )

@@ -22,7 +22,7 @@ from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCall
 from transformers.utils import ModelOutput
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
-from trainers.training.checkpoints import LeanCheckpointMixin
+from trainers.training.checkpoints import LeanCheckpointMixin, raise_if_not_finite
 from trainers.training.losses import distillation_losses
 
 
@@ -288,6 +288,8 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
         )
         student_weight = 0.0 if self.in_teacher_pretraining() else 1.0
         loss = terms["teacher_ce"] + student_weight * terms["student"]
+        if model.training:
+            raise_if_not_finite(loss, terms, self)
         if model.training:
             terms["teacher_pretraining"] = torch.tensor(1.0 - student_weight)
             for name in ("teacher_ce", "student_ce", "kd", "ch", "teacher_pretraining"):

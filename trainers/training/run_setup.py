@@ -18,8 +18,10 @@ from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import markdown_table, write_report
+from trainers.training.checkpoints import TrainingError
 from trainers.training.feature_cache import EmbeddingDataset, cached_image_embeds, encoder_fingerprint
 from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, offline_text_encoder_path
+from trainers.training.run_folder import check_writable, claim_output_dir
 
 logger = logging.getLogger("stepcot.train")
 
@@ -68,6 +70,9 @@ class DataArguments:
     max_train_samples: int | None = field(default=None)
     num_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"})
     lenient: bool = field(default=False, metadata={"help": "skip (and report) bad records instead of failing"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "remove an earlier run's outputs from OUTPUT_DIR and start over"}
+    )
 
 
 @dataclass
@@ -107,20 +112,51 @@ def parse_run_args(argument_classes, argv=None, **defaults):
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         # accelerate treats a multi-process launch as DDP on CPU (gloo) only when told it runs on the CPU
         parser.set_defaults(use_cpu=True)
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    validate_run_args(*parsed)
+    return parsed
 
 
-def start_run(training_args) -> Path:
-    """Logging, seed, output folder and device set-up shared by the training scripts; returns the output folder."""
+# (field, smallest allowed value, strictly greater?) checked on whichever argument objects have the field
+_ARGUMENT_BOUNDS = (
+    ("temperature", 0, True), ("per_device_train_batch_size", 1, False), ("per_device_eval_batch_size", 1, False),
+    ("gradient_accumulation_steps", 1, False), ("max_train_samples", 1, False), ("demo_size", 1, False),
+    ("num_train_epochs", 0, True), ("teacher_pretrain_epochs", 0, False), ("alpha_kd", 0, False),
+    ("alpha_ch", 0, False), ("teacher_learning_rate", 0, False), ("student_learning_rate", 0, False),
+    ("learning_rate", 0, False), ("lora_r", 0, False),
+)
+
+
+def validate_run_args(*argument_objects):
+    """One-line errors for values that would otherwise fail late (batch size 0), silently (--max_train_samples 0
+    trained on everything) or numerically (--temperature 0 divides by zero)."""
+    for arguments in argument_objects:
+        for name, bound, strict in _ARGUMENT_BOUNDS:
+            value = getattr(arguments, name, None)
+            if value is None:
+                continue
+            if value != value or (value <= bound if strict else value < bound):  # value != value: NaN
+                need = f"> {bound}" if strict else f">= {bound}"
+                raise TrainingError(f"--{name} {value}: must be {need}")
+
+
+def start_run(training_args, inputs: dict | None = None, overwrite: bool = False) -> Path:
+    """Logging, seed, output folder and device set-up shared by the training scripts; returns the output folder.
+    With `inputs` (what the run is built from, `run_folder.built_from`) the folder is claimed for this run: a folder
+    of another run is refused unless `overwrite` starts over."""
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
     for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False
     _ = training_args.device  # sets up the process group, so main_process_first really waits
+    with training_args.main_process_first(desc="output folder"):
+        if inputs is not None and training_args.process_index == 0:
+            claim_output_dir(output_dir, inputs, training_args.resume_from_checkpoint, overwrite)
+        else:
+            check_writable(output_dir)
     return output_dir
 
 
@@ -233,7 +269,7 @@ def prepare_splits(data_args, training_args, output_dir: Path):
         if required not in splits:
             raise ValueError(f"The dataset {data_args.dataset} has no {required!r} split (splits: {list(splits)}).")
     eval_split = data_args.eval_split if data_args.eval_split in splits else "validation"
-    if data_args.max_train_samples:
+    if data_args.max_train_samples is not None:
         splits["train"] = splits["train"].select(range(min(data_args.max_train_samples, len(splits["train"]))))
     return splits, eval_split
 

@@ -1,0 +1,119 @@
+"""One output folder, one run: record what a run was built from and refuse to mix runs in one folder.
+
+A training run leaves `dataset/` (built from `--dataset`), `best/`, `checkpoint-*`, `teacher/`, `student/`,
+`metrics/` and `results.json` in OUTPUT_DIR. Reusing the folder for another configuration used to reuse the old
+`dataset/` whatever `--dataset` said, export the previous run's `best/` when the new run never evaluated, and let the
+checkpoint rotation delete the previous run's checkpoints. `run.json` now records what the folder's run was built
+from; a run whose inputs differ, or a fresh run over another run's checkpoints, stops with one line
+(`--overwrite_output_dir` starts over, `--resume_from_checkpoint` continues).
+"""
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from trainers.training.checkpoints import TrainingError
+
+logger = logging.getLogger("stepcot.train")
+
+RUN_RECORD = "run.json"
+# what a training run writes into its output folder (the feature cache is keyed by content and stays reusable)
+RUN_OUTPUTS = ("dataset", "demo-release", "best", "teacher", "student", "metrics", "results.json", RUN_RECORD)
+# arguments that do not change what a run is built from
+NOT_INPUTS = {"cache_dir", "num_bootstrap", "eval_split", "feature_cache", "overwrite_output_dir"}
+
+
+def built_from(script: str, *argument_objects) -> dict:
+    """The inputs that define a run's data and models: script, dataset source and data/model arguments."""
+    record = {"script": script}
+    for arguments in argument_objects:
+        values = asdict(arguments) if is_dataclass(arguments) else dict(arguments)
+        for key, value in values.items():
+            if key in NOT_INPUTS:
+                continue
+            if key in ("dataset", "teacher_model", "student_model") and value and Path(value).exists():
+                value = str(Path(value).resolve())
+            record[key] = value
+    return record
+
+
+def _checkpoints(folder: Path):
+    return sorted(p for p in folder.glob("checkpoint-*") if p.is_dir())
+
+
+def check_writable(folder: Path):
+    """Create `folder` and prove a file can be written there, or fail in one line naming it."""
+    probe = folder / f".stepcot-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+    except OSError as error:
+        raise TrainingError(f"cannot write to the output folder {folder}: {error.strerror or error}") from error
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself is the problem, already reported
+
+
+def start_over(folder: Path):
+    """Remove what an earlier run wrote (never anything else in the folder)."""
+    for name in RUN_OUTPUTS:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for checkpoint in _checkpoints(folder):
+        shutil.rmtree(checkpoint)
+
+
+def claim_output_dir(folder: Path, inputs: dict, resume_from_checkpoint=None, overwrite=False) -> str:
+    """Check that the run described by `inputs` may write into `folder`; record it there. Returns the run id."""
+    folder = Path(folder)
+    check_writable(folder)
+    record_path = folder / RUN_RECORD
+    if overwrite:
+        if resume_from_checkpoint:
+            raise TrainingError("--overwrite_output_dir and --resume_from_checkpoint contradict each other")
+        start_over(folder)
+    previous = None
+    if record_path.is_file():
+        try:
+            previous = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise TrainingError(f"{record_path} is unreadable ({error}): pass --overwrite_output_dir to start over")
+    remedy = "use another --output_dir, or pass --overwrite_output_dir to start over"
+    if previous is None:
+        leftovers = [name for name in RUN_OUTPUTS if (folder / name).exists()] + [p.name for p in _checkpoints(folder)]
+        if leftovers and not resume_from_checkpoint:
+            raise TrainingError(f"{folder} holds another run's outputs ({', '.join(sorted(leftovers)[:4])}) without "
+                                f"a record of what it was built from: {remedy}")
+    else:
+        changed = sorted(key for key in set(inputs) | set(previous.get("built_from", {}))
+                         if inputs.get(key) != previous.get("built_from", {}).get(key))
+        if changed:
+            before, now = previous.get("built_from", {}), inputs
+            details = ", ".join(f"{key}={before.get(key)!r} (now {now.get(key)!r})" for key in changed[:3])
+            raise TrainingError(f"{folder} belongs to a run built from other inputs: {details}; {remedy}")
+        if not resume_from_checkpoint and _checkpoints(folder):
+            raise TrainingError(f"{folder} holds checkpoints of an earlier run ({_checkpoints(folder)[-1].name}): "
+                                "pass --resume_from_checkpoint to continue it, or --overwrite_output_dir to start over")
+    if resume_from_checkpoint and previous is not None:
+        run_id = previous["run_id"]
+    else:
+        run_id = uuid.uuid4().hex[:12]
+        if (folder / "best").exists():  # a finished run's intermediate bests: never export them as this run's
+            shutil.rmtree(folder / "best")
+            logger.info("removed best/ of the previous run in %s (its exports were teacher/ and student/)", folder)
+    record = {"run_id": run_id, "built_from": inputs,
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    temporary = record_path.with_name(f".{RUN_RECORD}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    os.replace(temporary, record_path)
+    return run_id
