@@ -142,8 +142,9 @@ def test_cli_names_an_unwritable_output_folder_in_one_line(tmp_path, capsys):
 def test_a_full_disk_while_checkpointing_is_named_in_one_line(tmp_path, monkeypatch):
     import errno
 
-    import trainers.training.checkpoints as checkpoints
     from test_distillation import learnable_dataset, make_pair, trainer_for
+
+    import trainers.training.checkpoints as checkpoints
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "checkpoint-1" / "x"))
@@ -201,7 +202,7 @@ def test_a_fresh_run_never_deletes_or_exports_an_earlier_runs_work(tmp_path):
 
     first = claim_output_dir(tmp_path, _inputs())
     (tmp_path / "checkpoint-8").mkdir()
-    with pytest.raises(TrainingError, match="holds checkpoints of an earlier run .checkpoint-8.*--resume_from_checkpoint"):
+    with pytest.raises(TrainingError, match="checkpoints of an earlier run .checkpoint-8.*--resume_from_checkpoint"):
         claim_output_dir(tmp_path, _inputs())
     assert (tmp_path / "checkpoint-8").is_dir()
     assert claim_output_dir(tmp_path, _inputs(), resume_from_checkpoint=str(tmp_path / "checkpoint-8")) == first

@@ -102,8 +102,10 @@ def claim_output_dir(folder: Path, inputs: dict, resume_from_checkpoint=None, ov
             details = ", ".join(f"{key}={before.get(key)!r} (now {now.get(key)!r})" for key in changed[:3])
             raise TrainingError(f"{folder} belongs to a run built from other inputs: {details}; {remedy}")
         if not resume_from_checkpoint and _checkpoints(folder):
-            raise TrainingError(f"{folder} holds checkpoints of an earlier run ({_checkpoints(folder)[-1].name}): "
-                                "pass --resume_from_checkpoint to continue it, or --overwrite_output_dir to start over")
+            raise TrainingError(
+                f"{folder} holds checkpoints of an earlier run ({_checkpoints(folder)[-1].name}): pass "
+                "--resume_from_checkpoint to continue it, or --overwrite_output_dir to start over"
+            )
     if resume_from_checkpoint and previous is not None:
         run_id = previous["run_id"]
     else:
