@@ -69,18 +69,21 @@ def compute_image_embeds(model, batches, total=None, device="cpu", description="
 
 
 def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=None, device="cpu", extra=None,
-                        encoder_digest=None, num_rows=None):
+                        encoder_digest=None, num_rows=None, compute=None, write=True):
     """Embeddings from `cache_dir` when present for this dataset + encoder, else computed and stored.
-    Pass `encoder_digest` (from `encoder_fingerprint`) when caching several splits, to hash the weights once."""
+    Pass `encoder_digest` (from `encoder_fingerprint`) when caching several splits, to hash the weights once.
+    `compute`: a callable returning the embeddings, instead of encoding `batches`; `write=False`: compute without
+    storing (the other ranks of a multi-process run, where rank 0 writes)."""
     encoder_digest = encoder_digest or encoder_fingerprint(model)
     path = Path(cache_dir) / f"image_embeds-{cache_key(dataset_fingerprint, encoder_digest, extra)}.safetensors"
     if path.is_file():
         embeds = _read_cached_embeds(path, num_rows)
         if embeds is not None:
             return embeds, path, True
-    embeds = compute_image_embeds(model, batches, total=total, device=device)
-    save_file_atomically({"image_embeds": embeds.contiguous()}, path,
-                         metadata={"dataset": dataset_fingerprint, "backbone": model.config.vision_backbone})
+    embeds = compute() if compute is not None else compute_image_embeds(model, batches, total=total, device=device)
+    if write:
+        save_file_atomically({"image_embeds": embeds.contiguous()}, path,
+                             metadata={"dataset": dataset_fingerprint, "backbone": model.config.vision_backbone})
     return embeds, path, False
 
 

@@ -19,6 +19,7 @@ from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import markdown_table, write_report
 from trainers.training.checkpoints import TrainingError
+from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import EmbeddingDataset, cached_image_embeds, encoder_fingerprint
 from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, offline_text_encoder_path
 from trainers.training.run_folder import check_writable, claim_output_dir
@@ -67,6 +68,12 @@ class DataArguments:
         default=True, metadata={"help": "with frozen encoders, encode every image once and train on cached features"}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "feature cache folder (default OUTPUT_DIR/cache)"})
+    extraction_workers: int = field(
+        default=2, metadata={"help": "DataLoader workers decoding and preprocessing images for the feature cache"}
+    )
+    extraction_bf16: bool = field(
+        default=False, metadata={"help": "encode the feature cache under bf16 autocast (faster; ~1e-3 relative)"}
+    )
     max_train_samples: int | None = field(default=None)
     num_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"})
     lenient: bool = field(default=False, metadata={"help": "skip (and report) bad records instead of failing"})
@@ -123,7 +130,7 @@ _ARGUMENT_BOUNDS = (
     ("gradient_accumulation_steps", 1, False), ("max_train_samples", 1, False), ("demo_size", 1, False),
     ("num_train_epochs", 0, True), ("teacher_pretrain_epochs", 0, False), ("alpha_kd", 0, False),
     ("alpha_ch", 0, False), ("teacher_learning_rate", 0, False), ("student_learning_rate", 0, False),
-    ("learning_rate", 0, False), ("lora_r", 0, False),
+    ("learning_rate", 0, False), ("lora_r", 0, False), ("extraction_workers", 0, False),
 )
 
 
@@ -218,40 +225,33 @@ def build_processor(teacher):
     return StepCoTProcessor.from_model_config(teacher.config, AutoTokenizer.from_pretrained(text))
 
 
-def _pixels_of_batch(batch):
-    return batch["pixel_values"]
-
-
-def _pixel_batches(dataset, processor, batch_size, num_workers):
-    # Index the dataset with whole batches: the processor then preprocesses a batch in one call.
-    batches = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(dataset), batch_size, drop_last=False)
-    loader = torch.utils.data.DataLoader(
-        dataset.with_transform(processor.dataset_transform), sampler=batches, batch_size=None,
-        num_workers=num_workers, collate_fn=_pixels_of_batch,
-    )
-    return loader, len(batches)
-
-
-def feature_datasets(splits, models: dict, processor, cache_dir, training_args, share_encoder=False):
+def feature_datasets(splits, models: dict, processor, cache_dir, training_args, share_encoder=False, data_args=None):
     """Cached-feature datasets per split: one encoder pass per image and encoder, reused across runs.
 
     `models` maps a role ("teacher", and optionally "student") to its model; with `share_encoder` the student reads
-    the teacher's features (same frozen encoder)."""
+    the teacher's features (same frozen encoder). Under a multi-process launch every rank encodes its shard
+    (`extraction.extract_image_embeds`) and rank 0 writes the cache."""
+    workers = data_args.extraction_workers if data_args is not None else 0
+    bf16 = bool(data_args is not None and data_args.extraction_bf16)
     roles = {role: model for role, model in models.items() if not (role == "student" and share_encoder)}
     digests = {role: encoder_fingerprint(model) for role, model in roles.items()}  # hash the weights once
     result = {}
     for name, dataset in splits.items():
         fingerprint = f"{dataset._fingerprint}:{name}:{len(dataset)}:{processor.image_size}"
-        extras = {"mean": processor.image_processor.image_mean, "std": processor.image_processor.image_std}
+        extras = {"mean": processor.image_processor.image_mean, "std": processor.image_processor.image_std,
+                  **({"autocast": "bf16"} if bf16 else {})}
         embeds = {}
         for role, model in roles.items():
-            with training_args.main_process_first(desc=f"{role} image features ({name})"):
-                loader, total = _pixel_batches(dataset, processor, training_args.per_device_eval_batch_size,
-                                               training_args.dataloader_num_workers)
-                embeds[role], path, hit = cached_image_embeds(
-                    model, loader, fingerprint, cache_dir, total=total, extra=extras, encoder_digest=digests[role],
-                    num_rows=len(dataset),
-                )
+            def compute(model=model, role=role):
+                return extract_image_embeds(model, dataset, processor, training_args.per_device_eval_batch_size,
+                                            workers, training_args.device, bf16, f"{role} image features ({name})")
+
+            embeds[role], path, hit = cached_image_embeds(
+                model, None, fingerprint, cache_dir, extra=extras, encoder_digest=digests[role],
+                num_rows=len(dataset), compute=compute, write=training_args.process_index == 0,
+            )
+            if training_args.world_size > 1:
+                torch.distributed.barrier()  # the cache file is complete before any rank looks for the next one
             logger.info("%s %s features %s %s", name, role, "read from" if hit else "written to", path)
         result[name] = EmbeddingDataset(embeds["teacher"], dataset["labels"], embeds.get("student"))
     return result
@@ -280,7 +280,8 @@ def training_datasets(splits, models: dict, processor, data_args, training_args,
     frozen = not any(model.vision_encoder_is_trainable() for model in models.values())
     if data_args.feature_cache and frozen:
         cache_dir = Path(data_args.cache_dir or output_dir / "cache")
-        datasets_by_split = feature_datasets(splits, models, processor, cache_dir, training_args, share_encoder)
+        datasets_by_split = feature_datasets(splits, models, processor, cache_dir, training_args, share_encoder,
+                                             data_args)
         data_collator, use_cache = None, True  # the default collator stacks the cached rows
     else:
         datasets_by_split, use_cache = pixel_datasets(splits, processor), False
