@@ -25,7 +25,8 @@ RUN_RECORD = "run.json"
 # what a training run writes into its output folder (the feature cache is keyed by content and stays reusable)
 RUN_OUTPUTS = ("dataset", "demo-release", "best", "teacher", "student", "metrics", "results.json", RUN_RECORD)
 # arguments that do not change what a run is built from
-NOT_INPUTS = {"cache_dir", "num_bootstrap", "eval_split", "feature_cache", "overwrite_output_dir", "extraction_workers"}
+NOT_INPUTS = {"cache_dir", "num_bootstrap", "eval_split", "feature_cache", "overwrite_output_dir",
+              "extraction_workers"}
 
 
 def built_from(script: str, *argument_objects) -> dict:
