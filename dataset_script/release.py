@@ -18,8 +18,10 @@ silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -542,6 +544,26 @@ def stratified_group_split(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def release_fingerprint(root) -> str:
+    """SHA-256 over a release folder: the bytes of data.json / data.jsonl and the split files, and the name, size
+    and modification time of every other file (the images), so that any change to the release changes it."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for directory, folders, files in os.walk(root):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in sorted(files):
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            digest.update(relative.encode() + b"\0")
+            if directory == str(root) and (name in ("data.json", "data.jsonl")
+                                           or path.suffix.lower() in SPLIT_FILE_EXTENSIONS):
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            else:
+                stat = path.stat()
+                digest.update(f"{stat.st_size} {stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def diagnosis_name(record: dict) -> str:
     """The final step's answer text ("Normal", "Nodule", ...; "unlabelled" when missing)."""
     last = record["vqa_chain"][-1]
@@ -953,6 +975,7 @@ __all__ = [
     "normalize_text",
     "parse_record",
     "read_split_file",
+    "release_fingerprint",
     "inspect_image",
     "locate_image",
     "resolve_image_path",
