@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import unicodedata
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -251,7 +252,10 @@ def inspect_image(path, max_pixels: int = MAX_IMAGE_PIXELS, perceptual_hash: boo
     from PIL import ImageFile
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below applies instead
+            image = Image.open(path)
+        with image:
             mode, size = image.mode, image.size
             if size[0] * size[1] > max_pixels:
                 raise ImageTooLargeError(f"{size[0]} x {size[1]} pixels is above the limit of {max_pixels:,} "
