@@ -189,7 +189,8 @@ def _write_build(release: StepCoTRelease, folder: Path, max_shard_bytes: int, bu
             digests.update(f"{path.name}\n".encode())
         split_infos[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(records))
     content_digest = digests.hexdigest()
-    write_dataset_card(release, folder, features, split_infos, content_digest=content_digest)
+    shard_files = {split: [f for f in files if f.startswith(f"data/{split}-")] for split in split_infos}
+    write_dataset_card(release, folder, features, split_infos, content_digest=content_digest, shard_files=shard_files)
     release.write_report(folder / REPORT_NAME)
     (folder / BUILD_INFO_NAME).write_text(json.dumps(
         {**(build_info or {}), "content_digest": content_digest, "files": files}, indent=2), encoding="utf-8")
@@ -308,8 +309,12 @@ def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
 
 
 def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, split_infos: dict,
-                       content_digest: str | None = None) -> Path:
-    """README.md with the YAML the Hub and `load_dataset` read (`configs`, `dataset_info`) and a readable body."""
+                       content_digest: str | None = None, shard_files: dict | None = None) -> Path:
+    """README.md with the YAML the Hub and `load_dataset` read (`configs`, `dataset_info`) and a readable body.
+
+    `shard_files` (split -> content-named shard paths) are listed by name rather than by a `data/{split}-*`
+    pattern: `load_dataset` keys its cache on the card's configs and dataset_info, so only names that change with
+    the content keep two builds with equal metadata (e.g. labels swapped between records) apart."""
     synthetic = _is_synthetic(release)
     card_data = DatasetCardData(
         pretty_name="Step-CoT (synthetic demo)" if synthetic else "Step-CoT",
@@ -321,7 +326,8 @@ def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, spl
         size_categories=[_size_category(len(release))],
     )
     ordered = {split: split_infos[split] for split in SPLITS if split in split_infos}
-    MetadataConfigs({"default": {"data_files": [{"split": s, "path": f"data/{s}-*"} for s in ordered]}}) \
+    paths = {s: (shard_files[s] if shard_files else f"data/{s}-*") for s in ordered}
+    MetadataConfigs({"default": {"data_files": [{"split": s, "path": paths[s]} for s in ordered]}}) \
         .to_dataset_card_data(card_data)
     splits = SplitDict(dataset_name="step-cot")
     for split_info in ordered.values():

@@ -99,7 +99,7 @@ def test_build_then_load_dataset_round_trip(demo_release_dir, tmp_path):
     assert len(example["vqa_chain"]) == 7 and set(example["vqa_chain"][0]) == {"question", "options", "answer",
                                                                                  "reasoning"}
     card = (out / "README.md").read_text()
-    for text in ("configs:", "dataset_info:", "path: data/train-*", "SYNTHETIC DATA", "## Licenses",
+    for text in ("configs:", "dataset_info:", f"- data/{names[1]}", "SYNTHETIC DATA", "## Licenses",
                  "| Normal |", "Lesion distribution"):
         assert text in card
 
