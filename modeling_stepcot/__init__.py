@@ -44,7 +44,9 @@ AutoProcessor.register(StepCoTStudentConfig, StepCoTProcessor, exist_ok=True)
 StepCoTProcessor.register_for_auto_class()
 # `pipeline("stepcot-vqa", model=DIR)`; checkpoints can also carry it as remote code (custom_pipelines).
 if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
-    PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=StepCoTVQAPipeline, pt_model=AutoModel, type="image")
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=StepCoTVQAPipeline, pt_model=AutoModel, type="image"
+    )
 
 __all__ = [
     "DEFAULT_STEP_NAMES",

@@ -125,7 +125,9 @@ class StepCoTEfficientNetEncoder(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"EfficientNet weights {name_or_path} do not match: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"EfficientNet weights {name_or_path} do not match: missing {missing}, unexpected {unexpected}"
+            )
 
 
 VISION_ENCODERS = {"clip": StepCoTCLIPVisionEncoder, "efficientnet_lite0": StepCoTEfficientNetEncoder}
@@ -154,7 +156,8 @@ def _clip_vision_config(name_or_path):
 class StepCoTGATLayer(nn.Module):
     """Multi-head graph attention over a fully connected node set, then residual projection, LayerNorm, ELU.
 
-    score_ij = LeakyReLU(a_src . W h_i + a_dst . W h_j), alpha_ij = softmax_j(score_ij), h'_i = ||_heads sum_j alpha_ij W h_j.
+    score_ij = LeakyReLU(a_src . W h_i + a_dst . W h_j), alpha_ij = softmax_j(score_ij),
+    h'_i = ||_heads sum_j alpha_ij W h_j.
     """
 
     def __init__(self, config: StepCoTConfig):
@@ -416,7 +419,9 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
             hidden = self.text_encoder(input_ids=question_input_ids, attention_mask=question_attention_mask)
             embeddings = hidden.last_hidden_state[:, 0]
         if frozen:
-            self._question_cache = (key, question_input_ids.clone(), question_attention_mask.clone(), embeddings.detach())
+            self._question_cache = (
+                key, question_input_ids.clone(), question_attention_mask.clone(), embeddings.detach()
+            )
         return embeddings
 
     # -- forward ---------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ probabilities, a readable chain, consistency flags and (optionally) one Grad-CAM
     >>> result["chain"]
     'Detection: Decreased opacity → Lesion distribution: Focal → ... → Diagnosis: Pneumothorax'
 
-A checkpoint that carries `custom_pipelines` in its config.json (see `trainers.inference.predict.add_pipeline_to_checkpoint`)
-loads without this package: `pipeline(model=DIR_OR_REPO, trust_remote_code=True)` (transformers then asks for
-`trust_remote_code=True` even when this package is imported).
+A checkpoint that carries `custom_pipelines` in its config.json (see
+`trainers.inference.predict.add_pipeline_to_checkpoint`) loads without this package:
+`pipeline(model=DIR_OR_REPO, trust_remote_code=True)` (transformers then asks for `trust_remote_code=True` even
+when this package is imported).
 
 This file ships inside checkpoints (remote code): it imports only torch, numpy, PIL, transformers and its siblings.
 """
@@ -37,8 +38,8 @@ def is_stepcot_config(config) -> bool:
 
 
 def step_temperatures(config) -> tuple[list[float], str]:
-    """Per-step softmax temperatures stored by `trainers.evaluation.calibration.calibrate` in `config.calibration`, and the
-    name of the method; all 1.0 ("softmax (uncalibrated)") when the model was never calibrated."""
+    """Per-step softmax temperatures stored by `trainers.evaluation.calibration.calibrate` in `config.calibration`,
+    and the name of the method; all 1.0 ("softmax (uncalibrated)") when the model was never calibrated."""
     calibration = getattr(config, "calibration", None)
     if isinstance(calibration, dict) and calibration.get("method") == "temperature":
         temperatures = [float(t) for t in calibration["temperatures"]]

@@ -215,7 +215,9 @@ class StepCoTDataCollator:
         if "labels" in examples[0]:
             labels = torch.stack([torch.as_tensor(example["labels"], dtype=torch.long) for example in examples])
             if labels.dim() != 2:
-                raise ValueError(f"labels must be one list of step labels per example, got shape {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels must be one list of step labels per example, got shape {tuple(labels.shape)}"
+                )
             batch["labels"] = labels
         if self.include_questions:
             batch.update(self.processor.question_tokens())

@@ -18,7 +18,8 @@ VALID_ANSWERS = ["Increased opacity", "Focal", NA_OPTION, "Pleura/Chest wall", N
 
 
 def valid_content(answers=VALID_ANSWERS, laterality="right"):
-    steps = [{"step": f"Step {i + 1}", "answer": a, "reasoning": f"step {i + 1} reason"} for i, a in enumerate(answers)]
+    steps = [{"step": f"Step {i + 1}", "answer": answer, "reasoning": f"step {i + 1} reason"}
+             for i, answer in enumerate(answers)]
     steps[LOCATION]["laterality"] = laterality
     return json.dumps({"vqa_chain": steps})
 

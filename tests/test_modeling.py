@@ -45,7 +45,7 @@ def test_output_shapes_and_padding(factory):
     pixel_values, labels = random_batch(3)
     out = model(pixel_values=pixel_values, labels=labels)
     assert out.logits.shape == (3, 7, 9)
-    assert [tuple(l.shape) for l in out.step_logits] == [(3, n) for n in CLASSES]
+    assert [tuple(logits.shape) for logits in out.step_logits] == [(3, n) for n in CLASSES]
     for step, n in enumerate(CLASSES):
         assert torch.equal(out.logits[:, step, :n], out.step_logits[step])
         assert torch.all(out.logits[:, step, n:] == PADDED_LOGIT)

@@ -232,8 +232,8 @@ def build_chain(findings: list[Finding], negated_signs: list[Finding] | None = N
         answers.append((morphology, f"For the {_kind_text(primary)} ({pattern} pattern, Step 3): {why}."))
 
         signs = sorted(
-            ({FINDING_KINDS[f.kind].secondary_sign for f in lesions} | {SIGN_KINDS[f.kind] for f in findings
-                                                                        if f.kind in SIGN_KINDS and f.status != ABSENT})
+            ({FINDING_KINDS[f.kind].secondary_sign for f in lesions}
+             | {SIGN_KINDS[f.kind] for f in findings if f.kind in SIGN_KINDS and f.status != ABSENT})
             - {None},
             key=SECONDARY_ORDER.index,
         )

@@ -130,7 +130,8 @@ def read_reports(path: str | Path, *, strict: bool = True, default_origin: str =
         try:
             row = _parse_row(raw, source, default_origin, image_path_template)
             if row.patient_id in seen:
-                raise ReportError(f"{source}: duplicate report id {row.patient_id!r} (first at {seen[row.patient_id]})")
+                first = seen[row.patient_id]
+                raise ReportError(f"{source}: duplicate report id {row.patient_id!r} (first at {first})")
         except ReportError as error:
             if strict:
                 raise

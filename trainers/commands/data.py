@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--source", required=True, help="release folder (data.json, split xlsx files, images/)")
     build.add_argument("--out", required=True, help="output folder; `load_dataset(OUT)` reads it")
     build.add_argument("--lenient", action="store_true",
-                       help="skip bad records and list them in OUT/validation_report.json (default: stop at the first)")
+                       help="skip bad records and list them in OUT/validation_report.json "
+                            "(default: stop at the first)")
     build.add_argument("--seed", type=int, default=0, help="seed of the split when the release has no split files")
     build.add_argument("--max-shard-mb", type=int, default=500, help="largest Parquet shard, in MiB of images")
 

@@ -16,8 +16,8 @@ rate and weight decay did not survive extraction: defaults here are 1e-4 and 0.0
   probability and zero gradient). The question embedding tells the MLP which step it answers.
 - "without Step-CoT": the same MLP trained on the final diagnosis step only.
 Both are selected by validation accuracy (mean over the trained steps, checked after every epoch) and evaluated on
-the test split with `trainers.evaluation.metrics` (bootstrap CIs); `table3.md` sets the diagnosis rows side by side with the
-paired-bootstrap difference (with - without), the "(+x)" of the paper's Table 3.
+the test split with `trainers.evaluation.metrics` (bootstrap CIs); `table3.md` sets the diagnosis rows side by side
+with the paired-bootstrap difference (with - without), the "(+x)" of the paper's Table 3.
 
 Embeddings are computed once per dataset split and backbone and cached (safetensors, keyed by the dataset
 fingerprint, the backbone's weights and its preprocessing); only the small MLP trains.
@@ -280,7 +280,9 @@ class StepBaselineHead(nn.Module):
     def __init__(self, image_dim: int, text_dim: int, num_classes_per_step: list[int], hidden_size: int = 768):
         super().__init__()
         width = max(num_classes_per_step)
-        self.mlp = nn.Sequential(nn.Linear(image_dim + text_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(image_dim + text_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, width)
+        )
         mask = torch.zeros(len(num_classes_per_step), width, dtype=torch.bool)
         for step, count in enumerate(num_classes_per_step):
             mask[step, :count] = True
