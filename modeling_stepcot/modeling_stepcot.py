@@ -13,7 +13,7 @@ from torch import nn
 from transformers import BertModel, CLIPVisionModelWithProjection, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .configuration_stepcot import StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
+from .configuration_stepcot import IGNORE_INDEX, StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
 
 logger = logging.get_logger(__name__)
 
@@ -27,7 +27,7 @@ def masked_step_cross_entropy(step_logits, labels, class_weights=None):
     losses = []
     for step, logits in enumerate(step_logits):
         target = labels[:, step]
-        valid = target != -100
+        valid = target != IGNORE_INDEX
         if not bool(valid.any()):
             losses.append(logits.sum() * 0.0)  # keeps the graph connected, value 0
             continue

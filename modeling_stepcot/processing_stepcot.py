@@ -18,7 +18,6 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .configuration_stepcot import DEFAULT_STEP_QUESTIONS
 
-IGNORE_INDEX = -100
 # Input normalisation of each image encoder: CLIP's own statistics; ImageNet statistics for EfficientNet-Lite0.
 BACKBONE_MEAN_STD = {
     "clip": (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)),

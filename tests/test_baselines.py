@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers import cli
-from trainers.evaluation.metrics import IGNORE_INDEX, weighted_step_metrics
+from trainers.evaluation.metrics import weighted_step_metrics
 from trainers.evaluation.report import load_metrics
 from trainers.paper import baselines
 

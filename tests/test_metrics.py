@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers.evaluation.metrics import (
-    IGNORE_INDEX,
     METRIC_NAMES,
     EvaluationMetrics,
     build_compute_metrics,

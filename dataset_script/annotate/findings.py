@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
+    DETECTION,
+    DIAGNOSIS,
+    DISTRIBUTION,
+    LOCATION,
     NA_OPTION,
+    NO_ANSWER,
+    PATTERN,
+    SECONDARY,
 )
-
-NO_ANSWER = "No Answer"
-
-# Step indices (positions in the schema lists).
-DETECTION, DISTRIBUTION, PATTERN, LOCATION, MORPHOLOGY, SECONDARY, DIAGNOSIS = range(7)
 
 LEFT, RIGHT, BILATERAL = "left", "right", "bilateral"
 UPPER, MIDDLE, LOWER = "upper", "middle", "lower"

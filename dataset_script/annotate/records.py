@@ -12,8 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_script.annotate.findings import LOCATION, NO_ANSWER
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS, NA_OPTION
+from modeling_stepcot.configuration_stepcot import (
+    DEFAULT_STEP_OPTIONS,
+    DEFAULT_STEP_QUESTIONS,
+    LOCATION,
+    NA_OPTION,
+    NO_ANSWER,
+)
 
 ID_FIELDS = ("patient_id", "uid", "id", "study_id")
 IMAGE_FIELDS = ("image_path", "image", "images")

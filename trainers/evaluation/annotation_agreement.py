@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_script.annotate.findings import DETECTION, DIAGNOSIS, LOCATION
 from dataset_script.annotate.mesh import parse_mesh
+from modeling_stepcot.configuration_stepcot import DETECTION, DIAGNOSIS, LOCATION
 from trainers.evaluation.metrics import _interval, _resample_weights
 
 SPLITS = ("dev", "holdout", "all")

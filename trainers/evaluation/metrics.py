@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 
 METRIC_NAMES = ("accuracy", "auc", "sensitivity", "specificity", "f1", "precision")
 
@@ -646,7 +646,6 @@ def _float_or_nan(value: Any) -> float:
 
 __all__ = [
     "CONFIDENCE_INTERVAL_DEFINITION",
-    "IGNORE_INDEX",
     "METRIC_DEFINITIONS",
     "METRIC_DISPLAY_NAMES",
     "METRIC_NAMES",

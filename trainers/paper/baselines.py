@@ -45,11 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, StepCoTSchemaConfig
+from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, IGNORE_INDEX, StepCoTSchemaConfig
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 from modeling_stepcot.processing_stepcot import image_to_rgb
 from trainers.evaluation.metrics import (
-    IGNORE_INDEX,
     METRIC_DISPLAY_NAMES,
     METRIC_NAMES,
     compute_step_metrics,
