@@ -41,11 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainers.evaluation.metrics import softmax
     from trainers.evaluation.report import markdown_table
     from trainers.paper.baselines import (
         SETTING_LABELS,
         BaselineTrainingConfig,
-        _softmax,
         backbone_display_name,
         paired_difference,
         run_baseline,
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         if "with" in results and "without" in results:
             (_, with_logits, with_labels), (_, without_logits, _) = results["with"], results["without"]
             table_rows.append({"kind": "difference", "model": model, "difference": paired_difference(
-                _softmax(with_logits[-1]), _softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
+                softmax(with_logits[-1]), softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
                 args.seed, args.confidence)})
     args.out.mkdir(parents=True, exist_ok=True)
     table = table3_markdown(table_rows, args.confidence, args.num_bootstrap, args.seed)
