@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Hub ids or folders of vision-language models (CLIP, SigLIP, BLIP, FLAVA, ...); "
                              "open_clip models as hf-hub:ORG/NAME (BiomedCLIP)")
     parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
+                        help="output folder")
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["with", "without"],
                         help="with: all seven steps; without: the diagnosis step only (default: both)")
     parser.add_argument("--epochs", type=int, default=50)
