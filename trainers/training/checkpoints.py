@@ -170,8 +170,9 @@ def raise_if_not_finite(loss, terms: dict, trainer):
                        if torch.is_tensor(value) and value.numel() == 1)
     groups = trainer.optimizer.param_groups if trainer.optimizer is not None else []
     rates = ", ".join(f"{role} {rate:.3g}" for role, rate in {g.get("role", "all"): g["lr"] for g in groups}.items())
+    temperature = getattr(trainer, "temperature", None)
     raise TrainingError(
-        f"non-finite training loss {float(loss):.4g} at step {trainer.state.global_step + 1} ({values}): lower the "
-        f"learning rates (now {rates or 'not set'}), check --temperature ({getattr(trainer, 'temperature', None)}) "
-        "and the inputs for NaN/inf features; resume from the last checkpoint once fixed"
+        f"non-finite training loss {float(loss.detach()):.4g} at step {trainer.state.global_step + 1} ({values}): "
+        f"lower the learning rates (now {rates or 'not set'}), check --temperature ({temperature}) and the inputs "
+        "for NaN/inf features; resume from the last checkpoint once fixed"
     )
