@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import Pipeline
 
-from .chain_stepcot import ChainChecker
+from .chain_stepcot import DEFAULT_REPAIR_CONFIDENCE, ChainChecker
 from .configuration_stepcot import NA_OPTION
 from .processing_stepcot import image_processor_for_config, image_to_rgb
 
@@ -51,8 +51,49 @@ def step_temperatures(config) -> tuple[list[float], str]:
 
 
 def format_chain(step_names, answers) -> str:
-    """'Detection: Decreased opacity → Lesion distribution: Focal → … → Diagnosis: Pneumothorax'."""
-    return CHAIN_SEPARATOR.join(f"{name}: {answer}" for name, answer in zip(step_names, answers))
+    """'Detection: Decreased opacity → Lesion distribution: Focal → … → Diagnosis: Pneumothorax'; steps whose
+    answer is None (never trained) are left out."""
+    return CHAIN_SEPARATOR.join(f"{name}: {answer}" for name, answer in zip(step_names, answers) if answer is not None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Out-of-distribution check on the image embedding
+# ---------------------------------------------------------------------------------------------------------------
+
+OOD_QUANTILE = 0.99
+
+
+def embedding_distance(embeds, statistics) -> np.ndarray:
+    """Root-mean-square z-score of each embedding (rows of `embeds`) against the training embeddings' per-dimension
+    mean and scale: about 1 for a typical training image, larger the further an image lies from them."""
+    embeds = np.asarray(embeds, dtype=np.float64)
+    mean = np.asarray(statistics["mean"], dtype=np.float64)
+    scale = np.asarray(statistics["scale"], dtype=np.float64)
+    if embeds.shape[-1] != mean.shape[0]:
+        raise ValueError(f"embedding width {embeds.shape[-1]} does not match the recorded statistics ({mean.shape[0]})")
+    return np.sqrt(np.mean(((embeds - mean) / scale) ** 2, axis=-1))
+
+
+def embedding_statistics(train_embeds, reference_embeds=None, quantile: float = OOD_QUANTILE) -> dict:
+    """What `config.embedding_statistics` holds: the training embeddings' per-dimension mean and scale, and the
+    `quantile` of the distances of `reference_embeds` (held-out images, e.g. the validation split; the training
+    images themselves when None) as the threshold above which an image is flagged."""
+    train = np.asarray(train_embeds, dtype=np.float64)
+    if train.ndim != 2 or train.shape[0] < 2:
+        raise ValueError(f"need at least 2 training embeddings (N, D), got shape {train.shape}")
+    statistics = {"mean": train.mean(0).tolist(), "scale": np.maximum(train.std(0), 1e-6).tolist()}
+    reference = train if reference_embeds is None or len(reference_embeds) == 0 else reference_embeds
+    distances = embedding_distance(reference, statistics)
+    statistics.update(threshold=float(np.quantile(distances, quantile)), quantile=quantile,
+                      reference="validation" if reference is not train else "train", num_train=int(train.shape[0]))
+    return statistics
+
+
+def out_of_distribution(distance: float, statistics) -> dict:
+    """{distance, threshold, quantile, flagged} for one image's embedding distance."""
+    threshold = float(statistics["threshold"])
+    return {"distance": float(distance), "threshold": threshold, "quantile": float(statistics.get("quantile", 0)),
+            "flagged": bool(distance > threshold)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,14 +196,20 @@ class StepCoTVQAPipeline(Pipeline):
         images: a path, PIL image or numpy array, or a list of them (returns a list).
         maps (`bool`, default False): add `maps`, a (steps, H, W) float32 array in [0, 1] at the image's size:
             per step, Grad-CAM on the vision encoder's grid for the predicted answer.
-        consistent (`bool`, default False): also decode the most probable chain that breaks no consistency rule
-            (exact search; `ChainChecker`). The per-step predictions are kept; changed steps are flagged.
+        consistent (`bool`, default False): also decode a chain that breaks no consistency rule: only steps
+            answered with probability < 0.9 may change, to the most probable consistent chain (exact search;
+            `ChainChecker.repair`). The per-step predictions are kept; changed steps are flagged.
         batch_size (`int`): images per forward pass.
 
-    Each result is a dict: `steps` (per step: `step`, `name`, `question`, `answer`, `label`, `score`,
+    Each result is a dict: `steps` (per step: `step`, `name`, `question`, `trained`, `answer`, `label`, `score`,
     `probabilities` {option: p}, `is_na`, and with `consistent=True`: `consistent_answer`, `consistent_label`,
-    `changed`), `chain` (one readable line), `violations` (broken consistency rules), `is_consistent`,
-    `probability_method`, `image_size` (H, W), and with `consistent=True`: `consistent_chain`, `changed_steps`.
+    `changed`), `chain` (one readable line), `untrained_steps`, `violations` (broken consistency rules),
+    `is_consistent`, `probability_method`, `image_size` (H, W), with `consistent=True`: `consistent_chain`,
+    `changed_steps`, `unresolved_contradiction`; and `out_of_distribution` ({distance, threshold, flagged}) when
+    the model recorded its training embeddings' statistics.
+
+    A step the model had no training labels for (`config.step_training_counts` 0) is unknown: `answer`, `label`,
+    `score`, `probabilities` and `is_na` are None, it is left out of the chain and of the consistency rules.
     """
 
     _load_processor = None  # the checkpoint's saved StepCoTProcessor when present (optional)
@@ -182,6 +229,7 @@ class StepCoTVQAPipeline(Pipeline):
         self.model.eval()
         self.checker = ChainChecker.from_config(config)
         self.temperatures, self.probability_method = step_temperatures(config)
+        self.repair_confidence = DEFAULT_REPAIR_CONFIDENCE
 
     def _sanitize_parameters(self, maps=None, consistent=None, **unused):
         if unused:
@@ -211,11 +259,17 @@ class StepCoTVQAPipeline(Pipeline):
     def _forward(self, model_inputs, maps=False):
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
         outputs = {"image_size": model_inputs["image_size"]}
+        statistics = getattr(self.model.config, "embedding_statistics", None)
         if maps:
             step_logits, grid_maps = stepwise_grad_cam(self.model, pixel_values)
             outputs["maps"] = grid_maps
+            image_embeds = self.model.encode_images(pixel_values) if statistics else None
         else:
-            step_logits = self.model(pixel_values=pixel_values).step_logits
+            image_embeds = self.model.encode_images(pixel_values)
+            step_logits = self.model(image_embeds=image_embeds).step_logits
+        if statistics:
+            distances = embedding_distance(image_embeds.detach().float().cpu().numpy(), statistics)
+            outputs["embedding_distance"] = torch.from_numpy(distances)  # (B,), batched like the logits
         width = max(logits.shape[-1] for logits in step_logits)
         # Padded with NaN (never a valid logit) so postprocess can cut each step back to its own options.
         outputs["logits"] = torch.stack(
@@ -225,6 +279,7 @@ class StepCoTVQAPipeline(Pipeline):
 
     def postprocess(self, model_outputs, consistent=False):
         config = self.model.config
+        trained = config.trained_steps
         logits = model_outputs["logits"][0]
         steps, log_probs, labels = [], [], []
         for step, options in enumerate(config.step_options):
@@ -234,33 +289,39 @@ class StepCoTVQAPipeline(Pipeline):
             label = int(probabilities.argmax())
             log_probs.append(step_log_probs.numpy())
             labels.append(label)
-            steps.append({
-                "step": step + 1,
-                "name": config.step_names[step],
-                "question": config.step_questions[step],
-                "answer": options[label],
-                "label": label,
-                "score": float(probabilities[label]),
-                "probabilities": {option: float(p) for option, p in zip(options, probabilities)},
-                "is_na": options[label] == NA_OPTION,
-            })
-        violations = self.checker.violations(labels)
+            entry = {"step": step + 1, "name": config.step_names[step], "question": config.step_questions[step],
+                     "trained": trained[step]}
+            if trained[step]:
+                entry.update(answer=options[label], label=label, score=float(probabilities[label]),
+                             probabilities={option: float(p) for option, p in zip(options, probabilities)},
+                             is_na=options[label] == NA_OPTION)
+            else:  # an untrained head's output is noise: no answer, no probabilities
+                entry.update(answer=None, label=None, score=None, probabilities=None, is_na=None)
+            steps.append(entry)
+        violations = self.checker.violations(labels)  # its rules leave untrained steps out
         result = {
             "steps": steps,
             "chain": format_chain(config.step_names, [s["answer"] for s in steps]),
+            "untrained_steps": [s["name"] for s in steps if not s["trained"]],
             "is_consistent": not violations,
             "violations": violations,
             "probability_method": self.probability_method,
             "image_size": tuple(int(v) for v in model_outputs["image_size"][0]),
         }
+        if "embedding_distance" in model_outputs:
+            result["out_of_distribution"] = out_of_distribution(
+                float(model_outputs["embedding_distance"].reshape(-1)[0]), config.embedding_statistics)
         if consistent:
-            best, _ = self.checker.most_probable_consistent(log_probs)
-            for step, label in enumerate(best):
-                options = config.step_options[step]
-                steps[step].update(consistent_answer=options[label], consistent_label=label,
-                                   changed=label != labels[step])
+            repaired = self.checker.repair(log_probs, self.repair_confidence)
+            for step, label in enumerate(repaired["labels"]):
+                if steps[step]["trained"]:
+                    steps[step].update(consistent_answer=config.step_options[step][label], consistent_label=label,
+                                       changed=step in repaired["changed"])
+                else:
+                    steps[step].update(consistent_answer=None, consistent_label=None, changed=False)
             result["consistent_chain"] = format_chain(config.step_names, [s["consistent_answer"] for s in steps])
             result["changed_steps"] = [s["name"] for s in steps if s["changed"]]
+            result["unresolved_contradiction"] = repaired["unresolved"]
         if "maps" in model_outputs:
             result["maps"] = upsample_maps(model_outputs["maps"][0], result["image_size"])
         return result
@@ -269,6 +330,8 @@ class StepCoTVQAPipeline(Pipeline):
 __all__ = [
     "StepCoTVQAPipeline",
     "TASK",
+    "embedding_distance",
+    "embedding_statistics",
     "encode_with_grid",
     "format_chain",
     "load_image",

@@ -112,6 +112,9 @@ def check_images(paths: list[Path]) -> None:
 # output
 
 
+UNKNOWN_ANSWER = "unknown (not trained)"
+
+
 def format_table(name: str, result: dict, model_label: str) -> str:
     consistent = "consistent_chain" in result
     header = f"{'#':>2}  {'Step':<22} {'Answer':<22} {'p':>5}  N/A"
@@ -119,20 +122,35 @@ def format_table(name: str, result: dict, model_label: str) -> str:
         header += f"   {'Consistent answer':<22}"
     lines = [f"{name}  [{model_label}; probabilities: {result['probability_method']}]", header, "-" * len(header)]
     for step in result["steps"]:
+        if step.get("trained") is False:  # an untrained head's output is noise: never shown as an answer
+            lines.append(f"{step['step']:>2}  {step['name']:<22} {UNKNOWN_ANSWER:<22} {'':>5}  {'':<3}")
+            continue
         line = (f"{step['step']:>2}  {step['name']:<22} {step['answer']:<22} {step['score']:5.2f}  "
                 f"{'yes' if step['is_na'] else '-':<3}")
         if consistent:
             line += f"   {step['consistent_answer']:<22}" + ("  (changed)" if step["changed"] else "")
         lines.append(line)
-    lines.append(f"Chain: {result['chain']}")
+    lines.append(f"Chain: {result['chain'] or '(no trained step)'}")
+    untrained = result.get("untrained_steps") or []
+    if untrained:
+        lines.append(f"Not trained (no labels in the training data; not shown, not checked): {', '.join(untrained)}")
     if result["violations"]:
         lines.append(f"Contradictions ({len(result['violations'])}):")
         lines += [f"  - {v['message']} [{v['rule']}: {' / '.join(v['steps'])}]" for v in result["violations"]]
+    elif untrained and len(untrained) == len(result["steps"]) - 1:
+        lines.append("Contradictions: not checked (one trained step)")
     else:
-        lines.append("Contradictions: none")
+        lines.append("Contradictions: none" + (" among the trained steps" if untrained else ""))
     if consistent:
         changed = ", ".join(result["changed_steps"]) or "none"
-        lines.append(f"Most probable consistent chain: {result['consistent_chain']} (changed steps: {changed})")
+        note = "; a contradiction between confident steps is left as it is" if result.get(
+            "unresolved_contradiction") else ""
+        lines.append(f"Consistent chain: {result['consistent_chain']} (changed steps: {changed}{note})")
+    ood = result.get("out_of_distribution")
+    if ood and ood["flagged"]:
+        lines.append(f"WARNING: this image lies far from the training images (embedding distance {ood['distance']:.2f}"
+                     f" > {ood['threshold']:.2f}, the {100 * ood['quantile']:g}th percentile of held-out training-distribution images): the "
+                     "answers above are unreliable for it.")
     return "\n".join(lines)
 
 

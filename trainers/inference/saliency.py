@@ -57,6 +57,8 @@ def _resize_map(saliency: np.ndarray, shape) -> np.ndarray:
 
 
 def step_title(step: dict) -> str:
+    if step.get("trained") is False:
+        return f"{step['step']}. {step['name']}: unknown (not trained)"
     title = f"{step['step']}. {step['name']}: {step['answer']} (p = {step['score']:.2f})"
     if step["is_na"]:
         title += "\nmap: evidence for N/A"
