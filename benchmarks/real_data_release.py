@@ -32,7 +32,8 @@ from modeling_stepcot.configuration_stepcot import (  # noqa: E402
     DEFAULT_STEP_QUESTIONS,
 )
 
-SHARED_DATA = Path(os.environ.get("STEPCOT_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+REPOSITORY = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("STEPCOT_SHARED_DATA") or REPOSITORY.parent / "shared" / "data")
 SOURCES = {"kermany": SHARED_DATA / "kermany-pediatric-cxr-480", "covid": SHARED_DATA / "covid-chestxray-cases"}
 NO_ANSWER = "No Answer"
 INFECTIOUS = {"covid-19", "sars", "pneumocystis", "streptococcus", "pneumonia", "klebsiella", "e.coli", "varicella",

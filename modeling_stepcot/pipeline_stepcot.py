@@ -70,7 +70,8 @@ def embedding_distance(embeds, statistics) -> np.ndarray:
     mean = np.asarray(statistics["mean"], dtype=np.float64)
     scale = np.asarray(statistics["scale"], dtype=np.float64)
     if embeds.shape[-1] != mean.shape[0]:
-        raise ValueError(f"embedding width {embeds.shape[-1]} does not match the recorded statistics ({mean.shape[0]})")
+        raise ValueError(f"embedding width {embeds.shape[-1]} does not match the recorded statistics "
+                         f"({mean.shape[0]})")
     return np.sqrt(np.mean(((embeds - mean) / scale) ** 2, axis=-1))
 
 

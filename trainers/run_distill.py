@@ -35,9 +35,13 @@ from trainers.training.distillation import (
 from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
 from trainers.training.run_setup import (
+    DIFFERENCES_FILENAME,
     DataArguments,
     DistillationArguments,
     ModelArguments,
+    feature_baselines,
+    paired_differences_text,
+    record_training_facts,
     build_processor,
     build_student,
     build_teacher,
@@ -102,9 +106,24 @@ def main(argv=None) -> int:
     load_best(pair, output_dir)
     prediction = trainer.predict(datasets_by_split[eval_split], metric_key_prefix=eval_split)
     teacher_logits, student_logits = prediction.predictions[:2]
-    results, table = score_and_report({"teacher": teacher_logits, "student": student_logits}, prediction.label_ids,
-                                      eval_split, output_dir, data_args.num_bootstrap, teacher.config,
-                                      write=trainer.is_world_process_zero())
+    role_logits = {"teacher": teacher_logits, "student": student_logits}
+    write = trainer.is_world_process_zero()
+    baseline_runs, differences = [], ""
+    if use_cache:  # the same frozen features the heads saw: does Step-CoT beat a linear probe on them?
+        baseline_results, baseline_runs, baseline_probabilities = feature_baselines(
+            datasets_by_split, eval_split, teacher.config, data_args.num_bootstrap, output_dir, write,
+            seed=training_args.seed)
+        differences = paired_differences_text(role_logits, baseline_probabilities["Linear probe"],
+                                              prediction.label_ids, teacher.config, data_args.num_bootstrap)
+    results, table = score_and_report(role_logits, prediction.label_ids, eval_split, output_dir,
+                                      data_args.num_bootstrap, teacher.config, write=write, extra_runs=baseline_runs)
+    if baseline_runs:
+        table += "\n" + differences + "\n"
+        results["baselines"] = baseline_results
+        if write:
+            (output_dir / "metrics" / DIFFERENCES_FILENAME).write_text(differences + "\n", encoding="utf-8")
+    record_training_facts({"teacher": pair.teacher, "student": pair.student}, splits,
+                          datasets_by_split if use_cache else None, share_encoder=pair.shares_image_encoder())
     run_args = {
         "model": asdict(model_args), "data": asdict(data_args), "distillation": asdict(distill_args),
         "training": {k: getattr(training_args, k) for k in (

@@ -29,6 +29,7 @@ from trainers.training.run_setup import (
     parse_run_args,
     prepare_splits,
     print_summary,
+    record_training_facts,
     score_and_report,
     start_run,
     training_datasets,
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     results, table = score_and_report({"teacher": prediction.predictions}, prediction.label_ids, eval_split,
                                       output_dir, data_args.num_bootstrap, teacher.config,
                                       write=trainer.is_world_process_zero())
+    record_training_facts({"teacher": teacher}, splits, datasets_by_split if use_cache else None)
     run_args = {"model": asdict(model_args), "data": asdict(data_args), "eval_split": eval_split,
                 "feature_cache": use_cache, "stage": "teacher only",
                 "training": {k: getattr(training_args, k) for k in (

@@ -107,13 +107,14 @@ def interval_notes(runs: Sequence[tuple[str, EvaluationMetrics]], decimals: int 
                  for step in result.steps if step.count]
         if cells:
             notes.append(f"- {model}, accuracy with its {level} Wilson interval: " + "; ".join(cells) + ".")
-        few += [f"{model} {step.name} (n = {step.count})" for step in result.steps if 0 < step.count < FEW_EXAMPLES]
+        few += [f"{step.name} (n = {step.count})" for step in result.steps if 0 < step.count < FEW_EXAMPLES]
         zero_width |= any(step.metrics[name].zero_width for step in result.steps for name in METRIC_NAMES)
     if few:
-        notes.append(f"- Few labelled examples (< {FEW_EXAMPLES}), figures unreliable: " + ", ".join(few) + ".")
+        notes.append(f"- Few labelled examples (< {FEW_EXAMPLES}), figures unreliable: " + ", ".join(dict.fromkeys(few))
+                     + ".")
     if zero_width:
-        notes.append(f"- {ZERO_WIDTH_MARK.strip()}: the bootstrap interval has no width because every resample gave the same "
-                     "value (e.g. all examples correct); that is not certainty: use the Wilson interval above.")
+        notes.append(f"- {ZERO_WIDTH_MARK.strip()}: the bootstrap interval has no width because every resample gave "
+                     "the same value (e.g. all examples correct); that is not certainty: use the Wilson interval above.")
     return notes
 
 

@@ -12,11 +12,29 @@ PAPER = "arXiv:2603.13878"
 
 
 def _steps_table(config) -> str:
-    rows = ["| # | Step | Question | Options (label = index) |", "|---|---|---|---|"]
+    counts = getattr(config, "step_training_counts", None)
+    rows = ["| # | Step | Question | Options (label = index) | Training labels |", "|---|---|---|---|---|"]
     for number, (name, question, options) in enumerate(
         zip(config.step_names, config.step_questions, config.step_options), 1
     ):
-        rows.append(f"| {number} | {name} | {question} | {' · '.join(options)} |")
+        if counts is None:
+            trained = "not recorded"
+        elif counts[number - 1]:
+            trained = str(counts[number - 1])
+        else:
+            trained = "**none: not trained**"
+        rows.append(f"| {number} | {name} | {question} | {' · '.join(options)} | {trained} |")
+    untrained = [name for name, is_trained in zip(config.step_names, config.trained_steps) if not is_trained]
+    if untrained:
+        rows += ["", f"**Untrained steps** ({', '.join(untrained)}): the training data had no labels for them, so "
+                     "their heads are random. `stepcot predict` and the `stepcot-vqa` pipeline report them as "
+                     "unknown (no answer, no probabilities) and the consistency rules leave them out."]
+    if getattr(config, "embedding_statistics", None):
+        statistics = config.embedding_statistics
+        rows += ["", f"**Out-of-distribution check**: the image embedding's distance to the training embeddings "
+                     f"(RMS z-score) is compared with {statistics['threshold']:.2f}, the "
+                     f"{100 * statistics.get('quantile', 0):g}th percentile on the {statistics.get('reference')} "
+                     "split; images further out are flagged (`out_of_distribution` in the pipeline's output)."]
     return "\n".join(rows)
 
 

@@ -148,9 +148,9 @@ def format_table(name: str, result: dict, model_label: str) -> str:
         lines.append(f"Consistent chain: {result['consistent_chain']} (changed steps: {changed}{note})")
     ood = result.get("out_of_distribution")
     if ood and ood["flagged"]:
-        lines.append(f"WARNING: this image lies far from the training images (embedding distance {ood['distance']:.2f}"
-                     f" > {ood['threshold']:.2f}, the {100 * ood['quantile']:g}th percentile of held-out training-distribution images): the "
-                     "answers above are unreliable for it.")
+        lines.append(f"WARNING: this image lies far from the training images (embedding distance "
+                     f"{ood['distance']:.2f} > {ood['threshold']:.2f}, the {100 * ood['quantile']:g}th percentile of "
+                     "held-out images like the training ones): the answers above are unreliable for it.")
     return "\n".join(lines)
 
 
