@@ -450,7 +450,9 @@ def wilson_interval(successes: int, count: int, confidence_level: float = 0.95) 
     denominator = 1 + z * z / count
     centre = (proportion + z * z / (2 * count)) / denominator
     half_width = z * math.sqrt(proportion * (1 - proportion) / count + z * z / (4 * count * count)) / denominator
-    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+    low = 0.0 if successes == 0 else max(0.0, centre - half_width)  # exact ends, not rounding noise
+    high = 1.0 if successes == count else min(1.0, centre + half_width)
+    return low, high
 
 
 def _interval(values: np.ndarray, confidence_level: float) -> tuple[float, float, int]:
