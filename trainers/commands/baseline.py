@@ -16,11 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--backbone", nargs="+", required=True,
                         help="Hub ids or folders of vision-language models (CLIP, SigLIP, BLIP, FLAVA, ...); "
-                             "open_clip models as hf-hub:ORG/NAME (BiomedCLIP)")
+                             "open_clip models as hf-hub:ORG/NAME (BiomedCLIP); efficientnet_lite0: the offline "
+                             "encoders of `stepcot train` (EfficientNet-Lite0 images, MiniLM questions)")
     parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["with", "without"],
-                        help="with: all seven steps; without: the diagnosis step only (default: both)")
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS),
+                        default=["with", "without", "probe", "majority"],
+                        help="with: one MLP on all seven steps; without: the diagnosis step only; probe: logistic "
+                             "regression per step on the image embedding (C chosen on validation); majority: the "
+                             "most frequent training answer (default: all four)")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper's value unknown)")
@@ -30,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="validation", help="split for picking the best epoch")
     parser.add_argument("--eval-split", default="test")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default OUT/cache)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default OUT/cache); with --backbone efficientnet_lite0, "
+                             "the OUTPUT_DIR/cache of a `stepcot train` run on the same dataset is read, not "
+                             "encoded again")
     parser.add_argument("--embed-batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--num-bootstrap", type=int, default=1000)
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"stepcot baseline: error with backbone {backbone_name}: {error}", file=sys.stderr)
             return 1
         model = backbone_display_name(backbone_name)
-        for setting in ("with", "without"):
+        for setting in ("with", "without", "probe", "majority"):
             if setting in results:
                 table_rows.append({"kind": "metrics", "model": model, "setting": SETTING_LABELS[setting],
                                    "result": results[setting][0]})
@@ -80,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
             table_rows.append({"kind": "difference", "model": model, "difference": paired_difference(
                 _softmax(with_logits[-1]), _softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
                 args.seed, args.confidence)})
+        if "with" in results and "probe" in results:
+            (_, with_logits, with_labels), (_, probe_logits, _) = results["with"], results["probe"]
+            table_rows.append({"kind": "difference", "model": model, "label": "Δ with − linear probe",
+                               "difference": paired_difference(
+                                   _softmax(with_logits[-1]), _softmax(probe_logits[-1]), with_labels[:, -1],
+                                   args.num_bootstrap, args.seed, args.confidence)})
     args.out.mkdir(parents=True, exist_ok=True)
     table = table3_markdown(table_rows, args.confidence, args.num_bootstrap, args.seed)
     (args.out / "table3.md").write_text(table, encoding="utf-8")

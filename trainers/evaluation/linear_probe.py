@@ -105,8 +105,9 @@ def baseline_scores(train_embeds, train_labels, validation_embeds, validation_la
     """{"Majority": (scores, info), "Linear probe": (scores, info)} on `eval_embeds`; info records the chosen C."""
     probes, standardise = fit_linear_probe(train_embeds, train_labels, validation_embeds, validation_labels,
                                            seed=seed)
-    probe_info = {"chosen_c": [p.c for p in probes], "validation_accuracy": [p.validation_accuracy for p in probes],
-                  "c_grid": list(PROBE_C_GRID)}
+    probe_info = {"chosen_c": [p.c for p in probes], "c_grid": list(PROBE_C_GRID),
+                  "validation_accuracy": [None if math.isnan(p.validation_accuracy) else p.validation_accuracy
+                                          for p in probes]}
     return {
         "Majority": (majority_scores(train_labels, len(eval_embeds), num_classes_per_step), {}),
         "Linear probe": (probe_scores(probes, standardise, eval_embeds, num_classes_per_step), probe_info),

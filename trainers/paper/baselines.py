@@ -59,8 +59,10 @@ from trainers.evaluation.report import format_estimate, write_report
 from trainers.training.feature_cache import module_fingerprint
 
 QUESTION_PREFIX = "Question: "
-SETTINGS = {"with": "with_stepcot", "without": "without_stepcot"}
-SETTING_LABELS = {"with": "with Step-CoT", "without": "without Step-CoT"}
+SETTINGS = {"with": "with_stepcot", "without": "without_stepcot", "probe": "linear_probe", "majority": "majority"}
+SETTING_LABELS = {"with": "with Step-CoT", "without": "without Step-CoT", "probe": "linear probe (image only)",
+                  "majority": "majority class"}
+FEATURE_BASELINES = {"probe": "Linear probe", "majority": "Majority"}  # fitted on the image embeddings alone
 BASELINE_FILENAME = "baseline.json"
 HEAD_FILENAME = "head.safetensors"
 PREDICTIONS_FILENAME = "predictions.npz"
@@ -191,8 +193,68 @@ class OpenClipBackbone(_Backbone):
         return self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float().cpu()
 
 
+class OfflineBackbone(_Backbone):
+    """The offline encoders of `stepcot train`: ImageNet EfficientNet-Lite0 for the images (the Step-CoT models'
+    own vision encoder and preprocessing, so the probe sees the features the heads see) and MiniLM for the
+    questions (mean of the token states). Needs no Hub access."""
+
+    kind = "offline"
+
+    def __init__(self, name_or_path: str = "efficientnet_lite0", device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        from modeling_stepcot import StepCoTStudent
+        from modeling_stepcot.processing_stepcot import image_processor_for_config
+        from trainers.training.offline_encoders import offline_text_encoder_path
+
+        self.name = name_or_path
+        self.model = StepCoTStudent.from_pretrained_encoders(vision=name_or_path).to(device).eval()
+        self.image_processor = image_processor_for_config(self.model.config)
+        text_path = offline_text_encoder_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(text_path)
+        self.text_model = AutoModel.from_pretrained(text_path).to(device).eval().requires_grad_(False)
+        self.device = device
+
+    def fingerprint(self) -> str:
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = module_fingerprint(self.model.vision_encoder, self.name)
+        return self._fingerprint
+
+    def preprocessing(self) -> dict:
+        return {"image_size": self.model.config.image_size, "image_processor": self.image_processor.to_dict()}
+
+    def training_cache_file(self, data, split: str, cache_dir) -> Path:
+        """Where `stepcot train` stores this split's features (its OUTPUT_DIR/cache): read, not encoded twice."""
+        from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, split_identity
+
+        if getattr(self, "_encoder_digest", None) is None:
+            self._encoder_digest = encoder_fingerprint(self.model)
+        fingerprint, extra = split_identity(data, split, self.model.config.image_size, self.image_processor)
+        return image_embeds_path(cache_dir, fingerprint, self._encoder_digest, extra)
+
+    @torch.no_grad()
+    def embed_images(self, images) -> torch.Tensor:
+        rgb = [image_to_rgb(image, self.model.config.image_size) for image in images]
+        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"].to(self.device)
+        return self.model.encode_images(pixel_values).float().cpu()
+
+    @torch.no_grad()
+    def embed_texts(self, texts) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=QUESTION_MAX_LENGTH,
+                                return_tensors="pt").to(self.device)
+        states = self.text_model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"][..., None].float()
+        return ((states * mask).sum(1) / mask.sum(1)).float().cpu()
+
+
+OFFLINE_BACKBONES = ("efficientnet_lite0",)
+
+
 def load_backbone(name_or_path: str, device: str = "cpu"):
-    """The frozen backbone behind a baseline: open_clip for `hf-hub:` names, transformers otherwise."""
+    """The frozen backbone behind a baseline: the offline encoders for `efficientnet_lite0`, open_clip for
+    `hf-hub:` names, transformers otherwise."""
+    if name_or_path in OFFLINE_BACKBONES:
+        return OfflineBackbone(name_or_path, device)
     if is_open_clip_name(name_or_path):
         return OpenClipBackbone(name_or_path, device)
     return TransformersBackbone(name_or_path, device)
@@ -257,16 +319,22 @@ def embed_split(data, backbone, split: str, num_steps: int, cache_dir: Path | No
     question_index = torch.tensor([[row_of[text] for text in row] for row in texts], dtype=torch.long)
     text_embeds = torch.cat([backbone.embed_texts(distinct[i:i + batch_size])
                              for i in range(0, len(distinct), batch_size)])
-    image_chunks = []
-    for start in range(0, len(data), batch_size):
-        image_chunks.append(backbone.embed_images(list(data[start:start + batch_size]["image"])))
-    image_embeds = torch.cat(image_chunks)
-    if path is not None:
+    training_cache = (backbone.training_cache_file(data, split, cache_dir)
+                      if cache_dir is not None and hasattr(backbone, "training_cache_file") else None)
+    if training_cache is not None and training_cache.is_file():  # the features `stepcot train` already computed
+        image_embeds = load_file(training_cache)["image_embeds"]
+        path = training_cache
+    else:
+        image_chunks = []
+        for start in range(0, len(data), batch_size):
+            image_chunks.append(backbone.embed_images(list(data[start:start + batch_size]["image"])))
+        image_embeds = torch.cat(image_chunks)
+    if path is not None and path != training_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"image_embeds": image_embeds.contiguous(), "text_embeds": text_embeds.contiguous(),
                    "question_index": question_index.contiguous()}, path,
                   metadata={"backbone": backbone.name, "split": split})
-    return SplitEmbeddings(image_embeds, text_embeds, question_index, labels), path, False
+    return SplitEmbeddings(image_embeds, text_embeds, question_index, labels), path, path == training_cache
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -537,7 +605,7 @@ def table3_markdown(rows: list[dict], confidence_level: float, num_bootstrap: in
             cells += [format_estimate(diagnosis.metrics[name]) for name in TABLE3_METRICS] + [str(diagnosis.count)]
         else:
             diff = row["difference"]
-            cells = ["", "Δ with − without"]
+            cells = ["", row.get("label", "Δ with − without")]
             cells += [_signed(diff[n]["value"], diff[n]["ci_low"], diff[n]["ci_high"]) for n in TABLE3_METRICS] + [""]
         lines.append("| " + " | ".join(cells) + " |")
     level = f"{100 * confidence_level:g}%"
@@ -568,7 +636,8 @@ def table3_csv(rows: list[dict]) -> str:
         else:
             values = [(row["difference"][n]["value"], row["difference"][n]["ci_low"], row["difference"][n]["ci_high"])
                       for n in TABLE3_METRICS]
-            line = [row["model"], "difference with - without", ""]
+            line = [row["model"], row.get("label", "Δ with − without").replace("Δ", "difference").replace("−", "-"),
+                    ""]
         for triple in values:
             line += ["" if math.isnan(v) else repr(float(v)) for v in triple]
         writer.writerow(line)
@@ -585,6 +654,36 @@ def backbone_display_name(name_or_path: str) -> str:
 
 def backbone_slug(name_or_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name_or_path.removeprefix(OPEN_CLIP_PREFIX).strip("/")).strip("_")
+
+
+def _feature_baselines(settings, embeddings, splits, schema, step_options, backbone_name, out, metadata,
+                       num_bootstrap, confidence_level, seed, plots) -> dict:
+    """The majority class and the linear probe (C chosen on validation) on the image embeddings, every step."""
+    from trainers.evaluation.linear_probe import baseline_scores
+
+    train, validation, evaluation = (embeddings[split] for split in splits)
+    num_classes = [len(options) for options in step_options]
+    scores = baseline_scores(train.image_embeds.numpy(), train.labels.numpy(), validation.image_embeds.numpy(),
+                             validation.labels.numpy(), evaluation.image_embeds.numpy(), num_classes, seed=seed)
+    labels = evaluation.labels.numpy()
+    results = {}
+    for setting in settings:
+        probabilities, info = scores[FEATURE_BASELINES[setting]]
+        name = f"{backbone_display_name(backbone_name)} ({SETTING_LABELS[setting]})"
+        result = compute_step_metrics(
+            probabilities, labels, step_names=schema.step_names, step_options=step_options, scores="probabilities",
+            num_bootstrap=num_bootstrap, confidence_level=confidence_level, seed=seed,
+            metadata={"model": name, "backbone": backbone_name, "setting": SETTING_LABELS[setting],
+                      "trained_steps": [s + 1 for s in range(schema.num_steps)], "split": splits[2], **metadata,
+                      **info})
+        folder = Path(out) / backbone_slug(backbone_name) / SETTINGS[setting]
+        write_report(result, folder, model_name=name, plots=plots)
+        log_probabilities = [np.log(np.clip(p, 1e-12, None)) for p in probabilities]  # softmax gives p back
+        np.savez_compressed(folder / PREDICTIONS_FILENAME, labels=labels,
+                            trained_steps=np.arange(1, schema.num_steps + 1),
+                            **{f"step{s + 1}_logits": scores for s, scores in enumerate(log_probabilities)})
+        results[setting] = (result, log_probabilities, labels)
+    return results
 
 
 def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", "without"),
@@ -613,7 +712,12 @@ def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", 
     step_options, notes = dataset_step_options(datasets[eval_split], schema)
     last = schema.num_steps - 1
     results = {}
-    for setting in settings:
+    feature_settings = [s for s in settings if s in FEATURE_BASELINES]
+    if feature_settings:
+        results.update(_feature_baselines(feature_settings, embeddings, splits, schema, step_options, backbone_name,
+                                          out, dict(dataset=str(dataset), max_examples=max_examples, notes=notes),
+                                          num_bootstrap, confidence_level, seed, plots))
+    for setting in [s for s in settings if s not in FEATURE_BASELINES]:
         steps = list(range(schema.num_steps)) if setting == "with" else [last]
         num_classes = [len(step_options[s]) for s in steps]
         started = time.perf_counter()

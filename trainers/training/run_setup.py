@@ -18,7 +18,12 @@ from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import markdown_table, write_report
-from trainers.training.feature_cache import EmbeddingDataset, cached_image_embeds, encoder_fingerprint
+from trainers.training.feature_cache import (
+    EmbeddingDataset,
+    cached_image_embeds,
+    encoder_fingerprint,
+    split_identity,
+)
 from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, offline_text_encoder_path
 
 logger = logging.getLogger("stepcot.train")
@@ -206,8 +211,7 @@ def feature_datasets(splits, models: dict, processor, cache_dir, training_args, 
     digests = {role: encoder_fingerprint(model) for role, model in roles.items()}  # hash the weights once
     result = {}
     for name, dataset in splits.items():
-        fingerprint = f"{dataset._fingerprint}:{name}:{len(dataset)}:{processor.image_size}"
-        extras = {"mean": processor.image_processor.image_mean, "std": processor.image_processor.image_std}
+        fingerprint, extras = split_identity(dataset, name, processor.image_size, processor.image_processor)
         embeds = {}
         for role, model in roles.items():
             with training_args.main_process_first(desc=f"{role} image features ({name})"):
