@@ -29,7 +29,6 @@ if __package__ in (None, ""):
     sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import numpy as np  # noqa: E402
-
 from real_data_release import SHARED_DATA, write_release  # noqa: E402
 
 CHAIN_MODES = ("raw", "unconstrained MAP", "repair")
@@ -129,7 +128,8 @@ def ood_check(run_dir: Path, dataset_dir: Path) -> dict:
         flagged = [o["out_of_distribution"]["flagged"] for o in outputs]
         distances = [o["out_of_distribution"]["distance"] for o in outputs]
         diagnoses = [o["steps"][-1]["answer"] for o in outputs]
-        result[name] = {"n": len(outputs), "flagged": int(sum(flagged)), "median_distance": float(np.median(distances)),
+        result[name] = {"n": len(outputs), "flagged": int(sum(flagged)),
+                        "median_distance": float(np.median(distances)),
                         "diagnosis_answers": {a: diagnoses.count(a) for a in set(diagnoses)}}
     result["threshold"] = outputs[0]["out_of_distribution"]["threshold"]
     return result
@@ -170,7 +170,8 @@ def summarise(runs: list[dict]) -> str:
         lines += ["", "Paired differences (test examples of each seed; paired bootstrap 95%):", ""]
         for run in chosen:
             lines += [f"- seed {run['seed']}: " + "; ".join(run["differences"])]
-        lines += ["", "| Model | Step | n | raw | unconstrained MAP (changed) | repair (changed) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| Model | Step | n | raw | unconstrained MAP (changed) | repair (changed) |",
+                  "|---|---|---|---|---|---|"]
         for run in chosen:
             for role in ("teacher", "student"):
                 for step_name, entry in run["chains"][role].items():

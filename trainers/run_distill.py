@@ -5,8 +5,9 @@
         --vision_encoder openai/clip-vit-base-patch32 --text_encoder bert-base-uncased --output_dir outputs/paper
     torchrun --nproc_per_node 2 trainers/run_distill.py ...          # multi-process on CPU (gloo)
 
-Every `transformers.TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`,
-...). `--num_train_epochs` counts the distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
+Every `transformers.TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`,
+`--resume_from_checkpoint`, ...). `--num_train_epochs` counts the distillation epochs;
+`--teacher_pretrain_epochs` teacher-only epochs come first.
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
 `metrics/{teacher,student}/` (metrics.json, Markdown table, plots for the evaluation split), `results.json`, and the
@@ -39,16 +40,16 @@ from trainers.training.run_setup import (
     DataArguments,
     DistillationArguments,
     ModelArguments,
-    feature_baselines,
-    paired_differences_text,
-    record_training_facts,
     build_processor,
     build_student,
     build_teacher,
+    feature_baselines,
     load_best,
+    paired_differences_text,
     parse_run_args,
     prepare_splits,
     print_summary,
+    record_training_facts,
     score_and_report,
     start_run,
     training_datasets,

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "open_clip models as hf-hub:ORG/NAME (BiomedCLIP); efficientnet_lite0: the offline "
                              "encoders of `stepcot train` (EfficientNet-Lite0 images, MiniLM questions)")
     parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
+                        help="output folder")
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS),
                         default=["with", "without", "probe", "majority"],
                         help="with: one MLP on all seven steps; without: the diagnosis step only; probe: logistic "
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="validation", help="split for picking the best epoch")
     parser.add_argument("--eval-split", default="test")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default OUT/cache); with --backbone efficientnet_lite0, "
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="embedding cache (default OUT/cache); with --backbone efficientnet_lite0, "
                              "the OUTPUT_DIR/cache of a `stepcot train` run on the same dataset is read, not "
                              "encoded again")
     parser.add_argument("--embed-batch-size", type=int, default=32)
@@ -47,11 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainers.evaluation.metrics import softmax
     from trainers.evaluation.report import markdown_table
     from trainers.paper.baselines import (
         SETTING_LABELS,
         BaselineTrainingConfig,
-        _softmax,
         backbone_display_name,
         paired_difference,
         run_baseline,
@@ -84,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
         if "with" in results and "without" in results:
             (_, with_logits, with_labels), (_, without_logits, _) = results["with"], results["without"]
             table_rows.append({"kind": "difference", "model": model, "difference": paired_difference(
-                _softmax(with_logits[-1]), _softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
+                softmax(with_logits[-1]), softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
                 args.seed, args.confidence)})
         if "with" in results and "probe" in results:
             (_, with_logits, with_labels), (_, probe_logits, _) = results["with"], results["probe"]
             table_rows.append({"kind": "difference", "model": model, "label": "Δ with − linear probe",
                                "difference": paired_difference(
-                                   _softmax(with_logits[-1]), _softmax(probe_logits[-1]), with_labels[:, -1],
+                                   softmax(with_logits[-1]), softmax(probe_logits[-1]), with_labels[:, -1],
                                    args.num_bootstrap, args.seed, args.confidence)})
     args.out.mkdir(parents=True, exist_ok=True)
     table = table3_markdown(table_rows, args.confidence, args.num_bootstrap, args.seed)

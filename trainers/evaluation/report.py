@@ -110,11 +110,12 @@ def interval_notes(runs: Sequence[tuple[str, EvaluationMetrics]], decimals: int 
         few += [f"{step.name} (n = {step.count})" for step in result.steps if 0 < step.count < FEW_EXAMPLES]
         zero_width |= any(step.metrics[name].zero_width for step in result.steps for name in METRIC_NAMES)
     if few:
-        notes.append(f"- Few labelled examples (< {FEW_EXAMPLES}), figures unreliable: " + ", ".join(dict.fromkeys(few))
-                     + ".")
+        notes.append(f"- Few labelled examples (< {FEW_EXAMPLES}), figures unreliable: "
+                     + ", ".join(dict.fromkeys(few)) + ".")
     if zero_width:
         notes.append(f"- {ZERO_WIDTH_MARK.strip()}: the bootstrap interval has no width because every resample gave "
-                     "the same value (e.g. all examples correct); that is not certainty: use the Wilson interval above.")
+                     "the same value (e.g. all examples correct); that is not certainty: use the Wilson interval "
+                     "above.")
     return notes
 
 
@@ -325,7 +326,9 @@ def write_report(result: EvaluationMetrics, out_dir: str | Path, model_name: str
     written["table"] = table
     if plots:
         written["step_plot"] = plot_step_metrics(result, out_dir / STEP_PLOT_FILENAME, title=model_name)
-        written["confusion_plot"] = plot_confusion_matrices(result, out_dir / CONFUSION_PLOT_FILENAME, title=model_name)
+        written["confusion_plot"] = plot_confusion_matrices(
+            result, out_dir / CONFUSION_PLOT_FILENAME, title=model_name
+        )
     return written
 
 

@@ -56,6 +56,14 @@ def _resize_map(saliency: np.ndarray, shape) -> np.ndarray:
     return np.clip(np.asarray(resized), 0, 1)
 
 
+def figure_and_maps(image, result: dict) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The radiograph resized for drawing (`figure_image`) and the result's per-step maps at that size."""
+    if "maps" not in result:
+        raise ValueError("the result has no maps: call the pipeline with maps=True")
+    picture = figure_image(image)
+    return picture, [_resize_map(m, picture.shape[:2]) for m in result["maps"]]
+
+
 def step_title(step: dict) -> str:
     if step.get("trained") is False:
         return f"{step['step']}. {step['name']}: unknown (not trained)"
@@ -77,12 +85,9 @@ def save_step_maps(image, result: dict, out_dir, dpi: int = 100) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if "maps" not in result:
-        raise ValueError("the result has no maps: call the pipeline with maps=True")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    picture = figure_image(image)
-    maps = [_resize_map(m, picture.shape[:2]) for m in result["maps"]]
+    picture, maps = figure_and_maps(image, result)
     height, width = picture.shape[:2]
     paths = {"steps": []}
     for step, saliency in zip(result["steps"], maps):
@@ -118,4 +123,4 @@ def save_step_maps(image, result: dict, out_dir, dpi: int = 100) -> dict:
     return paths
 
 
-__all__ = ["figure_image", "overlay", "save_step_maps", "step_title"]
+__all__ = ["figure_and_maps", "figure_image", "overlay", "save_step_maps", "step_title"]
