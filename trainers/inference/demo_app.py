@@ -266,7 +266,8 @@ def analyse(image_path, sources: list[str], consistent: bool, cache: PipelineCac
         picture, maps = figure_and_maps(str(image_path), result)
         gallery.append((picture, label))  # one row per checkpoint: the input, then its seven maps
         for step, saliency in zip(result["steps"], maps):
-            gallery.append((overlay(picture, saliency), f"{step['step']}. {step['name']}: {step['answer'] or UNTRAINED}"))
+            caption = f"{step['step']}. {step['name']}: {step['answer'] or UNTRAINED}"
+            gallery.append((overlay(picture, saliency), caption))
         result.pop("maps")
         results.append((label, result))
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="stepcot-demo-"))
