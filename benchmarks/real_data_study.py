@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             run_dir = args.out / f"{dataset}-seed{seed}"
             if dataset == "demo":
-                results = train_run("demo", run_dir, seed, args.epochs, ["--demo_size", str(args.demo_size)])
+                train_run("demo", run_dir, seed, args.epochs, ["--demo_size", str(args.demo_size)])
                 built = run_dir / "dataset"
             else:
                 release = args.out / f"{dataset}-release"
@@ -214,16 +214,21 @@ def main(argv=None) -> int:
                 built = args.out / f"{dataset}-built-seed{seed}"
                 if not (built / "README.md").is_file():
                     build_hub_dataset(release, built, strict=False, seed=seed)
-                results = train_run(built, run_dir, seed, args.epochs)
+                train_run(built, run_dir, seed, args.epochs)
             metrics = {model: load_metrics(run_dir / "metrics" / model).flat(include_ci=True)
                        for model in ("majority", "linear_probe", "teacher", "student")}
             differences_file = run_dir / "metrics" / DIFFERENCES_FILENAME
             differences = [line for line in differences_file.read_text().splitlines() if "Diagnosis" in line]
+            chains_file = run_dir / "chains.json"  # a rerun reuses what a finished run measured
+            if not chains_file.is_file():
+                chains_file.write_text(json.dumps(evaluate_chains(run_dir, built), indent=1))
             run = {"dataset": dataset, "seed": seed, "diagnosis_step": 7, "metrics": metrics,
-                   "differences": differences, "chains": evaluate_chains(run_dir, built),
-                   "train_seconds": results.get("train_seconds")}
-            if args.ood and dataset == "kermany" and seed == seeds[0]:
-                run["ood"] = ood_check(run_dir, built)
+                   "differences": differences, "chains": json.loads(chains_file.read_text())}
+            ood_file = run_dir / "ood.json"
+            if args.ood and dataset == "kermany" and seed == seeds[0] and not ood_file.is_file():
+                ood_file.write_text(json.dumps(ood_check(run_dir, built), indent=1))
+            if ood_file.is_file():
+                run["ood"] = json.loads(ood_file.read_text())
             runs.append(run)
             (args.out / "summary.json").write_text(json.dumps(runs, indent=1, default=str))
             print(f"[{time.perf_counter() - started:.0f} s] {dataset} seed {seed} done", flush=True)
