@@ -135,6 +135,57 @@ def ood_check(run_dir: Path, dataset_dir: Path) -> dict:
     return result
 
 
+FINE_TARGETS = {"kermany": ("Normal", "Bacterial", "Viral"), "covid": ("COVID-19", "other pneumonia")}
+
+
+def fine_label_baselines(dataset: str, run_dir: Path, built: Path, release: Path, seed: int) -> dict:
+    """The finer question the default schema cannot ask (Kermany Normal / Bacterial / Viral; COVID-19 vs the other
+    infectious findings), on the run's cached frozen features: majority class vs linear probe, test accuracy with
+    its Wilson interval. Records are matched to their fine label by patient key."""
+    from datasets import load_dataset
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    import modeling_stepcot  # noqa: F401
+    from modeling_stepcot.processing_stepcot import image_processor_for_config
+    from trainers.evaluation.linear_probe import baseline_scores
+    from trainers.evaluation.metrics import wilson_interval
+    from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, split_identity
+
+    records = json.loads((release / "data.json").read_text())
+    fine_of = {}  # one fine label per patient key (a patient's images share their finding)
+    for record in records:
+        fine_of.setdefault(record["patient_id"].strip(), record["fine_label"])  # the build strips ids
+    targets = FINE_TARGETS[dataset]
+
+    def target(fine):
+        if dataset == "covid":
+            infectious = fine not in ("No Finding", "unlabelled", "todo", "ARDS", "Lipoid")
+            return 0 if fine == "COVID-19" else (1 if infectious else -100)
+        return targets.index(fine)
+
+    teacher = AutoModel.from_pretrained(run_dir / "teacher")
+    processor = image_processor_for_config(teacher.config)
+    digest = encoder_fingerprint(teacher)
+    features, labels = {}, {}
+    for split in ("train", "validation", "test"):
+        data = load_dataset(str(built), split=split)
+        fingerprint, extra = split_identity(data, split, teacher.config.image_size, processor)
+        features[split] = load_file(image_embeds_path(run_dir / "cache", fingerprint, digest, extra))["image_embeds"]
+        labels[split] = np.array([[target(fine_of[patient])] for patient in data["patient_id"]])
+    scores = baseline_scores(features["train"].numpy(), labels["train"], features["validation"].numpy(),
+                             labels["validation"], features["test"].numpy(), [len(targets)], seed=seed)
+    valid = labels["test"][:, 0] != -100
+    result = {"classes": list(targets), "n_test": int(valid.sum()),
+              "test_counts": np.bincount(labels["test"][valid, 0], minlength=len(targets)).tolist()}
+    for name, (probabilities, info) in scores.items():
+        correct = int(np.sum(probabilities[0][valid].argmax(1) == labels["test"][valid, 0]))
+        low, high = wilson_interval(correct, int(valid.sum()))
+        result[name] = {"accuracy": correct / max(1, int(valid.sum())), "wilson": [low, high],
+                        "chosen_c": info.get("chosen_c", [None])[0]}
+    return result
+
+
 def step_rows(results: dict, role_keys: dict) -> dict:
     """{model: {step metric: value}} from one run's results.json."""
     rows = {}
@@ -179,6 +230,24 @@ def summarise(runs: list[dict]) -> str:
                         f"| {role} (seed {run['seed']}) | {step_name} | {entry['n']} | {100 * entry['raw']:.1f} | "
                         f"{100 * entry['unconstrained MAP']:.1f} ({entry['unconstrained MAP changed']}) | "
                         f"{100 * entry['repair']:.1f} ({entry['repair changed']}) |")
+        fine = [run for run in chosen if "fine_labels" in run]
+        if fine:
+            classes = " / ".join(fine[0]["fine_labels"]["classes"])
+            lines += ["", f"Finer labels ({classes}) on the same frozen features, test accuracy [95% Wilson]:", "",
+                      "| seed | n (per class) | majority | linear probe (C) |", "|---|---|---|---|"]
+            for run in fine:
+                entry = run["fine_labels"]
+                cells = [f"{100 * entry[m]['accuracy']:.1f} [{100 * entry[m]['wilson'][0]:.1f}, "
+                         f"{100 * entry[m]['wilson'][1]:.1f}]" for m in ("Majority", "Linear probe")]
+                lines.append(f"| {run['seed']} | {entry['n_test']} ({', '.join(map(str, entry['test_counts']))}) | "
+                             f"{cells[0]} | {cells[1]} ({entry['Linear probe']['chosen_c']}) |")
+        if any("ood" in run for run in chosen):
+            ood = next(run["ood"] for run in chosen if "ood" in run)
+            lines += ["", f"Out-of-distribution flag (teacher, seed {chosen[0]['seed']}, threshold "
+                          f"{ood['threshold']:.2f}):", ""]
+            lines += [f"- {name}: {entry['flagged']} of {entry['n']} flagged (median distance "
+                      f"{entry['median_distance']:.2f}; diagnosis answers {entry['diagnosis_answers']})"
+                      for name, entry in ood.items() if name != "threshold"]
         lines.append("")
     return "\n".join(lines)
 
@@ -224,6 +293,12 @@ def main(argv=None) -> int:
                 chains_file.write_text(json.dumps(evaluate_chains(run_dir, built), indent=1))
             run = {"dataset": dataset, "seed": seed, "diagnosis_step": 7, "metrics": metrics,
                    "differences": differences, "chains": json.loads(chains_file.read_text())}
+            fine_file = run_dir / "fine_labels.json"
+            if dataset in FINE_TARGETS and not fine_file.is_file():
+                fine_file.write_text(json.dumps(fine_label_baselines(
+                    dataset, run_dir, built, args.out / f"{dataset}-release", seed), indent=1))
+            if fine_file.is_file():
+                run["fine_labels"] = json.loads(fine_file.read_text())
             ood_file = run_dir / "ood.json"
             if args.ood and dataset == "kermany" and seed == seeds[0] and not ood_file.is_file():
                 ood_file.write_text(json.dumps(ood_check(run_dir, built), indent=1))
