@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a Step-CoT teacher or student folder (save_pretrained)")
     parser.add_argument("--maps", metavar="OUT", help="write per-step Grad-CAM PNGs and a summary PNG per image here")
     parser.add_argument("--consistent", action="store_true",
-                        help="also decode the most probable chain without contradictions (changes are flagged)")
+                        help="also show a chain without contradictions: only answers with p < 0.9 may change, steps "
+                             "without training labels are never used (changes are flagged)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")

@@ -5,8 +5,9 @@
 
 prints one table per image (step, answer, probability, N/A), the chain as one line and any contradictions
 between steps; `--maps OUT` writes OUT/<image>/step{1..7}_<name>.png (Grad-CAM of the predicted answer over the
-image) and OUT/<image>/summary.png. `--consistent` also decodes the most probable chain that breaks no consistency
-rule and shows which steps it changes (the per-step predictions are always reported as they are).
+image) and OUT/<image>/summary.png. `--consistent` also shows a chain that breaks no consistency rule, changing
+only answers with p < 0.9 (`ChainChecker.repair`), and which steps it changed (the per-step predictions are always
+reported as they are). Steps the model had no training labels for are shown as unknown and never checked.
 """
 
 from __future__ import annotations
