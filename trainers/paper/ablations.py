@@ -42,7 +42,7 @@ def reserved_flags_in(train_args: list[str]) -> list[str]:
             continue
         name = arg[2:].split("=", 1)[0].replace("-", "_")
         found += [flag for full, flag in reserved.items() if name and full.startswith(name) and flag not in found]
-    return found
+    return sorted(found, key=RESERVED_TRAIN_FLAGS.index)
 
 
 def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> Path:
