@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
+from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
 
@@ -49,15 +51,12 @@ class ImagePreprocessor:
             self._processor = AutoProcessor.from_pretrained(model_dir)
             self.source = "saved processor"
         except (OSError, ValueError, TypeError, KeyError):
-            from modeling_stepcot.processing_stepcot import image_processor_for_config
-
             self._image_processor = image_processor_for_config(config)
             self._size = int(config.image_size)
 
     def __call__(self, images):
         if self._processor is not None:
             return self._processor.preprocess_images(images)
-        from modeling_stepcot.processing_stepcot import image_to_rgb
 
         rgb = [image_to_rgb(image, self._size) for image in images]
         return self._image_processor(rgb, return_tensors="pt")["pixel_values"]
@@ -138,8 +137,6 @@ def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_boot
     """Evaluate a saved model on a split; writes the report into `out` (if given) and returns the metrics."""
     import torch
     from transformers import AutoModel
-
-    import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
 
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

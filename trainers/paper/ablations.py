@@ -21,10 +21,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VARIANTS = {  # name -> (stepcot train flags, rows: (metrics folder under the run, model name))
-    "full": ([], [("teacher", "Teacher"), ("student", "Student")]),
-    "no_memory": (["--use_memory", "False"], [("teacher", "w/o Memory")]),
-    "no_text": (["--use_text", "False"], [("teacher", "w/o Text")]),
+from dataset_script.demo import write_demo_release
+from dataset_script.hub import build_hub_dataset
+from trainers.evaluation.report import format_estimate, step_label
+from trainers.run_distill import parse_args, train
+
+VARIANTS = {  # name -> (ModelArguments fields of the ablation, rows: (metrics folder under the run, model name))
+    "full": ({}, [("teacher", "Teacher"), ("student", "Student")]),
+    "no_memory": ({"use_memory": False}, [("teacher", "w/o Memory")]),
+    "no_text": ({"use_text": False}, [("teacher", "w/o Text")]),
 }
 # Flags this command sets itself; passing them after `--` would make the variants differ in more than the ablation.
 RESERVED_TRAIN_FLAGS = ("--output_dir", "--dataset", "--cache_dir", "--use_memory", "--use_text", "--demo_size",
@@ -36,13 +41,9 @@ def prepare_dataset(dataset: str, data_dir: Path, demo_size: int, demo_image_siz
                     log=print) -> str:
     """A built (Parquet) dataset folder or Hub id that all variants read: the demo is rendered and a release folder
     validated and built once, into `data_dir`."""
-    from dataset_script.hub import build_hub_dataset
-
     source = Path(dataset)
     built = data_dir / "dataset"
     if dataset == "demo":
-        from dataset_script.demo import write_demo_release
-
         source = data_dir / "demo-release"
         if not (source / "data.json").is_file():
             summary = write_demo_release(source, n=demo_size, image_size=demo_image_size)
@@ -59,23 +60,21 @@ def prepare_dataset(dataset: str, data_dir: Path, demo_size: int, demo_image_siz
 def reserved_flags_in(train_args: list[str]) -> list[str]:
     """The RESERVED_TRAIN_FLAGS that `train_args` sets, however spelled: `stepcot train` (HfArgumentParser)
     accepts `--output_dir`, `--output-dir`, `--output-dir=X` and any unambiguous abbreviation (`--output`)."""
-    reserved = {flag[2:]: flag for flag in RESERVED_TRAIN_FLAGS}
-    found = []
-    for arg in train_args:
-        if not arg.startswith("--") or arg == "--":
-            continue
-        name = arg[2:].split("=", 1)[0].replace("-", "_")
-        found += [flag for full, flag in reserved.items() if name and full.startswith(name) and flag not in found]
-    return found
+    names = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in train_args if arg.startswith("--")} - {""}
+    return [flag for flag in RESERVED_TRAIN_FLAGS if any(flag[2:].startswith(name) for name in names)]
 
 
 def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> Path:
-    from trainers.run_distill import main as train
-
-    flags, _ = VARIANTS[name]
+    """One `stepcot train` run of the variant. `train_args` are the user's `stepcot train` flags (after `--`), so
+    they are parsed as the command parses them; the settings this bench owns are then set on the parsed
+    arguments (the output folder goes through the parser: TrainingArguments derives other fields from it)."""
+    ablation, _ = VARIANTS[name]
     output_dir = out / name
-    code = train(["--dataset", dataset, "--output_dir", str(output_dir), "--cache_dir", str(out / "cache"),
-                  *flags, *train_args])
+    model_args, data_args, distill_args, training_args = parse_args(["--output_dir", str(output_dir), *train_args])
+    data_args.dataset, data_args.cache_dir = dataset, str(out / "cache")
+    for field_name, value in ablation.items():
+        setattr(model_args, field_name, value)
+    code = train(model_args, data_args, distill_args, training_args)
     if code:
         raise RuntimeError(f"stepcot train for the {name!r} variant exited with {code}.")
     return output_dir
@@ -83,8 +82,6 @@ def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> 
 
 def table6_markdown(runs) -> str:
     """Accuracy per step (columns) and model (rows) with CIs, the paper's Table 6 layout."""
-    from trainers.evaluation.report import format_estimate, step_label
-
     steps = [step.name for step in runs[0][1].steps]
     lines = ["| Model | " + " | ".join(steps) + " | Mean |", "|" + "---|" * (len(steps) + 2)]
     for name, result in runs:

@@ -49,6 +49,7 @@ from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, IGNOR
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 from modeling_stepcot.processing_stepcot import image_to_rgb
 from trainers.evaluation.bootstrap import percentile_interval, resample_weights
+from trainers.evaluation.evaluate_model import dataset_step_options, load_split
 from trainers.evaluation.metrics import (
     METRIC_DISPLAY_NAMES,
     METRIC_NAMES,
@@ -74,7 +75,7 @@ OPEN_CLIP_INSTALL = "pip install open_clip_torch"
 # Frozen backbones: pooled image and text embeddings
 
 
-def _pooled(output) -> torch.Tensor:
+def pooled_output(output) -> torch.Tensor:
     """A (B, D) embedding from what `get_image_features` / `get_text_features` return: a tensor (transformers 4),
     or a model output whose `pooler_output` holds the projected embedding (transformers 5). FLAVA projects every
     token; its pooled embedding is the first (CLS) token, as in FlavaModel.forward."""
@@ -149,14 +150,14 @@ class TransformersBackbone(_Backbone):
     def embed_images(self, images) -> torch.Tensor:
         rgb = [image_to_rgb(image, self.image_size) for image in images]
         pixel_values = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"].to(self.device)
-        return _pooled(self.model.get_image_features(pixel_values=pixel_values)).float().cpu()
+        return pooled_output(self.model.get_image_features(pixel_values=pixel_values)).float().cpu()
 
     @torch.no_grad()
     def embed_texts(self, texts) -> torch.Tensor:
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-        return _pooled(self.model.get_text_features(**inputs)).float().cpu()
+        return pooled_output(self.model.get_text_features(**inputs)).float().cpu()
 
 
 class OpenClipBackbone(_Backbone):
@@ -585,8 +586,6 @@ def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", 
                  embed_batch_size: int = 32, plots: bool = True, log=print) -> dict:
     """Train and evaluate one backbone in the requested settings; returns {setting: (EvaluationMetrics, logits,
     labels)} and writes each setting's report under OUT/<backbone slug>/."""
-    from trainers.evaluation.evaluate_model import dataset_step_options, load_split
-
     training = training or BaselineTrainingConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     schema = StepCoTSchemaConfig()

@@ -43,8 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
+from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
 from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, compute_step_metrics
 from trainers.evaluation.report import format_estimate, write_report
+from trainers.paper.baselines import is_baseline_folder, load_baseline
 
 NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                 "Pneumothorax")
@@ -158,9 +161,6 @@ class StepCoTDiagnosis:
     def __init__(self, model_dir, device: str):
         from transformers import AutoModel
 
-        import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
-        from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
-
         self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
         config = self.model.config
         names = [name.lower() for name in config.step_names]
@@ -182,8 +182,6 @@ class BaselineDiagnosis:
     """A `stepcot baseline` output folder: its MLP asked the diagnosis question."""
 
     def __init__(self, folder, device: str):
-        from trainers.paper.baselines import load_baseline
-
         self.baseline = load_baseline(folder, device)
         spec = self.baseline.spec
         names = [name.lower() for name in spec.step_names]
@@ -199,8 +197,6 @@ class BaselineDiagnosis:
 
 
 def load_diagnosis_model(model, device: str):
-    from trainers.paper.baselines import is_baseline_folder
-
     return BaselineDiagnosis(model, device) if is_baseline_folder(model) else StepCoTDiagnosis(model, device)
 
 
