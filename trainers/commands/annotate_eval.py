@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-class-count", type=int, default=20,
                         help="diagnosis macro-F1 covers classes with at least this many reference reports "
                              "(default: %(default)s)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--num-bootstrap", "--bootstrap", dest="bootstrap", type=int, default=1000,
+                        help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="write the full results (per-class scores, intervals) to this JSON file")

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.commands.options import add_evaluation_arguments
+
 HELP = "train and evaluate vision-language baselines with/without Step-CoT (Table 3/8)"
 
 
@@ -33,12 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default OUT/cache)")
     parser.add_argument("--embed-batch-size", type=int, default=32)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--num-bootstrap", type=int, default=1000)
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and bootstrap")
     parser.add_argument("--max-examples", type=int, default=None, help="use only the first N examples of each split")
-    parser.add_argument("--no-plots", action="store_true")
+    add_evaluation_arguments(parser, seed_help="seed of training and bootstrap")
 
 
 def run(args: argparse.Namespace) -> int:

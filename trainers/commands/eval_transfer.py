@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.commands.options import add_evaluation_arguments
+
 HELP = "zero-shot diagnosis on the NIH ChestX-ray8 bbox subset (Table 4)"
 
 
@@ -27,11 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images with boxes of 2+ different findings: exclude them (default) or score each "
                              "(image, finding) pair")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-bootstrap", type=int, default=1000)
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-plots", action="store_true")
+    add_evaluation_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
