@@ -6,6 +6,7 @@
 - A first-party import inside a function says why (a `#` comment on its line or the line above: optional
   dependency, start-up time, import cycle). The `trainers.commands` modules are the stated exception: they import
   their library when the command runs, so that `stepcot --help` stays fast (their package docstring says so).
+- No module imports another's private names (`_helper`): what is shared is public.
 - The shared vocabulary (IGNORE_INDEX, NO_ANSWER, the step indices) is defined once, in
   `modeling_stepcot/configuration_stepcot.py`.
 """
@@ -71,6 +72,17 @@ def test_first_party_imports_inside_functions_state_why():
                 nearby = lines[node.lineno - 2:node.end_lineno]  # the line above and the statement's own lines
                 if not any("#" in line for line in nearby):
                     problems.append(f"{path}:{node.lineno}: {function.name} imports {modules[0]} without a reason")
+    assert problems == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    problems = []
+    for path, tree in _sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and _first_party("." * node.level + (node.module or "")):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    problems.append(f"{path}:{node.lineno}: imports {', '.join(private)} from {node.module}")
     assert problems == []
 
 

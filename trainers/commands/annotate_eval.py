@@ -50,7 +50,7 @@ def _chains_from_annotations(path: str, uids: list[str]) -> dict[str, list[dict]
 
 def run(args: argparse.Namespace) -> int:
     from dataset_script.annotate.mesh import UnknownMeshCode, parse_mesh
-    from trainers.evaluation.annotation_agreement import _jsonable, evaluate, format_results, load_reference
+    from trainers.evaluation.annotation_agreement import evaluate, format_results, load_reference, to_jsonable
 
     try:
         reports = load_reference(Path(args.reports))
@@ -90,5 +90,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"reports": str(args.reports), "min_class_count": args.min_class_count,
                                               "bootstrap": args.bootstrap, "seed": args.seed,
-                                              "results": _jsonable(results)}, indent=1) + "\n", encoding="utf-8")
+                                              "results": to_jsonable(results)}, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainers.paper.transfer import (
-        _folder_name,
         evaluate_transfer,
         index_images,
         load_diagnosis_model,
+        model_folder_name,
         read_bbox_csv,
         single_label_subset,
         table4_csv,
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         for index, model in enumerate(args.model):
             predictor = load_diagnosis_model(model, args.device or _default_device())
             name = args.names[index] if args.names else predictor.name
-            folder = _folder_name(name)
+            folder = model_folder_name(name)
             while folder in used:  # two models with the same display name
                 folder += "_"
             used.add(folder)

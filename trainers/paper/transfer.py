@@ -379,5 +379,5 @@ def table4_csv(runs: list[tuple[str, EvaluationMetrics]]) -> str:
     return buffer.getvalue()
 
 
-def _folder_name(name: str) -> str:
+def model_folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
