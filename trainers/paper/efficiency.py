@@ -203,6 +203,9 @@ def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cp
 
 def measure_in_subprocess(name: str, batch_size: int, repeats: int, device: str, tiny: bool = False,
                           threads: int | None = None) -> dict:
+    """`measure` of one model in a fresh process. A command line is the interface here on purpose: each model must
+    start from an empty process, so that its peak memory and its thread set-up are its own, not left over from the
+    models measured before it."""
     command = [sys.executable, "-m", "trainers.cli", "bench-efficiency", "--only", name,
                "--batch-size", str(batch_size), "--repeats", str(repeats), "--device", device]
     command += ["--tiny"] if tiny else []
