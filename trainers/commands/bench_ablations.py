@@ -31,11 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataset_script.sources import prepare_source
     from trainers.evaluation.report import load_metrics, write_comparison
     from trainers.paper.ablations import (
         TABLE6_ORDER,
         VARIANTS,
-        prepare_dataset,
         reserved_flags_in,
         table6_markdown,
         train_variant,
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
               "--output-dir / --variants / --demo-size here, not after --).", file=sys.stderr)
         return 2
     try:
-        dataset = prepare_dataset(args.dataset, args.out / "data", args.demo_size, args.demo_image_size, args.lenient)
+        dataset = prepare_source(args.dataset, args.out / "data", lenient=args.lenient, demo_size=args.demo_size,
+                                 demo_image_size=args.demo_image_size, log=print)
         for name in args.variants:
             if args.reuse and (args.out / name / "results.json").is_file():
                 print(f"reusing {args.out / name}")

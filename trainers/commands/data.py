@@ -94,9 +94,11 @@ def _validate(args) -> int:
     for entry in release.report["skipped"]:
         for problem in entry["problems"]:
             print(f"  problem: {problem['text']}")
+    for warning in release.report["warnings"]:
+        print(f"  problem: {warning['text']}")
     for note in release.report["notes"]:
         print(f"  note: {note['text']}")
-    return 1 if release.skipped else 0
+    return 1 if release.skipped or release.warnings else 0
 
 
 _COMMANDS = {"build": _build, "demo": _demo, "push": _push, "validate": _validate}

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_script.demo import write_demo_release
-from dataset_script.hub import build_hub_dataset
 from trainers.evaluation.report import format_estimate, step_label
 from trainers.run_distill import parse_args, train
 
@@ -35,26 +33,6 @@ VARIANTS = {  # name -> (ModelArguments fields of the ablation, rows: (metrics f
 RESERVED_TRAIN_FLAGS = ("--output_dir", "--dataset", "--cache_dir", "--use_memory", "--use_text", "--demo_size",
                         "--demo_image_size")
 TABLE6_ORDER = ("w/o Memory", "w/o Text", "Teacher", "Student")
-
-
-def prepare_dataset(dataset: str, data_dir: Path, demo_size: int, demo_image_size: int, lenient: bool = False,
-                    log=print) -> str:
-    """A built (Parquet) dataset folder or Hub id that all variants read: the demo is rendered and a release folder
-    validated and built once, into `data_dir`."""
-    source = Path(dataset)
-    built = data_dir / "dataset"
-    if dataset == "demo":
-        source = data_dir / "demo-release"
-        if not (source / "data.json").is_file():
-            summary = write_demo_release(source, n=demo_size, image_size=demo_image_size)
-            log(f"rendered {summary['records']} synthetic records into {source}")
-    if (source / "data.json").is_file() or (source / "data.jsonl").is_file():
-        if not (built / "README.md").is_file():
-            summary = build_hub_dataset(source, built, strict=not lenient)
-            if summary.get("records_skipped"):
-                log(f"warning: {summary['records_skipped']} records skipped while building: see {summary['report']}")
-        return str(built)
-    return dataset
 
 
 def reserved_flags_in(train_args: list[str]) -> list[str]:
