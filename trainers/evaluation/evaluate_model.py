@@ -1,6 +1,6 @@
 """`stepcot eval`: run a saved Step-CoT model on a dataset split and write metrics, tables and plots.
 
-    stepcot eval --model runs/best/teacher --dataset step_cot_hub --split test --out reports/teacher
+    stepcot eval --model runs/best/teacher --dataset step_cot_hub --split test --output-dir reports/teacher
 
 writes into OUT: metrics.json (every number with its definition and bootstrap CI), metrics.md (the paper's
 Table 8/9 layout), step_metrics.png, confusion_matrices.png and predictions.npz (per-step logits and labels, so

@@ -1,7 +1,7 @@
 """`stepcot eval-transfer`: zero-shot cross-dataset evaluation of the diagnosis step on NIH ChestX-ray8 (Table 4).
 
     stepcot eval-transfer --model runs/demo/teacher runs/demo/student reports/baselines/clip/with_stepcot \
-        --nih-images /data/ChestX-ray8/images --out reports/transfer
+        --nih-images /data/ChestX-ray8/images --output-dir reports/transfer
 
 The evaluation set is the "single-label subset" defined by the NIH bounding-box list `BBox_List_2017.csv` (984
 boxes over 880 images, 8 findings; default path ../shared/data/nih-chestxray8/BBox_List_2017.csv):

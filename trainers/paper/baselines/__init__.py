@@ -1,7 +1,7 @@
 """`stepcot baseline`: vision-foundation-model baselines of the paper's Table 3 / Table 8 (protocol of App. C.1).
 
     stepcot baseline --backbone openai/clip-vit-base-patch32 Salesforce/blip-itm-base-coco \
-        --dataset step_cot_hub --out reports/baselines
+        --dataset step_cot_hub --output-dir reports/baselines
 
 Protocol. A frozen vision-language backbone (any Hub id or folder that `AutoModel` loads and that has
 `get_image_features` / `get_text_features`: CLIP, SigLIP, ALIGN, BLIP, FLAVA, ...; open_clip models such as
