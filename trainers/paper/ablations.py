@@ -1,7 +1,7 @@
 """`stepcot bench-ablations`: the paper's Table 6, trained and evaluated by one command.
 
-    stepcot bench-ablations --dataset demo --out reports/ablations
-    stepcot bench-ablations --dataset step_cot_hub --out reports/ablations -- \
+    stepcot bench-ablations --dataset demo --output-dir reports/ablations
+    stepcot bench-ablations --dataset step_cot_hub --output-dir reports/ablations -- \
         --vision_encoder openai/clip-vit-base-patch32 --text_encoder bert-base-uncased --num_train_epochs 40
 
 Runs `stepcot train` (trainers/run_distill.py) three times on the same data with the same seed and arguments:
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainers.evaluation.report import format_estimate, step_label
+from trainers.evaluation.report import format_estimate, load_metrics, step_label, write_comparison
 from trainers.run_distill import parse_args, train
 
 VARIANTS = {  # name -> (ModelArguments fields of the ablation, rows: (metrics folder under the run, model name))
@@ -56,6 +56,30 @@ def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> 
     if code:
         raise RuntimeError(f"stepcot train for the {name!r} variant exited with {code}.")
     return output_dir
+
+
+def run_ablations(dataset: str, out: Path, variants, train_args: list[str], reuse: bool = False,
+                  log=print) -> list:
+    """Train every variant (skipping one whose OUT/VARIANT/results.json exists when `reuse`) on the prepared
+    `dataset`, then write OUT/ablations.md + .csv and OUT/table6.md. Returns the (model name, metrics) rows in
+    Table 6 order."""
+    for name in variants:
+        if reuse and (out / name / "results.json").is_file():
+            log(f"reusing {out / name}")
+            continue
+        log(f"=== training variant {name!r} ===")
+        train_variant(name, dataset, out, train_args)
+    folders, names = [], []
+    for name in variants:
+        for role, label in VARIANTS[name][1]:
+            folders.append(str(out / name / "metrics" / role))
+            names.append(label)
+    order = sorted(range(len(names)), key=lambda i: TABLE6_ORDER.index(names[i]))
+    folders, names = [folders[i] for i in order], [names[i] for i in order]
+    runs = [(name, load_metrics(folder)) for name, folder in zip(names, folders)]
+    write_comparison(runs, out / "ablations.md", sources=folders)
+    (out / "table6.md").write_text(table6_markdown(runs), encoding="utf-8")
+    return runs
 
 
 def table6_markdown(runs) -> str:
