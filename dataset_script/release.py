@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
+from modeling_stepcot.processing_stepcot import image_to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -274,8 +275,6 @@ def inspect_image(path, max_pixels: int = MAX_IMAGE_PIXELS, perceptual_hash: boo
 
 def _perceptual_hash(image) -> np.ndarray:
     import imagehash
-
-    from modeling_stepcot.processing_stepcot import image_to_8bit
 
     gray = image_to_8bit(image).convert("L")
     gray.thumbnail((256, 256))  # the hash looks at 64 x 64 anyway; shrinking first keeps large images fast

@@ -25,6 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
+from dataset_script.demo import demo_release_matches, write_demo_release
 from dataset_script.hub import build_hub_dataset, build_settings, read_build_info
 from dataset_script.release import StepCoTDataError
 
@@ -103,8 +104,6 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
 
 
 def _demo_release(work_dir: Path, size: int, image_size: int, log) -> Path:
-    from dataset_script.demo import demo_release_matches, write_demo_release
-
     release = work_dir / "demo-release"
     if not demo_release_matches(release, n=size, image_size=image_size):
         if release.exists():

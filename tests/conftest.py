@@ -1,11 +1,30 @@
 """Shared pytest fixtures (keep this small and generic; module-specific helpers live in their test files)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory):
+    """24 synthetic records, 32 px images, with train/val/test split files; use `release` to get a copy to change."""
+    from dataset_script.demo import write_demo_release
+
+    folder = tmp_path_factory.mktemp("tiny_release")
+    write_demo_release(folder, n=24, seed=0, image_size=32)
+    return folder
+
+
+@pytest.fixture
+def release(tiny_release, tmp_path):
+    """A private copy of `tiny_release` that a test may change."""
+    folder = tmp_path / "release"
+    shutil.copytree(tiny_release, folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

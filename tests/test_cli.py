@@ -70,6 +70,9 @@ def test_every_flag_is_spelled_with_hyphens(command):
     ("bench-ablations", ["--output-dir", "o", "--demo-size", "9", "--", "--num_train_epochs", "1"],
      ["--out", "o", "--demo_size", "9", "--", "--num_train_epochs", "1"]),
     ("data", ["build", "--source", "s", "--output-dir", "o"], ["build", "--source", "s", "--out", "o"]),
+    ("annotate-eval", ["--reports", "r", "--num-bootstrap", "5"], ["--reports", "r", "--bootstrap", "5"]),
+    ("baseline", ["--backbone", "b", "--dataset", "d", "--output-dir", "o", "--num-bootstrap", "5", "--no-plots"],
+     ["--backbone", "b", "--dataset", "d", "--out", "o", "--num_bootstrap", "5", "--no_plots"]),
 ])
 def test_old_flag_spellings_are_aliases(command, hyphens, underscores):
     parser = cli.command_parser(command)

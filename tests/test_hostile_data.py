@@ -3,7 +3,6 @@ lenient mode skips or resolves it and lists it in the report; nothing is guessed
 
 import io
 import json
-import shutil
 import struct
 import zlib
 
@@ -14,23 +13,6 @@ from PIL import Image
 
 from dataset_script.release import StepCoTDataError, StepCoTRelease
 from trainers import cli
-
-
-@pytest.fixture(scope="module")
-def tiny_release(tmp_path_factory):
-    """24 synthetic records, 32 px images, with train/val/test split files; copy before changing."""
-    from dataset_script.demo import write_demo_release
-
-    folder = tmp_path_factory.mktemp("tiny_release")
-    write_demo_release(folder, n=24, seed=0, image_size=32)
-    return folder
-
-
-@pytest.fixture
-def release(tiny_release, tmp_path):
-    folder = tmp_path / "release"
-    shutil.copytree(tiny_release, folder)
-    return folder
 
 
 def _records(folder):

@@ -59,7 +59,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    model_args, data_args, distill_args, training_args = parse_args(argv)
+    return train(*parse_args(argv))
+
+
+def train(model_args, data_args, distill_args, training_args) -> int:
+    """One distillation run from parsed arguments: the library entry behind `stepcot train` (and the ablation
+    bench, which sets its variant on the parsed dataclasses)."""
     distillation_epochs = training_args.num_train_epochs
     training_args.num_train_epochs = distillation_epochs + distill_args.teacher_pretrain_epochs
     output_dir = start_run(training_args)

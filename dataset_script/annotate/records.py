@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataset_script.release import validate_record as release_validate_record
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
@@ -190,8 +191,6 @@ def validate_chain(chain, where: str) -> None:
 def validate_record(record, where: str = "record") -> None:
     """Strict check of one output record: the data layer's own validation (`dataset_script.release`), then the
     exact schema texts and the `laterality` key. Raises ValueError naming `where`, the record and the field."""
-    from dataset_script.release import validate_record as release_validate_record
-
     problems = release_validate_record(record)
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))

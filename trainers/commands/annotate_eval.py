@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-class-count", type=int, default=20,
                         help="diagnosis macro-F1 covers classes with at least this many reference reports "
                              "(default: %(default)s)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--num-bootstrap", "--bootstrap", dest="bootstrap", type=int, default=1000,
+                        help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="write the full results (per-class scores, intervals) to this JSON file")
@@ -49,7 +50,7 @@ def _chains_from_annotations(path: str, uids: list[str]) -> dict[str, list[dict]
 
 def run(args: argparse.Namespace) -> int:
     from dataset_script.annotate.mesh import UnknownMeshCode, parse_mesh
-    from trainers.evaluation.annotation_agreement import _jsonable, evaluate, format_results, load_reference
+    from trainers.evaluation.annotation_agreement import evaluate, format_results, load_reference, to_jsonable
 
     try:
         reports = load_reference(Path(args.reports))
@@ -89,5 +90,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"reports": str(args.reports), "min_class_count": args.min_class_count,
                                               "bootstrap": args.bootstrap, "seed": args.seed,
-                                              "results": _jsonable(results)}, indent=1) + "\n", encoding="utf-8")
+                                              "results": to_jsonable(results)}, indent=1) + "\n", encoding="utf-8")
     return 0

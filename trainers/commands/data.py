@@ -1,8 +1,8 @@
 """`stepcot data ...`: build, validate and publish Step-CoT datasets, render the synthetic demo.
 
-    stepcot data demo --out demo_release --n 1200
+    stepcot data demo --output-dir demo_release --n 1200
     stepcot data validate --source demo_release
-    stepcot data build --source demo_release --out step_cot_hub      # then load_dataset("step_cot_hub")
+    stepcot data build --source demo_release --output-dir step_cot_hub      # then load_dataset("step_cot_hub")
     stepcot data push step_cot_hub --repo fl-15o/Step-CoT
 """
 

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.commands.options import add_evaluation_arguments
+
 HELP = "evaluate a model on a dataset split: metrics, tables, plots"
 
 
@@ -20,12 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None,
                         help="model name in the tables (default: Teacher / Student / ablation)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_evaluation_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

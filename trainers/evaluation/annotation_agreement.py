@@ -178,13 +178,13 @@ def evaluate(reports: list[dict], chains: dict[str, list[dict]], *, min_class_co
     return results
 
 
-def _jsonable(value):
+def to_jsonable(value):
     if isinstance(value, Estimate):
         return value.to_dict()
     if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
+        return {key: to_jsonable(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_jsonable(item) for item in value]
+        return [to_jsonable(item) for item in value]
     return value
 
 

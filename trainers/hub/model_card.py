@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from trainers.hub.card_metadata import metadata_problems
+
 TEMPLATES = resources.files("model_cards")  # package data: also there in a non-editable install
 PAPER = "arXiv:2603.13878"
 
@@ -50,8 +52,6 @@ def render_model_card(role: str, config, run_args: dict | None = None, metrics: 
     """The README.md of an exported teacher or student. `has_pipeline`: the folder carries the stepcot-vqa pipeline
     as remote code (`trainers.inference.predict.add_pipeline_to_checkpoint`), so the card shows the package-free
     usage."""
-    from trainers.hub.card_metadata import metadata_problems
-
     if role not in ("teacher", "student"):
         raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
     data = (run_args or {}).get("data", {})

@@ -14,6 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
+from modeling_stepcot.pipeline_stepcot import TASK, StepCoTVQAPipeline, load_image
+from trainers.inference.saliency import save_step_maps
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
 
@@ -26,8 +30,6 @@ def load_stepcot_model(model_dir, device: str | None = None):
     import json as json_module
 
     from transformers import AutoModel
-
-    import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
 
     path = Path(model_dir)
     if not path.exists():
@@ -51,8 +53,6 @@ def build_pipeline(model, device: str | None = None):
     """The `stepcot-vqa` pipeline around a loaded model (or a model folder)."""
     from transformers import pipeline
 
-    from modeling_stepcot.pipeline_stepcot import TASK
-
     if isinstance(model, (str, Path)):
         model = load_stepcot_model(model)
     return pipeline(TASK, model=model, device=device or "cpu")
@@ -63,8 +63,6 @@ def add_pipeline_to_checkpoint(folder) -> Path:
     imports) next to the model and adds `custom_pipelines` to config.json, so that
     `pipeline(model=FOLDER_OR_REPO, trust_remote_code=True)` works without this package."""
     from transformers.dynamic_module_utils import custom_object_save
-
-    from modeling_stepcot.pipeline_stepcot import TASK, StepCoTVQAPipeline
 
     folder = Path(folder)
     config_file = folder / "config.json"
@@ -96,8 +94,6 @@ def expand_images(inputs: list[str]) -> list[Path]:
 
 def check_images(paths: list[Path]) -> None:
     """Fail before any model work if an input is missing or not an image (all problems in one message)."""
-    from modeling_stepcot.pipeline_stepcot import load_image
-
     problems = []
     for path in paths:
         try:
@@ -158,8 +154,6 @@ def _map_folders(paths: list[Path], out: Path) -> list[Path]:
 def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consistent: bool = False,
                    batch_size: int = 8) -> list[tuple[dict, dict | None]]:
     """Run the pipeline over image files; with `maps_dir`, write each image's PNGs. Returns (result, map paths)."""
-    from trainers.inference.saliency import save_step_maps
-
     results = pipe([str(p) for p in paths], maps=maps_dir is not None, consistent=consistent,
                    batch_size=max(1, min(batch_size, len(paths))))
     folders = _map_folders(paths, maps_dir) if maps_dir is not None else [None] * len(paths)

@@ -1,7 +1,7 @@
 """`stepcot eval-transfer`: zero-shot cross-dataset evaluation of the diagnosis step on NIH ChestX-ray8 (Table 4).
 
     stepcot eval-transfer --model runs/demo/teacher runs/demo/student reports/baselines/clip/with_stepcot \
-        --nih-images /data/ChestX-ray8/images --out reports/transfer
+        --nih-images /data/ChestX-ray8/images --output-dir reports/transfer
 
 The evaluation set is the "single-label subset" defined by the NIH bounding-box list `BBox_List_2017.csv` (984
 boxes over 880 images, 8 findings; default path ../shared/data/nih-chestxray8/BBox_List_2017.csv):
@@ -43,8 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
+from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
 from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, compute_step_metrics
 from trainers.evaluation.report import format_estimate, write_report
+from trainers.paper.baselines import is_baseline_folder, load_baseline
 
 NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                 "Pneumothorax")
@@ -158,9 +161,6 @@ class StepCoTDiagnosis:
     def __init__(self, model_dir, device: str):
         from transformers import AutoModel
 
-        import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
-        from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
-
         self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
         config = self.model.config
         names = [name.lower() for name in config.step_names]
@@ -182,8 +182,6 @@ class BaselineDiagnosis:
     """A `stepcot baseline` output folder: its MLP asked the diagnosis question."""
 
     def __init__(self, folder, device: str):
-        from trainers.paper.baselines import load_baseline
-
         self.baseline = load_baseline(folder, device)
         spec = self.baseline.spec
         names = [name.lower() for name in spec.step_names]
@@ -199,8 +197,6 @@ class BaselineDiagnosis:
 
 
 def load_diagnosis_model(model, device: str):
-    from trainers.paper.baselines import is_baseline_folder
-
     return BaselineDiagnosis(model, device) if is_baseline_folder(model) else StepCoTDiagnosis(model, device)
 
 
@@ -383,5 +379,5 @@ def table4_csv(runs: list[tuple[str, EvaluationMetrics]]) -> str:
     return buffer.getvalue()
 
 
-def _folder_name(name: str) -> str:
+def model_folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
