@@ -12,6 +12,7 @@ HELP = "train and evaluate vision-language baselines with/without Step-CoT (Tabl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.evaluation.loading import add_trust_remote_code_argument
     from trainers.paper.baselines import SETTINGS
 
     parser.add_argument("--backbone", nargs="+", required=True,
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of training and bootstrap")
     parser.add_argument("--max-examples", type=int, default=None, help="use only the first N examples of each split")
     parser.add_argument("--no-plots", action="store_true")
+    add_trust_remote_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                 backbone_name, args.dataset, args.out, settings=args.settings, training=training,
                 splits=(args.train_split, args.val_split, args.eval_split), cache_dir=cache_dir, device=args.device,
                 num_bootstrap=args.num_bootstrap, confidence_level=args.confidence, seed=args.seed,
-                max_examples=args.max_examples, embed_batch_size=args.embed_batch_size, plots=not args.no_plots)
+                max_examples=args.max_examples, embed_batch_size=args.embed_batch_size, plots=not args.no_plots,
+                trust_remote_code=args.trust_remote_code)
         except (ValueError, FileNotFoundError, ModuleNotFoundError, OSError) as error:
             print(f"stepcot baseline: error with backbone {backbone_name}: {error}", file=sys.stderr)
             return 1

@@ -108,11 +108,12 @@ class TransformersBackbone(_Backbone):
 
     kind = "transformers"
 
-    def __init__(self, name_or_path: str, device: str = "cpu"):
+    def __init__(self, name_or_path: str, device: str = "cpu", trust_remote_code: bool = False):
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
+        remote = {"trust_remote_code": trust_remote_code}  # False: a checkpoint's own code is refused, not run
         try:
-            config = AutoConfig.from_pretrained(name_or_path)
+            config = AutoConfig.from_pretrained(name_or_path, **remote)
         except (OSError, ValueError) as error:
             hint = ""
             if "biomedclip" in name_or_path.lower():
@@ -120,7 +121,7 @@ class TransformersBackbone(_Backbone):
                         f"{name_or_path.split(OPEN_CLIP_PREFIX)[-1]} (needs `{OPEN_CLIP_INSTALL}`).")
             raise ValueError(f"cannot load the backbone config of {name_or_path!r}: {error}{hint}") from error
         self.name = name_or_path
-        self.model = AutoModel.from_pretrained(name_or_path).to(device).eval().requires_grad_(False)
+        self.model = AutoModel.from_pretrained(name_or_path, **remote).to(device).eval().requires_grad_(False)
         missing = [m for m in ("get_image_features", "get_text_features") if not hasattr(self.model, m)]
         if missing:
             raise ValueError(
@@ -129,8 +130,8 @@ class TransformersBackbone(_Backbone):
                 "ALIGN, BLIP, FLAVA, ...). VisualBERT-style models need region features from a detector and are "
                 "not supported."
             )
-        self.image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.image_processor = AutoImageProcessor.from_pretrained(name_or_path, **remote)
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **remote)
         self.device = device
         text_config = getattr(config, "text_config", None)
         limits = [QUESTION_MAX_LENGTH, getattr(self.tokenizer, "model_max_length", QUESTION_MAX_LENGTH),
@@ -191,11 +192,12 @@ class OpenClipBackbone(_Backbone):
         return self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float().cpu()
 
 
-def load_backbone(name_or_path: str, device: str = "cpu"):
-    """The frozen backbone behind a baseline: open_clip for `hf-hub:` names, transformers otherwise."""
+def load_backbone(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False):
+    """The frozen backbone behind a baseline: open_clip for `hf-hub:` names, transformers otherwise (a checkpoint's
+    own code runs only with `trust_remote_code`, as for every model the package loads)."""
     if is_open_clip_name(name_or_path):
         return OpenClipBackbone(name_or_path, device)
-    return TransformersBackbone(name_or_path, device)
+    return TransformersBackbone(name_or_path, device, trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,19 +463,26 @@ def is_baseline_folder(folder) -> bool:
     return (Path(folder) / BASELINE_FILENAME).is_file()
 
 
-def load_baseline(folder, device: str = "cpu", backbone=None) -> BaselineModel:
+def load_baseline(folder, device: str = "cpu", backbone=None, trust_remote_code: bool = False) -> BaselineModel:
     """Rebuild a baseline saved by `stepcot baseline` (loads its backbone unless one is given)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     if not is_baseline_folder(folder):
         raise FileNotFoundError(f"no {BASELINE_FILENAME} in {folder}: not a `stepcot baseline` output folder.")
-    data = json.loads((folder / BASELINE_FILENAME).read_text(encoding="utf-8"))
-    spec = BaselineSpec(**data)
-    num_classes = [len(options) for options in spec.step_options]
-    head = StepBaselineHead(spec.image_dim, spec.text_dim, num_classes, int(spec.training.get("hidden_size", 768)))
-    head.load_state_dict(load_file(folder / HEAD_FILENAME))
-    return BaselineModel(spec, head.to(device).eval(), backbone or load_backbone(spec.backbone, device))
+    try:
+        spec = BaselineSpec(**json.loads((folder / BASELINE_FILENAME).read_text(encoding="utf-8")))
+        num_classes = [len(options) for options in spec.step_options]
+        head = StepBaselineHead(spec.image_dim, spec.text_dim, num_classes, int(spec.training.get("hidden_size", 768)))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{folder / BASELINE_FILENAME} is not a valid baseline description ({error})") from None
+    try:
+        head.load_state_dict(load_file(folder / HEAD_FILENAME))  # strict: a missing or extra step head is an error
+    except (RuntimeError, OSError) as error:
+        problem = " ".join(str(error).split())[:300]
+        raise ValueError(f"{folder / HEAD_FILENAME} does not match {BASELINE_FILENAME}: {problem}") from None
+    return BaselineModel(spec, head.to(device).eval(),
+                         backbone or load_backbone(spec.backbone, device, trust_remote_code=trust_remote_code))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -591,7 +600,7 @@ def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", 
                  training: BaselineTrainingConfig | None = None, splits=("train", "validation", "test"),
                  cache_dir: Path | None = None, device: str | None = None, num_bootstrap: int = 1000,
                  confidence_level: float = 0.95, seed: int = 0, max_examples: int | None = None,
-                 embed_batch_size: int = 32, plots: bool = True, log=print) -> dict:
+                 embed_batch_size: int = 32, plots: bool = True, log=print, trust_remote_code: bool = False) -> dict:
     """Train and evaluate one backbone in the requested settings; returns {setting: (EvaluationMetrics, logits,
     labels)} and writes each setting's report under OUT/<backbone slug>/."""
     from trainers.evaluation.evaluate_model import dataset_step_options, load_split
@@ -600,7 +609,7 @@ def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     schema = StepCoTSchemaConfig()
     train_split, validation_split, eval_split = splits
-    backbone = load_backbone(backbone_name, device)
+    backbone = load_backbone(backbone_name, device, trust_remote_code=trust_remote_code)
     embeddings, datasets = {}, {}
     for split in dict.fromkeys(splits):
         data, resolved = load_split(dataset, split, max_examples)

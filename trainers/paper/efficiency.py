@@ -148,11 +148,9 @@ def build_model(name: str, tiny: bool = False) -> tuple[nn.Module, int]:
         wrapper = BaselineInference(loaded.model, questions, classes)
         return wrapper, wrapper.image_size
     if name.startswith("dir:"):
-        from transformers import AutoModel
+        from trainers.evaluation.loading import load_model
 
-        import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes)
-
-        model = AutoModel.from_pretrained(name[4:])
+        model = load_model(name[4:])
         return model, model.config.image_size
     raise ValueError(f"unknown model {name!r}: use one of {PRESETS}, hf:NAME or dir:PATH.")
 

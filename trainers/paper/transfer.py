@@ -155,13 +155,11 @@ def index_images(folder) -> dict[str, Path]:
 class StepCoTDiagnosis:
     """A saved Step-CoT teacher or student: the logits of its diagnosis step."""
 
-    def __init__(self, model_dir, device: str):
-        from transformers import AutoModel
-
-        import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
+    def __init__(self, model_dir, device: str, trust_remote_code: bool = False):
         from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
+        from trainers.evaluation.loading import load_model
 
-        self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
+        self.model = load_model(model_dir, device, trust_remote_code=trust_remote_code).eval()
         config = self.model.config
         names = [name.lower() for name in config.step_names]
         self.step = names.index("diagnosis") if "diagnosis" in names else config.num_steps - 1
@@ -181,10 +179,10 @@ class StepCoTDiagnosis:
 class BaselineDiagnosis:
     """A `stepcot baseline` output folder: its MLP asked the diagnosis question."""
 
-    def __init__(self, folder, device: str):
+    def __init__(self, folder, device: str, trust_remote_code: bool = False):
         from trainers.paper.baselines import load_baseline
 
-        self.baseline = load_baseline(folder, device)
+        self.baseline = load_baseline(folder, device, trust_remote_code=trust_remote_code)
         spec = self.baseline.spec
         names = [name.lower() for name in spec.step_names]
         if "diagnosis" not in names:
@@ -198,10 +196,11 @@ class BaselineDiagnosis:
         return self.baseline.step_logits(images, self.step)
 
 
-def load_diagnosis_model(model, device: str):
+def load_diagnosis_model(model, device: str, trust_remote_code: bool = False):
     from trainers.paper.baselines import is_baseline_folder
 
-    return BaselineDiagnosis(model, device) if is_baseline_folder(model) else StepCoTDiagnosis(model, device)
+    kind = BaselineDiagnosis if is_baseline_folder(model) else StepCoTDiagnosis
+    return kind(model, device, trust_remote_code=trust_remote_code)
 
 
 def finding_columns(options: list[str]) -> list[int]:
