@@ -237,6 +237,9 @@ class StepCoTVQAPipeline(Pipeline):
         steps, log_probs, labels = [], [], []
         for step, options in enumerate(config.step_options):
             step_logits = logits[step, : len(options)].double() / self.temperatures[step]
+            if not bool(torch.isfinite(step_logits).all()):
+                raise ValueError(f"the model gave non-finite scores at step {step + 1} ({config.step_names[step]}); "
+                                 "its weights or the input may be damaged")
             step_log_probs = torch.log_softmax(step_logits, -1)
             probabilities = step_log_probs.exp()
             label = int(probabilities.argmax())

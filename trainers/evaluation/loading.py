@@ -8,8 +8,9 @@ stepcot_student, and refuse any other model type unless the user passed `--trust
 (`stepcot info`) reads `config.json` and the safetensors headers only.
 
 A checkpoint that would load into a different model than the one saved is an error, not a warning: missing or
-unexpected weights (a missing head, extra or missing steps), weights of the wrong shape, calibration temperatures
-that are not finite and positive, and image sizes outside `IMAGE_SIZE_RANGE`.
+unexpected weights (a missing head, extra or missing steps), weights of the wrong shape or holding NaN / inf,
+calibration temperatures that are not finite and positive, and image sizes outside `IMAGE_SIZE_RANGE` (checked
+before the model is built).
 """
 
 from __future__ import annotations
@@ -225,15 +226,31 @@ def load_model(name_or_path, device: str | None = None, trust_remote_code: bool 
     config = stepcot_config_from_dict(config_dict, name_or_path)
     _, model_class = stepcot_classes(model_type)
     verbosity = transformers.logging.get_verbosity()
+    progress_bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity(logging.ERROR)  # the load report is raised as an error below instead
+    transformers.utils.logging.disable_progress_bar()
     try:
-        model, info = model_class.from_pretrained(name_or_path, config=config, output_loading_info=True)
+        # Mismatched shapes are collected (not raised with a pointer to a log we silenced) and reported below.
+        model, info = model_class.from_pretrained(name_or_path, config=config, output_loading_info=True,
+                                                  ignore_mismatched_sizes=True)
     except (OSError, RuntimeError, ValueError) as error:
         raise ModelLoadError(f"cannot load the weights of {name_or_path}: {str(error).splitlines()[0]}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if progress_bar:
+            transformers.utils.logging.enable_progress_bar()
     _check_loading_info(info, name_or_path)
+    _check_finite(model, name_or_path)
     return model.to(device) if device else model
+
+
+def _check_finite(model, where) -> None:
+    """NaN / inf in the stored weights give NaN answers for every image: an error at load time instead."""
+    import torch
+
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(f"{where}: the weight {name!r} holds NaN or infinite values (damaged checkpoint)")
 
 
 def load_processor(name_or_path):

@@ -146,13 +146,28 @@ def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consis
     output = []
     for start in range(0, len(paths), batch_size):
         batch = paths[start : start + batch_size]
-        results = pipe([str(p) for p in batch], consistent=consistent, batch_size=len(batch), **options)
+        results = _run_naming_the_file(pipe, batch, consistent=consistent, **options)
         for path, result, folder in zip(batch, results, folders[start : start + batch_size]):
             written = save_step_maps(path, result, folder) if folder is not None else None
             result.pop("maps", None)  # drawn, not kept
             output.append((result, written))
         del results
     return output
+
+
+def _run_naming_the_file(pipe, batch: list[Path], **options) -> list[dict]:
+    """The pipeline over one batch; a failure names the image it came from (found by running them one by one)."""
+    try:
+        return pipe([str(p) for p in batch], batch_size=len(batch), **options)
+    except ValueError as error:
+        if any(str(p) in str(error) for p in batch):
+            raise
+        for path in batch:
+            try:
+                pipe([str(path)], batch_size=1, **options)
+            except ValueError as single:
+                raise ValueError(f"{path}: {single}") from None
+        raise
 
 
 __all__ = ["add_pipeline_to_checkpoint", "build_pipeline", "predict_images"]
