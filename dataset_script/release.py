@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dataset_script.safe_paths import UnsafePathError, is_inside, safe_relative_path
 from modeling_stepcot.configuration_stepcot import NA_OPTION, StepCoTSchemaConfig
 
 logger = logging.getLogger(__name__)
@@ -196,16 +197,28 @@ def _is_lateral(view) -> bool:
 
 def resolve_image_path(image_path: str, image_root) -> Path | None:
     """The image file for a record's `image_path`: tried as given, then under images/ and images_2/ (releases
-    store paths with or without the folder), then by file name. None when nothing exists."""
+    store paths with or without the folder), then by file name. None when nothing exists.
+
+    Only files inside `image_root` are ever returned: an absolute path, a `..` part or a symbolic link that leads
+    outside raises `UnsafePathError` (a named validation problem), so no outside bytes reach the Parquet files."""
     root = Path(image_root)
-    relative = Path(str(image_path).replace("\\", "/"))
-    if relative.is_absolute():
-        return relative if relative.is_file() else None
+    relative = Path(safe_relative_path(image_path, "image_path"))
     for folder in IMAGE_FOLDERS:
         for candidate in (root / folder / relative, root / folder / relative.name):
             if candidate.is_file():
+                if not is_inside(candidate, root):
+                    raise UnsafePathError(f"image_path {str(image_path)!r} leads outside the release folder "
+                                          f"{root} through a symbolic link (to {candidate.resolve()})")
                 return candidate
     return None
+
+
+def _resolve_inside(image_path, image_root) -> tuple[Path | None, str | None]:
+    """(`resolve_image_path`, None), or (None, why) for a path that would leave the release folder."""
+    try:
+        return resolve_image_path(image_path, image_root), None
+    except UnsafePathError as error:
+        return None, str(error)
 
 
 def inspect_image(path) -> dict:
@@ -253,8 +266,10 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
     if image_path is None or str(image_path).strip() == "":
         problem("image_path", "missing")
     elif image_root is not None and check_image:
-        resolved = resolve_image_path(image_path, image_root)
-        if resolved is None:
+        resolved, unsafe = _resolve_inside(image_path, image_root)
+        if unsafe:
+            problem("image_path", unsafe)
+        elif resolved is None:
             problem("image_path", f"image file not found: {image_path!r} (looked in {image_root} and its "
                                   f"images/, images_2/ folders)")
         else:
@@ -266,7 +281,9 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
             except (OSError, UnidentifiedImageError, SyntaxError) as error:
                 problem("image_path", f"unreadable image {str(resolved)!r}: {error}")
     elif image_root is not None:
-        resolved = resolve_image_path(image_path, image_root)
+        resolved, unsafe = _resolve_inside(image_path, image_root)
+        if unsafe:
+            problem("image_path", unsafe)
     _, view = _get_field(record, RECORD_FIELD_ALIASES["view"])
     if _is_lateral(view):
         problem("view", f"non-frontal view {view!r}: Step-CoT uses frontal chest X-rays only")

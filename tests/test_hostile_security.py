@@ -154,3 +154,105 @@ def test_copied_checkpoint_without_code_still_loads(trapped, tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(folder / name, bare / name)
     assert type(load_model(bare)).__name__ == "StepCoTStudent"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image paths never leave the release folder
+
+
+SECRET = b"\x89PNG-looking secret bytes from outside the release"
+
+
+@pytest.fixture
+def escaping_release(demo_release_dir, tmp_path):
+    """A copy of the demo release whose records 0-2 point outside it: `..`, an absolute path, a symlink under
+    images/. The outside file is a real PNG (so only the path check can stop it) carrying a marker in its text."""
+    from PIL import PngImagePlugin
+
+    folder = tmp_path / "release"
+    shutil.copytree(demo_release_dir, folder)
+    outside = tmp_path / "outside.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("secret", SECRET.decode("latin-1"))
+    Image.fromarray(np.full((64, 64), 7, dtype=np.uint8)).save(outside, pnginfo=info)
+    for split_file in folder.glob("*.xlsx"):  # they list image paths; without them the split is drawn by patient
+        split_file.unlink()
+    records = json.loads((folder / "data.json").read_text())
+    (folder / "images" / "link.png").symlink_to(outside)
+    records[0]["image_path"] = "../outside.png"
+    records[1]["image_path"] = str(outside)
+    records[2]["image_path"] = "images/link.png"
+    (folder / "data.json").write_text(json.dumps(records))
+    return folder, records, outside
+
+
+def test_image_paths_outside_the_release_are_named_validation_errors(escaping_release, tmp_path):
+    from dataset_script.release import StepCoTDataError, StepCoTRelease
+
+    folder, records, _ = escaping_release
+    with pytest.raises(StepCoTDataError, match=r"record 0 .*image_path.*'\.\.'"):
+        StepCoTRelease(folder, strict=True)
+    report_path = tmp_path / "report.json"
+    release = StepCoTRelease(folder, strict=False, report_path=report_path)
+    skipped = {entry["index"]: entry["problems"][0] for entry in json.loads(report_path.read_text())["skipped"]}
+    assert {0, 1, 2} <= set(skipped)
+    assert "'..'" in skipped[0]["text"] and "absolute" in skipped[1]["text"]
+    assert "symbolic link" in skipped[2]["text"]
+    assert all(skipped[i]["field"] == "image_path" for i in (0, 1, 2))
+    assert len(release) == len(records) - len(skipped)
+
+
+def test_lenient_build_never_embeds_bytes_from_outside(escaping_release, tmp_path):
+    from dataset_script.hub import build_hub_dataset
+
+    folder, records, _ = escaping_release
+    out = tmp_path / "hub"
+    build_hub_dataset(folder, out, strict=False)
+    parquet = b"".join(path.read_bytes() for path in out.rglob("*.parquet"))
+    assert parquet and SECRET not in parquet
+
+
+def test_safe_paths_helper():
+    from dataset_script.safe_paths import UnsafePathError, inside_root, safe_relative_path
+
+    assert str(safe_relative_path("images\\a.png")) == "images/a.png"
+    assert str(safe_relative_path("./images//a.png")) == "images/a.png"
+    for bad in ("../a.png", "images/../../a.png", "/etc/passwd", "C:\\x.png", "c:x.png", "//server/x", "", "a\x00b"):
+        with pytest.raises(UnsafePathError):
+            safe_relative_path(bad)
+    with pytest.raises(UnsafePathError):
+        inside_root("/tmp", "../x")
+
+
+def test_archive_style_member_through_a_symlinked_folder_is_refused(tmp_path):
+    from dataset_script.safe_paths import UnsafePathError, inside_root
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "images").symlink_to(tmp_path)
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        inside_root(root, "images/evil.png")
+    assert inside_root(root, "data/ok.png") == root / "data" / "ok.png"
+
+
+@pytest.mark.parametrize("patient_id", ["../../etc/passwd", "..", "a/b", "x\\..\\..\\y"])
+def test_annotate_template_refuses_ids_that_are_not_file_names(tmp_path, patient_id):
+    from dataset_script.annotate.records import ReportError, read_reports
+
+    reports = tmp_path / "reports.jsonl"
+    reports.write_text(json.dumps({"id": patient_id, "findings": "Clear lungs."}) + "\n"
+                       + json.dumps({"id": "ok1", "findings": "Clear lungs."}) + "\n")
+    with pytest.raises(ReportError, match="image-path-template"):
+        read_reports(reports, image_path_template="images/{patient_id}.png")
+    lenient = read_reports(reports, strict=False, image_path_template="images/{patient_id}.png")
+    assert [row.image_path for row in lenient.rows] == ["images/ok1.png"]
+    assert len(lenient.skipped) == 1 and "image-path-template" in lenient.skipped[0]["reason"]
+
+
+def test_annotate_template_that_is_itself_absolute_is_refused(tmp_path):
+    from dataset_script.annotate.records import ReportError, read_reports
+
+    reports = tmp_path / "reports.jsonl"
+    reports.write_text(json.dumps({"id": "p1", "findings": "Clear lungs."}) + "\n")
+    with pytest.raises(ReportError, match="absolute"):
+        read_reports(reports, image_path_template="/etc/{patient_id}")

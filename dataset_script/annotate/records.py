@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset_script.annotate.findings import LOCATION, NO_ANSWER
+from dataset_script.safe_paths import UnsafePathError, safe_relative_path
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS, NA_OPTION
 
 ID_FIELDS = ("patient_id", "uid", "id", "study_id")
@@ -106,12 +107,26 @@ def _parse_row(row, source: str, default_origin: str, image_path_template: str |
     if isinstance(image, list):
         image = image[0] if image else ""
     if not image and image_path_template:
-        image = image_path_template.format(patient_id=patient_id)
+        image = image_path_from_template(image_path_template, patient_id, source)
     if not image:
         raise ReportError(f"{source} (id {patient_id}): no image (fields {', '.join(IMAGE_FIELDS)}); a Step-CoT "
                           "record needs one: pass --image-path-template, e.g. 'images/{patient_id}.png'")
     origin = _text_field(row, "origin", source) or default_origin
     return ReportRow(patient_id, findings, impression, str(image), origin, source)
+
+
+def image_path_from_template(template: str, patient_id: str, source: str) -> str:
+    """`template` with the report id filled in; an id that is not a plain file name (`..`, `/`, `\\`) or a result
+    that would leave the release folder is a `ReportError` (ids come from the input file, which may be hostile)."""
+    if patient_id in (".", "..") or any(separator in patient_id for separator in ("/", "\\", "\x00")):
+        raise ReportError(f"{source}: report id {patient_id!r} cannot go into --image-path-template: it is not a "
+                          "plain file name")
+    image = template.format(patient_id=patient_id)
+    try:
+        safe_relative_path(image, "image_path")
+    except UnsafePathError as error:
+        raise ReportError(f"{source} (id {patient_id}): --image-path-template gives {error}") from None
+    return image
 
 
 def read_reports(path: str | Path, *, strict: bool = True, default_origin: str = "unknown",
