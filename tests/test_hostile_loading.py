@@ -74,14 +74,18 @@ def test_extra_steps_in_the_weights_are_an_error(student_dir):
 def test_missing_steps_in_the_weights_are_an_error(student_dir):
     config = json.loads((student_dir / "config.json").read_text())
     _edit_config(student_dir, step_names=config["step_names"] + ["Extra"],
-                 step_questions=config["step_questions"] + ["Extra?"], step_options=config["step_options"] + [["a", "b"]])
+                 step_questions=config["step_questions"] + ["Extra?"],
+                 step_options=config["step_options"] + [["a", "b"]])
     with pytest.raises(ModelLoadError, match=r"missing from the checkpoint: step_heads\.7"):
         load_model(student_dir)
 
 
 def test_head_of_the_wrong_size_is_an_error(student_dir):
-    _edit_weights(student_dir, lambda w: w.update({"step_heads.0.weight": torch.zeros(9, w["step_heads.0.weight"].shape[1]),
-                                                   "step_heads.0.bias": torch.zeros(9)}))
+    def widen(weights):
+        weights["step_heads.0.weight"] = torch.zeros(9, weights["step_heads.0.weight"].shape[1])
+        weights["step_heads.0.bias"] = torch.zeros(9)
+
+    _edit_weights(student_dir, widen)
     with pytest.raises(ModelLoadError, match=r"step_heads\.0"):
         load_model(student_dir)
 
