@@ -55,18 +55,20 @@ class ReadResult:
 def _raw_rows(path: Path):
     """(line number, dict) pairs of a JSONL, JSON-list or CSV file."""
     suffix = path.suffix.lower()
+    # utf-8-sig: files saved by Excel and Notepad start with a byte-order mark, which would otherwise become part of
+    # the first column's name (or make the first JSON line invalid).
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             for line_number, row in enumerate(csv.DictReader(handle), start=2):
                 yield line_number, row
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         if not isinstance(data, list):
             raise ReportError(f"{path}: a .json reports file must hold a list of objects, got {type(data).__name__}")
         for index, row in enumerate(data):
             yield index, row
     elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for line_number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -213,6 +215,59 @@ def validate_record(record, where: str = "record") -> None:
     if not record["patient_id"] or not record["report"].strip():
         raise ValueError(f"{where}: fields 'patient_id' and 'report' must not be empty")
     validate_chain(record.get("vqa_chain"), where)
+
+
+class RecordJournal:
+    """Finished records appended one JSON line at a time next to the output (`OUT.partial.jsonl`), so that an
+    interruption or a late failure keeps them; a rerun with the same reports and options reuses them instead of
+    annotating again. The first line names what wrote it (backend, model, reports file): a journal from other
+    options is an error, never mixed in. Removed once the output is written."""
+
+    SUFFIX = ".partial.jsonl"
+
+    def __init__(self, out_path: str | Path, identity: dict):
+        self.path = Path(str(out_path) + self.SUFFIX)
+        self.identity = {"journal": "stepcot-annotate/1", **identity}
+        self.records: dict[str, dict] = {}
+        if self.path.is_file():
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.identity) + "\n", encoding="utf-8")
+
+    def _load(self) -> None:
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            header = None
+        if header != self.identity:
+            raise ReportError(f"{self.path} holds records of another annotation run ({header}); delete it to "
+                              f"start over, or rerun with the options it names")
+        kept = [lines[0]]
+        for line in lines[1:]:
+            try:  # a line cut short by a kill is dropped (its report is annotated again)
+                record = json.loads(line)
+                validate_record(record, str(self.path))
+            except ValueError:
+                continue
+            self.records[record["patient_id"]] = record
+            kept.append(line)
+        self.path.write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+    def finished(self, row: ReportRow) -> dict | None:
+        """The journaled record of `row`, when one exists for the same report text."""
+        record = self.records.get(row.patient_id)
+        return record if record is not None and record.get("report") == row.text else None
+
+    def add(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+        self.records[record["patient_id"]] = record
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def write_records(records: list[dict], path: str | Path) -> None:
