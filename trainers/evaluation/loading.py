@@ -257,8 +257,8 @@ def load_processor(name_or_path):
     """The checkpoint's saved `StepCoTProcessor` (this package's class), or None when it has none."""
     from modeling_stepcot.processing_stepcot import StepCoTProcessor
 
-    try:
-        return StepCoTProcessor.from_pretrained(name_or_path)
+    try:  # trust_remote_code=False: a tokenizer_config.json naming custom code is refused, never run or prompted
+        return StepCoTProcessor.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
