@@ -7,14 +7,13 @@ import json
 import socket
 import socketserver
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_annotate_llm import valid_content  # noqa: E402
+from test_annotate_llm import ServerInThread, valid_content  # noqa: E402
 
 from dataset_script.annotate.llm import LLMAnnotator, LLMError  # noqa: E402
 from dataset_script.annotate.records import read_reports  # noqa: E402
@@ -34,7 +33,7 @@ def http_reply(body: bytes, status: str = "200 OK") -> bytes:
             "Connection: close\r\n\r\n").encode() + body
 
 
-class RawEndpoint:
+class RawEndpoint(ServerInThread):
     """Plays a script, one action per connection: ("ok", content), ("usage", content, usage), ("drip", content),
     ("bad_status",), ("incomplete", content), ("close",). Unscripted requests get HTTP 500."""
 
@@ -95,16 +94,6 @@ class RawEndpoint:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -47,13 +47,6 @@ def _edit_weights(folder, edit):
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-@pytest.fixture
-def image_file(tmp_path):
-    path = tmp_path / "xray.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(path)
-    return path
-
-
 def test_intact_checkpoint_loads(student_dir):
     assert type(load_model(student_dir)).__name__ == "StepCoTStudent"
 
@@ -124,42 +117,42 @@ def test_absurd_image_size_is_an_error_before_anything_is_built(student_dir, ima
         load_model(student_dir)
 
 
-def test_predict_names_a_damaged_model_in_one_line(student_dir, image_file, capsys):
+def test_predict_names_a_damaged_model_in_one_line(student_dir, xray_png, capsys):
     _edit_weights(student_dir, lambda w: w.pop("step_heads.0.bias"))
-    assert cli.main(["predict", str(image_file), "--model", str(student_dir)]) == 2
+    assert cli.main(["predict", str(xray_png), "--model", str(student_dir)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(student_dir) in error and "step_heads.0.bias" in error
 
 
-def test_predict_names_every_bad_image_in_one_line(student_dir, image_file, tmp_path, capsys):
+def test_predict_names_every_bad_image_in_one_line(student_dir, xray_png, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     missing = tmp_path / "missing.png"
-    assert cli.main(["predict", str(image_file), str(broken), str(missing), "--model", str(student_dir)]) == 2
+    assert cli.main(["predict", str(xray_png), str(broken), str(missing), "--model", str(student_dir)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(broken) in error and str(missing) in error
 
 
-def test_predict_names_an_unwritable_maps_folder_in_one_line(student_dir, image_file, tmp_path, capsys):
+def test_predict_names_an_unwritable_maps_folder_in_one_line(student_dir, xray_png, tmp_path, capsys):
     blocker = tmp_path / "maps"
     blocker.write_text("a file where the maps folder should go")
-    assert cli.main(["predict", str(image_file), "--model", str(student_dir), "--maps", str(blocker)]) == 2
+    assert cli.main(["predict", str(xray_png), "--model", str(student_dir), "--maps", str(blocker)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(blocker) in error
 
 
-def test_predict_names_the_image_whose_decoding_fails(student_dir, image_file, tmp_path, capsys):
+def test_predict_names_the_image_whose_decoding_fails(student_dir, xray_png, tmp_path, capsys):
     truncated = tmp_path / "truncated.png"
     data = (tmp_path / "big.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)).save(data)
     truncated.write_bytes(data.read_bytes()[:200])
-    assert cli.main(["predict", str(image_file), str(truncated), "--model", str(student_dir)]) == 2
+    assert cli.main(["predict", str(xray_png), str(truncated), "--model", str(student_dir)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(truncated) in error
 
 
-def test_predict_json_is_strict_json(student_dir, image_file, capsys):
-    assert cli.main(["predict", str(image_file), "--model", str(student_dir), "--json"]) == 0
+def test_predict_json_is_strict_json(student_dir, xray_png, capsys):
+    assert cli.main(["predict", str(xray_png), "--model", str(student_dir), "--json"]) == 0
     results = strict_loads(capsys.readouterr().out)
     assert results[0]["steps"][0]["score"] > 0
 

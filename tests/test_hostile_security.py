@@ -47,13 +47,6 @@ def trapped_unknown(trapped):
     return folder, marker
 
 
-@pytest.fixture
-def image_file(tmp_path):
-    path = tmp_path / "xray.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(path)
-    return path
-
-
 def test_info_reads_config_and_headers_without_running_checkpoint_code(trapped):
     """In a fresh interpreter, as a user runs it (in this process the package's classes are already registered)."""
     folder, marker = trapped
@@ -74,16 +67,16 @@ def test_info_refuses_an_unknown_model_type_without_running_its_code(trapped_unk
         assert not marker.exists()
 
 
-def test_predict_uses_the_package_classes_not_the_checkpoint_code(trapped, image_file, capsys):
+def test_predict_uses_the_package_classes_not_the_checkpoint_code(trapped, xray_png, capsys):
     folder, marker = trapped
-    assert cli.main(["predict", str(image_file), "--model", str(folder), "--json"]) == 0
+    assert cli.main(["predict", str(xray_png), "--model", str(folder), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
     assert not marker.exists()
 
 
-def test_predict_refuses_an_unknown_model_type_without_trust_remote_code(trapped_unknown, image_file, capsys):
+def test_predict_refuses_an_unknown_model_type_without_trust_remote_code(trapped_unknown, xray_png, capsys):
     folder, marker = trapped_unknown
-    assert cli.main(["predict", str(image_file), "--model", str(folder)]) == 2
+    assert cli.main(["predict", str(xray_png), "--model", str(folder)]) == 2
     error = capsys.readouterr().err
     assert "evil_model" in error and "--trust-remote-code" in error and len(error.strip().splitlines()) == 1
     assert not marker.exists()
