@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataset_script.safe_paths import UnsafePathError, is_inside, safe_relative_path
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
 from modeling_stepcot.processing_stepcot import image_to_8bit
 
@@ -208,14 +209,15 @@ def locate_image(image_path: str, image_root) -> tuple[Path | None, bool]:
     Tried as given under the root and its images/, images_2/ folders (releases store paths with or without the
     folder); then, when the path names a folder that holds no such file, by file name in those folders. A file name
     found in several folders is ambiguous (`AmbiguousImageError`): the reader never picks one of them. Whether a
-    by-name match is another record's image is checked over the whole release (`StepCoTRelease`)."""
+    by-name match is another record's image is checked over the whole release (`StepCoTRelease`).
+
+    Only files inside `image_root` are ever returned: an absolute path, a `..` part or a symbolic link that leads
+    outside raises `UnsafePathError` (a named validation problem), so no outside bytes reach the Parquet files."""
     root = Path(image_root)
-    relative = Path(str(image_path).replace("\\", "/"))
-    if relative.is_absolute():
-        return (relative if relative.is_file() else None), False
+    relative = Path(safe_relative_path(image_path, "image_path"))
     for folder in IMAGE_FOLDERS:
         if (root / folder / relative).is_file():
-            return root / folder / relative, False
+            return _inside_release(root / folder / relative, root, image_path), False
     if relative.parent == Path("."):
         return None, False
     by_name = [root / folder / relative.name for folder in IMAGE_FOLDERS if (root / folder / relative.name).is_file()]
@@ -224,7 +226,14 @@ def locate_image(image_path: str, image_root) -> tuple[Path | None, bool]:
             f"image file not found as given: {str(image_path)!r}; its file name matches several files "
             f"({', '.join(str(p.relative_to(root)) for p in by_name)}), not guessing which"
         )
-    return (by_name[0], True) if by_name else (None, False)
+    return (_inside_release(by_name[0], root, image_path), True) if by_name else (None, False)
+
+
+def _inside_release(candidate: Path, root: Path, image_path) -> Path:
+    if not is_inside(candidate, root):
+        raise UnsafePathError(f"image_path {str(image_path)!r} leads outside the release folder {root} through a "
+                              f"symbolic link (to {candidate.resolve()})")
+    return candidate
 
 
 # Decompression-bomb guard: images above this many pixels are rejected before decoding (a 10,000 x 10,000 chest
@@ -319,7 +328,7 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
     elif image_root is not None:
         try:
             resolved, by_name = locate_image(image_path, image_root)
-        except AmbiguousImageError as error:
+        except (AmbiguousImageError, UnsafePathError) as error:
             problem("image_path", str(error))
         else:
             if resolved is None and check_image:

@@ -62,3 +62,14 @@ def shared_data_dir():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (a fresh clone has no ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def xray_png(tmp_path):
+    """A small random 8-bit grayscale PNG (40 x 40), as a path."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "xray.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(path)
+    return path

@@ -14,7 +14,6 @@ Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with pr
 Trainer's checkpoints.
 """
 
-import json
 import logging
 import sys
 from dataclasses import asdict
@@ -26,6 +25,7 @@ from transformers import TrainingArguments
 if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_distill.py`): find the project
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from trainers.evaluation.report import strict_json
 from trainers.hub.export import export
 from trainers.training.distillation import (
     BestModelExportCallback,
@@ -122,7 +122,7 @@ def train(model_args, data_args, distill_args, training_args) -> int:
         export({"teacher": pair.teacher, "student": pair.student}, processor, output_dir, results, run_args, table)
         summary = {"eval_split": eval_split, "results": results, "run_args": run_args,
                    "teacher": str(output_dir / "teacher"), "student": str(output_dir / "student")}
-        (output_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        (output_dir / "results.json").write_text(strict_json(summary, indent=2, default=str), encoding="utf-8")
         print_summary(output_dir, eval_split, table, ("teacher", "student"))
     # every rank reports what it computed (multi-process runs must agree)
     print(f"[rank {training_args.process_index} of {training_args.world_size}] {eval_split} mean accuracy: "

@@ -14,6 +14,7 @@ HELP = "train and evaluate vision-language baselines with/without Step-CoT (Tabl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.evaluation.loading import add_trust_remote_code_argument
     from trainers.paper.baselines import SETTINGS
 
     parser.add_argument("--backbone", nargs="+", required=True,
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embed-batch-size", type=int, default=32)
     parser.add_argument("--max-examples", type=int, default=None, help="use only the first N examples of each split")
     add_evaluation_arguments(parser, seed_help="seed of training and bootstrap")
+    add_trust_remote_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             confidence_level=args.confidence, seed=args.seed, settings=args.settings,
             splits=(args.train_split, args.val_split, args.eval_split), cache_dir=args.cache_dir or args.out / "cache",
             device=args.device, max_examples=args.max_examples, embed_batch_size=args.embed_batch_size,
-            plots=not args.no_plots)
+            plots=not args.no_plots, trust_remote_code=args.trust_remote_code)
     except ValueError as error:
         print(f"stepcot baseline: {error}", file=sys.stderr)
         return 1

@@ -14,6 +14,8 @@ HELP = "evaluate a model on a dataset split: metrics, tables, plots"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.evaluation.loading import add_trust_remote_code_argument
+
     parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
     parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples")
     add_evaluation_arguments(parser)
+    add_trust_remote_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(args.model, args.dataset, split=args.split, out=args.out, batch_size=args.batch_size,
                           num_bootstrap=args.num_bootstrap, confidence_level=args.confidence, seed=args.seed,
                           name=args.name, device=args.device, max_examples=args.max_examples,
-                          plots=not args.no_plots)
+                          plots=not args.no_plots, trust_remote_code=args.trust_remote_code)
     except (ValueError, FileNotFoundError) as error:
         print(f"stepcot eval: error: {error}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ HELP = "zero-shot diagnosis on the NIH ChestX-ray8 bbox subset (Table 4)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.evaluation.loading import add_trust_remote_code_argument
     from trainers.paper.transfer import MULTI_FINDING_POLICIES
 
     parser.add_argument("--model", nargs="+", required=True,
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(image, finding) pair")
     parser.add_argument("--batch-size", type=int, default=16)
     add_evaluation_arguments(parser)
+    add_trust_remote_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         image_paths = index_images(args.nih_images)
         runs, used = [], set()
         for index, model in enumerate(args.model):
-            predictor = load_diagnosis_model(model, args.device or _default_device())
+            predictor = load_diagnosis_model(model, args.device or _default_device(),
+                                             trust_remote_code=args.trust_remote_code)
             name = args.names[index] if args.names else predictor.name
             folder = model_folder_name(name)
             while folder in used:  # two models with the same display name

@@ -19,6 +19,7 @@ import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with Auto
 from dataset_script.release import StepCoTDataError
 from dataset_script.sources import load_source
 from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
+from trainers.evaluation.loading import load_model, load_processor
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
 
@@ -46,13 +47,10 @@ class ImagePreprocessor:
 
     def __init__(self, model_dir, config):
         self.source = "model config"
-        self._processor = None
-        try:
-            from transformers import AutoProcessor
-
-            self._processor = AutoProcessor.from_pretrained(model_dir)
+        self._processor = load_processor(model_dir)
+        if self._processor is not None:
             self.source = "saved processor"
-        except (OSError, ValueError, TypeError, KeyError):
+        else:
             self._image_processor = image_processor_for_config(config)
             self._size = int(config.image_size)
 
@@ -133,14 +131,13 @@ def predict(model, data, preprocess, batch_size: int, device: str):
 
 
 def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_bootstrap=1000, confidence_level=0.95,
-             seed=0, name=None, device=None, max_examples=None, plots=True):
+             seed=0, name=None, device=None, max_examples=None, plots=True, trust_remote_code=False):
     """Evaluate a saved model on a split; writes the report into `out` (if given) and returns the metrics."""
     import torch
-    from transformers import AutoModel
 
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(model_dir)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code)
     config = model.config
     data, split = load_split(dataset, split, max_examples)
     step_options, notes = dataset_step_options(data, config)

@@ -38,10 +38,11 @@ def _training_text(run_args: dict | None) -> str:
 
 def _count(model_config, role) -> tuple[str, str]:
     import torch
-    from transformers import AutoModel
 
-    with torch.device("meta"):
-        model = AutoModel.from_config(model_config, trust_remote_code=True)
+    from trainers.evaluation.loading import stepcot_classes
+
+    with torch.device("meta"):  # this package's class: `from_config(trust_remote_code=True)` would import the
+        model = stepcot_classes(model_config.model_type)[1](model_config)  # code named by the config's auto_map
     total = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return f"{total / 1e6:.2f} M", f"{trained / 1e6:.2f} M"

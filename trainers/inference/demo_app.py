@@ -23,8 +23,8 @@ from pathlib import Path
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
 import trainers
 from dataset_script.demo import make_demo_example
-from modeling_stepcot.pipeline_stepcot import is_stepcot_config
-from trainers.inference.predict import IMAGE_SUFFIXES, build_pipeline, json_ready, load_stepcot_model
+from trainers.evaluation.loading import load_model
+from trainers.inference.predict import IMAGE_SUFFIXES, build_pipeline, json_ready
 from trainers.inference.saliency import figure_and_maps, overlay
 
 logger = logging.getLogger(__name__)
@@ -98,25 +98,16 @@ class PipelineCache:
 def load_demo_pipeline(source: str, device: str = "cpu"):
     """The pipeline of a Step-CoT checkpoint folder or Hub id; DemoError naming the problem otherwise. A Hub
     checkpoint's own code is never run: the classes of this package are used."""
-
     path = Path(source).expanduser()
-    if path.exists():
-        try:
-            model = load_stepcot_model(path)
-        except (FileNotFoundError, ValueError, OSError) as error:
-            raise DemoError(f"{source} is not a Step-CoT checkpoint: {error}") from None
-    elif HUB_ID.match(source):
-        from transformers import AutoModel
-
-        try:
-            model = AutoModel.from_pretrained(source)
-        except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DemoError(f"cannot load {source} from the Hub: {first_line}") from None
-        if not is_stepcot_config(model.config):
-            raise DemoError(f"{source} is a {model.config.model_type!r} model, not a Step-CoT teacher or student")
-    else:
+    if not path.exists() and not HUB_ID.match(source):
         raise DemoError(f"{source}: no such folder, and not a Hub id (user/name)")
+    try:
+        model = load_model(path if path.exists() else source)
+    except (ValueError, OSError) as error:  # ModelLoadError is a ValueError and names the file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if path.exists():
+            raise DemoError(f"{source} is not a Step-CoT checkpoint: {first_line}") from None
+        raise DemoError(f"cannot load {source} from the Hub: {first_line}") from None
     return build_pipeline(model, device=device)
 
 

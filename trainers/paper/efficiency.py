@@ -38,6 +38,7 @@ from torch import nn
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
+from trainers.evaluation.loading import load_model
 from trainers.paper.baselines import QUESTION_PREFIX, StepBaselineHead, load_backbone, pooled_output
 
 PRESETS = ("vision_encoder", "teacher", "student", "clip", "blip", "flava")
@@ -144,9 +145,7 @@ def build_model(name: str, tiny: bool = False) -> tuple[nn.Module, int]:
         wrapper = BaselineInference(loaded.model, questions, classes)
         return wrapper, wrapper.image_size
     if name.startswith("dir:"):
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(name[4:])
+        model = load_model(name[4:])
         return model, model.config.image_size
     raise ValueError(f"unknown model {name!r}: use one of {PRESETS}, hf:NAME or dir:PATH.")
 

@@ -45,6 +45,7 @@ import numpy as np
 
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
 from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
+from trainers.evaluation.loading import load_model
 from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, compute_step_metrics
 from trainers.evaluation.report import format_estimate, write_report
 from trainers.paper.baselines import is_baseline_folder, load_baseline
@@ -158,10 +159,8 @@ def index_images(folder) -> dict[str, Path]:
 class StepCoTDiagnosis:
     """A saved Step-CoT teacher or student: the logits of its diagnosis step."""
 
-    def __init__(self, model_dir, device: str):
-        from transformers import AutoModel
-
-        self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
+    def __init__(self, model_dir, device: str, trust_remote_code: bool = False):
+        self.model = load_model(model_dir, device, trust_remote_code=trust_remote_code).eval()
         config = self.model.config
         names = [name.lower() for name in config.step_names]
         self.step = names.index("diagnosis") if "diagnosis" in names else config.num_steps - 1
@@ -181,8 +180,8 @@ class StepCoTDiagnosis:
 class BaselineDiagnosis:
     """A `stepcot baseline` output folder: its MLP asked the diagnosis question."""
 
-    def __init__(self, folder, device: str):
-        self.baseline = load_baseline(folder, device)
+    def __init__(self, folder, device: str, trust_remote_code: bool = False):
+        self.baseline = load_baseline(folder, device, trust_remote_code=trust_remote_code)
         spec = self.baseline.spec
         names = [name.lower() for name in spec.step_names]
         if "diagnosis" not in names:
@@ -196,8 +195,9 @@ class BaselineDiagnosis:
         return self.baseline.step_logits(images, self.step)
 
 
-def load_diagnosis_model(model, device: str):
-    return BaselineDiagnosis(model, device) if is_baseline_folder(model) else StepCoTDiagnosis(model, device)
+def load_diagnosis_model(model, device: str, trust_remote_code: bool = False):
+    kind = BaselineDiagnosis if is_baseline_folder(model) else StepCoTDiagnosis
+    return kind(model, device, trust_remote_code=trust_remote_code)
 
 
 def finding_columns(options: list[str]) -> list[int]:

@@ -77,14 +77,14 @@ def run_baseline(backbone_name: str, dataset: str, out: Path, settings=("with", 
                  training: BaselineTrainingConfig | None = None, splits=("train", "validation", "test"),
                  cache_dir: Path | None = None, device: str | None = None, num_bootstrap: int = 1000,
                  confidence_level: float = 0.95, seed: int = 0, max_examples: int | None = None,
-                 embed_batch_size: int = 32, plots: bool = True, log=print) -> dict:
+                 embed_batch_size: int = 32, plots: bool = True, log=print, trust_remote_code: bool = False) -> dict:
     """Train and evaluate one backbone in the requested settings; returns {setting: (EvaluationMetrics, logits,
     labels)} and writes each setting's report under OUT/<backbone slug>/."""
     training = training or BaselineTrainingConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     schema = StepCoTSchemaConfig()
     train_split, validation_split, eval_split = splits
-    backbone = load_backbone(backbone_name, device)
+    backbone = load_backbone(backbone_name, device, trust_remote_code=trust_remote_code)
     embeddings, datasets = {}, {}
     for split in dict.fromkeys(splits):
         data, resolved = load_split(dataset, split, max_examples)

@@ -61,11 +61,12 @@ class TransformersBackbone(_Backbone):
 
     kind = "transformers"
 
-    def __init__(self, name_or_path: str, device: str = "cpu"):
+    def __init__(self, name_or_path: str, device: str = "cpu", trust_remote_code: bool = False):
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
+        remote = {"trust_remote_code": trust_remote_code}  # False: a checkpoint's own code is refused, not run
         try:
-            config = AutoConfig.from_pretrained(name_or_path)
+            config = AutoConfig.from_pretrained(name_or_path, **remote)
         except (OSError, ValueError) as error:
             hint = ""
             if "biomedclip" in name_or_path.lower():
@@ -73,7 +74,7 @@ class TransformersBackbone(_Backbone):
                         f"{name_or_path.split(OPEN_CLIP_PREFIX)[-1]} (needs `{OPEN_CLIP_INSTALL}`).")
             raise ValueError(f"cannot load the backbone config of {name_or_path!r}: {error}{hint}") from error
         self.name = name_or_path
-        self.model = AutoModel.from_pretrained(name_or_path).to(device).eval().requires_grad_(False)
+        self.model = AutoModel.from_pretrained(name_or_path, **remote).to(device).eval().requires_grad_(False)
         missing = [m for m in ("get_image_features", "get_text_features") if not hasattr(self.model, m)]
         if missing:
             raise ValueError(
@@ -82,8 +83,8 @@ class TransformersBackbone(_Backbone):
                 "ALIGN, BLIP, FLAVA, ...). VisualBERT-style models need region features from a detector and are "
                 "not supported."
             )
-        self.image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.image_processor = AutoImageProcessor.from_pretrained(name_or_path, **remote)
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **remote)
         self.device = device
         text_config = getattr(config, "text_config", None)
         limits = [QUESTION_MAX_LENGTH, getattr(self.tokenizer, "model_max_length", QUESTION_MAX_LENGTH),
@@ -144,11 +145,11 @@ class OpenClipBackbone(_Backbone):
         return self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float().cpu()
 
 
-def load_backbone(name_or_path: str, device: str = "cpu"):
+def load_backbone(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False):
     """The frozen backbone behind a baseline: open_clip for `hf-hub:` names, transformers otherwise."""
     if is_open_clip_name(name_or_path):
         return OpenClipBackbone(name_or_path, device)
-    return TransformersBackbone(name_or_path, device)
+    return TransformersBackbone(name_or_path, device, trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------------------------------------------------------

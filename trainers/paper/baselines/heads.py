@@ -218,16 +218,23 @@ def is_baseline_folder(folder) -> bool:
     return (Path(folder) / BASELINE_FILENAME).is_file()
 
 
-def load_baseline(folder, device: str = "cpu", backbone=None) -> BaselineModel:
+def load_baseline(folder, device: str = "cpu", backbone=None, trust_remote_code: bool = False) -> BaselineModel:
     """Rebuild a baseline saved by `stepcot baseline` (loads its backbone unless one is given)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     if not is_baseline_folder(folder):
         raise FileNotFoundError(f"no {BASELINE_FILENAME} in {folder}: not a `stepcot baseline` output folder.")
-    data = json.loads((folder / BASELINE_FILENAME).read_text(encoding="utf-8"))
-    spec = BaselineSpec(**data)
-    num_classes = [len(options) for options in spec.step_options]
-    head = StepBaselineHead(spec.image_dim, spec.text_dim, num_classes, int(spec.training.get("hidden_size", 768)))
-    head.load_state_dict(load_file(folder / HEAD_FILENAME))
-    return BaselineModel(spec, head.to(device).eval(), backbone or load_backbone(spec.backbone, device))
+    try:
+        spec = BaselineSpec(**json.loads((folder / BASELINE_FILENAME).read_text(encoding="utf-8")))
+        num_classes = [len(options) for options in spec.step_options]
+        head = StepBaselineHead(spec.image_dim, spec.text_dim, num_classes, int(spec.training.get("hidden_size", 768)))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{folder / BASELINE_FILENAME} is not a valid baseline description ({error})") from None
+    try:
+        head.load_state_dict(load_file(folder / HEAD_FILENAME))  # strict: a missing or extra step head is an error
+    except (RuntimeError, OSError) as error:
+        problem = " ".join(str(error).split())[:300]
+        raise ValueError(f"{folder / HEAD_FILENAME} does not match {BASELINE_FILENAME}: {problem}") from None
+    return BaselineModel(spec, head.to(device).eval(),
+                         backbone or load_backbone(spec.backbone, device, trust_remote_code=trust_remote_code))
