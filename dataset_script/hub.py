@@ -95,8 +95,10 @@ def _shard_plan(records: list[dict], max_shard_bytes: int) -> list[list[dict]]:
     return shards
 
 
-def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
-    """Write `release` as Parquet shards + dataset card into `out_dir`. Returns a summary dict."""
+def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = MAX_SHARD_BYTES,
+                      hub_source: dict | None = None) -> dict:
+    """Write `release` as Parquet shards + dataset card into `out_dir`. Returns a summary dict. `hub_source`
+    (repo_id, revision) names the Hub release it came from, for the card."""
     out_dir = Path(out_dir)
     data_dir = out_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,7 @@ def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = M
             num_bytes += dataset.data.nbytes
             files.append(str(path.relative_to(out_dir)))
         split_infos[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(records))
-    write_dataset_card(release, out_dir, features, split_infos)
+    write_dataset_card(release, out_dir, features, split_infos, hub_source=hub_source)
     release.write_report(out_dir / REPORT_NAME)
     return {
         "out_dir": str(out_dir),
@@ -131,12 +133,12 @@ def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = M
 
 
 def build_hub_dataset(source, out_dir, strict: bool = True, seed: int = 0, config: StepCoTSchemaConfig | None = None,
-                      max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+                      max_shard_bytes: int = MAX_SHARD_BYTES, hub_source: dict | None = None) -> dict:
     """Read the release folder `source` (validating it) and export it to `out_dir` in the Hub layout."""
     started = time.perf_counter()
     report_path = Path(out_dir) / REPORT_NAME
     release = StepCoTRelease(source, config=config, strict=strict, seed=seed, report_path=report_path)
-    summary = export_hub_layout(release, out_dir, max_shard_bytes=max_shard_bytes)
+    summary = export_hub_layout(release, out_dir, max_shard_bytes=max_shard_bytes, hub_source=hub_source)
     summary["seconds"] = time.perf_counter() - started
     summary["report"] = str(report_path)
     return summary
@@ -170,7 +172,7 @@ def _license_lines(origins: Counter, synthetic: bool) -> list[str]:
     return lines
 
 
-def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
+def _card_body(release: StepCoTRelease, split_infos: dict, hub_source: dict | None = None) -> str:
     synthetic = _is_synthetic(release)
     config = release.config
     origins = Counter(r["origin"] or "unknown" for r in release.records)
@@ -210,10 +212,14 @@ def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
               f"Built by `stepcot data build` from {release.report['records_in_release']} release records: "
               f"{release.report['records_kept']} kept, {release.report['records_skipped']} skipped (listed in "
               f"`{REPORT_NAME}`, which is not uploaded). 16-bit images are stored as 8-bit PNG.", ""]
+    if hub_source:
+        lines += [f"Source: the Hub dataset `{hub_source['repo_id']}` at revision `{hub_source['revision']}` "
+                  f"(requested: `{hub_source.get('requested_revision', 'main')}`).", ""]
     return "\n".join(lines)
 
 
-def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, split_infos: dict) -> Path:
+def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, split_infos: dict,
+                       hub_source: dict | None = None) -> Path:
     """README.md with the YAML the Hub and `load_dataset` read (`configs`, `dataset_info`) and a readable body."""
     synthetic = _is_synthetic(release)
     card_data = DatasetCardData(
@@ -234,7 +240,7 @@ def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, spl
     info = DatasetInfo(features=features, splits=splits)
     info.dataset_size = sum(s.num_bytes for s in ordered.values())
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{_card_body(release, ordered)}")
+    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{_card_body(release, ordered, hub_source)}")
     path = Path(out_dir) / "README.md"
     card.save(path)
     return path

@@ -3,6 +3,7 @@
     stepcot data demo --out demo_release --n 1200
     stepcot data validate --source demo_release
     stepcot data build --source demo_release --out step_cot_hub      # then load_dataset("step_cot_hub")
+    stepcot data build --source fl-15o/Step-CoT --out step_cot_hub  # download the Hub release, unpack, build
     stepcot data push step_cot_hub --repo fl-15o/Step-CoT
 """
 
@@ -18,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="{build,demo,push,validate}", required=True)
 
     build = commands.add_parser("build", help="release folder -> Parquet shards + dataset card (Hub layout)")
-    build.add_argument("--source", required=True, help="release folder (data.json, split xlsx files, images/)")
+    build.add_argument("--source", required=True,
+                       help="release folder (data.json, split xlsx files, images/) or a Hub dataset id holding one "
+                            "(downloaded, image archives unpacked)")
+    build.add_argument("--revision", default=None,
+                       help="Hub branch, tag or commit of a Hub --source (default main; the commit is pinned in the "
+                            "built card)")
     build.add_argument("--out", required=True, help="output folder; `load_dataset(OUT)` reads it")
     build.add_argument("--lenient", action="store_true",
                        help="skip bad records and list them in OUT/validation_report.json (default: stop at the first)")
@@ -47,20 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
     from dataset_script.release import StepCoTDataError
 
     try:
         return _COMMANDS[args.data_command](args)
-    except (StepCoTDataError, FileNotFoundError) as error:
-        print(f"stepcot data {args.data_command}: error: {error}", file=sys.stderr)
+    except (StepCoTDataError, FileNotFoundError, HfHubHTTPError) as error:
+        print(f"stepcot data {args.data_command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
 
 
 def _build(args) -> int:
     from dataset_script.hub import build_hub_dataset
+    from dataset_script.hub_release import build_from_hub, looks_like_hub_id
 
-    summary = build_hub_dataset(args.source, args.out, strict=not args.lenient, seed=args.seed,
-                                max_shard_bytes=args.max_shard_mb * 2**20)
+    if looks_like_hub_id(args.source):
+        summary = build_from_hub(args.source, args.out, revision=args.revision, strict=not args.lenient,
+                                 seed=args.seed)
+    else:
+        if args.revision is not None:
+            raise FileNotFoundError(f"--revision applies to a Hub dataset id; {args.source} is a local folder")
+        summary = build_hub_dataset(args.source, args.out, strict=not args.lenient, seed=args.seed,
+                                    max_shard_bytes=args.max_shard_mb * 2**20)
     print(json.dumps(summary, indent=2))
     if summary["records_skipped"]:
         print(f"{summary['records_skipped']} records skipped: see {summary['report']}", file=sys.stderr)
@@ -80,7 +95,7 @@ def _push(args) -> int:
 
     commit = push_to_hub(args.folder, args.repo, private=not args.public, token=args.token,
                          commit_message=args.message)
-    print(f"pushed {args.folder} to https://huggingface.co/datasets/{args.repo} ({commit})")
+    print(f"pushed {args.folder} to the dataset {args.repo}: {commit.commit_url}")
     return 0
 
 

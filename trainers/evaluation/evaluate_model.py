@@ -67,6 +67,9 @@ def load_split(dataset: str, split: str, max_examples: int | None = None):
     """A `datasets` split from a local folder (`stepcot data build` output) or a Hub dataset id."""
     from datasets import load_dataset
 
+    from dataset_script.hub_release import resolve_dataset_source
+
+    dataset = resolve_dataset_source(dataset)  # a raw release on the Hub: downloaded and built once, then cached
     path = Path(dataset)
     if path.is_dir() and (path / "data.json").is_file() and not (path / "data").is_dir():
         raise ValueError(f"{dataset} is a release folder; build the Hub layout first: "

@@ -37,7 +37,9 @@ def prepare_dataset(dataset: str, data_dir: Path, demo_size: int, demo_image_siz
     """A built (Parquet) dataset folder or Hub id that all variants read: the demo is rendered and a release folder
     validated and built once, into `data_dir`."""
     from dataset_script.hub import build_hub_dataset
+    from dataset_script.hub_release import resolve_dataset_source
 
+    dataset = resolve_dataset_source(dataset, strict=not lenient)
     source = Path(dataset)
     built = data_dir / "dataset"
     if dataset == "demo":

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from dataset_script.demo import write_demo_release
 from dataset_script.hub import build_hub_dataset
+from dataset_script.hub_release import resolve_dataset_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.evaluation.metrics import compute_step_metrics
@@ -130,7 +131,7 @@ def start_run(training_args) -> Path:
 
 def load_splits(data_args, output_dir: Path):
     """A `DatasetDict` with `image` and `labels` columns from the demo, a release folder, a built folder or the Hub."""
-    source = data_args.dataset
+    source = resolve_dataset_source(data_args.dataset, strict=not data_args.lenient)  # a Hub release: built once
     if source == "demo":
         release = output_dir / "demo-release"
         if not (release / "data.json").is_file():
