@@ -191,17 +191,19 @@ def _card_body(release: StepCoTRelease, split_infos: dict, hub_source: dict | No
                   "2603.13878).", ""]
     lines += ["## Usage", "", "```python", "from datasets import load_dataset",
               f'ds = load_dataset("{DEFAULT_REPO_ID}")  # or load_dataset("path/to/this/folder")',
-              'ds["train"][0]["labels"]  # 7 option indices, -100 = missing', "```", "",
+              f'ds["train"][0]["labels"]  # {config.num_steps} option indices, -100 = missing', "```", "",
               "## Source datasets", ""]
     lines += [f"- {origin}: {count} records" for origin, count in origins.most_common()]
     lines += ["", "## Licenses", ""] + _license_lines(origins, synthetic)
     lines += ["", "## Label schema", "",
               "`labels[i]` is the index of step i's answer in that record's `options` (the same order as "
-              "`vqa_chain[i].options`); `N/A` (clinically irrelevant, e.g. no lesion) is the last option of steps "
-              "2-6; -100 marks a missing answer.", "",
-              "| step | name | question | options |", "|---|---|---|---|"]
+              "`vqa_chain[i].options`); `N/A` (clinically irrelevant, e.g. no lesion) is the last option of a step "
+              "that has one; -100 marks a step the record leaves out or does not answer (neither trained nor scored).",
+              "", f"Schema: {release.schema_source}. Counts: records answering each option, all splits.", "",
+              "| step | name | question | options (count) |", "|---|---|---|---|"]
+    class_counts = release.step_class_counts()
     for step in range(config.num_steps):
-        options = " / ".join(f"{i}: {o}" for i, o in enumerate(config.step_options[step]))
+        options = " / ".join(f"{i}: {o} ({class_counts[step][o]})" for i, o in enumerate(config.step_options[step]))
         lines.append(f"| {step + 1} | {config.step_names[step]} | {config.step_questions[step]} | {options} |")
     lines += ["", "## Splits and diagnoses", "", f"Split source: {release.split_source}. Patients never cross "
               "splits.", "", "| diagnosis | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
