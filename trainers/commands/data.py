@@ -5,6 +5,9 @@
     stepcot data build --source demo_release --out step_cot_hub      # then load_dataset("step_cot_hub")
     stepcot data build --source fl-15o/Step-CoT --out step_cot_hub  # download the Hub release, unpack, build
     stepcot data push step_cot_hub --repo fl-15o/Step-CoT
+    stepcot data import folders --source chest_xray/train --out my_release --mapping labels.yaml
+    stepcot data import table --source Data_Entry_2017.csv --images images/ --out my_release --mapping nih.yaml
+    stepcot data import reports --source reports.jsonl --out my_release
 """
 
 import argparse
@@ -16,7 +19,7 @@ HELP = "build, validate, publish Step-CoT datasets and render the synthetic demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="data_command", metavar="{build,demo,push,validate}", required=True)
+    commands = parser.add_subparsers(dest="data_command", metavar="{build,demo,import,push,validate}", required=True)
 
     build = commands.add_parser("build", help="release folder -> Parquet shards + dataset card (Hub layout)")
     build.add_argument("--source", required=True,
@@ -37,6 +40,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--workers", type=int, default=1, help="rendering processes")
+
+    imports = commands.add_parser(
+        "import", help="your own images + labels or reports -> a release folder (data.json, images/, schema.json)",
+        description="Layouts: 'folders' (ROOT/<label>/<image>, Kermany style), 'table' (CSV/JSONL with an image "
+                    "and a labels column, NIH Data_Entry style 'A|B'), 'reports' (image + report pairs, annotated by "
+                    "the rules annotator). A mapping file (JSON/YAML: labels -> step answers, optional own steps, "
+                    "patient_id) says what labels mean; without one, the labels become the options of one "
+                    "Diagnosis step. OUT/import_report.json lists what mapped and what was left out.")
+    imports.add_argument("layout", choices=("folders", "table", "reports"))
+    imports.add_argument("--source", required=True, help="class-folder root, table file, or reports file")
+    imports.add_argument("--out", required=True, help="new release folder")
+    imports.add_argument("--mapping", default=None, help="mapping file (.json / .yaml)")
+    imports.add_argument("--images", default=None, help="folder the table's / reports' image paths are relative to "
+                                                        "(default: the file's folder)")
+    imports.add_argument("--patient-id", default=None,
+                         help="grouping key: a column name, or a regex on the image file name (group 1), e.g. "
+                              "'(person\\d+)'; overrides the mapping file's")
+    imports.add_argument("--separator", default="|", help="between several labels in one cell (default '|')")
+    imports.add_argument("--image-column", default=None, help="table column holding the image path")
+    imports.add_argument("--label-column", default=None, help="table column holding the label(s)")
+    imports.add_argument("--no-copy", action="store_true",
+                         help="record absolute image paths instead of copying the images into OUT/images")
 
     push = commands.add_parser("push", help="upload a built folder to a Hub dataset repo")
     push.add_argument("folder", help="folder made by `stepcot data build`")
@@ -90,6 +115,27 @@ def _demo(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from dataset_script import importers
+
+    copy = not args.no_copy
+    if args.layout == "folders":
+        report = importers.import_folders(args.source, args.out, args.mapping, args.patient_id, copy)
+    elif args.layout == "table":
+        report = importers.import_table(args.source, args.out, args.mapping, args.images, args.separator,
+                                        args.image_column, args.label_column, args.patient_id, copy)
+    else:
+        if args.mapping:
+            raise FileNotFoundError("--mapping applies to labels (folders / table); reports go through the annotator")
+        report = importers.import_reports(args.source, args.out, args.images, copy_images=copy)
+    summary = {key: value for key, value in report.items() if key != "left_out_rows"}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {report['records']} records to {args.out}; {report['left_out']} rows left out (listed in "
+          f"{args.out}/{importers.IMPORT_REPORT}). Next: stepcot data build --source {args.out} --out DIR",
+          file=sys.stderr)
+    return 0
+
+
 def _push(args) -> int:
     from dataset_script.hub import push_to_hub
 
@@ -112,4 +158,4 @@ def _validate(args) -> int:
     return 1 if release.skipped else 0
 
 
-_COMMANDS = {"build": _build, "demo": _demo, "push": _push, "validate": _validate}
+_COMMANDS = {"build": _build, "demo": _demo, "import": _import, "push": _push, "validate": _validate}
