@@ -366,8 +366,6 @@ def _parse_chain(steps: list, config: StepCoTSchemaConfig, problem) -> tuple[lis
         problem("vqa_chain", f"has {len(steps)} steps, the schema has {config.num_steps}")
     chain = [given[i][0] if i in given else _missing_step(i, config) for i in range(config.num_steps)]
     labels = [given[i][1] if i in given else IGNORE_INDEX for i in range(config.num_steps)]
-    if given and all(label == IGNORE_INDEX for label in labels):
-        problem("vqa_chain", "no step has an answer")
     return chain, labels
 
 
@@ -660,6 +658,10 @@ class StepCoTRelease:
                 self._reject(problems)
                 continue
             records.append(clean)
+        unanswered = sum(all(label == IGNORE_INDEX for label in record["labels"]) for record in records)
+        if unanswered:  # kept (e.g. a report silent about the lungs), but they teach and score nothing
+            self.notes.append(dict(index=None, patient_id=None, field="vqa_chain",
+                                   message=f"{unanswered} records answer no step (all 'No Answer' / left out)"))
         self.split_source = self._assign_splits(records)
         self.records = [record for record in records if record.get("split") is not None]
         self._check_leakage()

@@ -143,10 +143,14 @@ def test_partial_chain_entries_must_name_their_step(demo_release_dir, chain, fie
     assert len(problems) == 1 and f"field {field}: " in problems[0] and message in problems[0], problems
 
 
-def test_a_step_given_twice_or_a_chain_without_answers_is_reported():
+def test_a_step_given_twice_is_reported_and_a_chain_without_answers_is_a_note(partial_release):
     from dataset_script.release import validate_record
 
     step = {"step": "Diagnosis", "options": DEFAULT_STEP_OPTIONS[6], "answer": "Normal"}
     assert "given twice" in validate_record({"patient_id": "p", "image_path": "x", "vqa_chain": [step, step]})[0]
-    empty = dict(step, answer="No Answer")
-    assert "no step has an answer" in validate_record({"patient_id": "p", "image_path": "x", "vqa_chain": [empty]})[0]
+    folder, records = partial_release
+    records[0]["vqa_chain"][0]["answer"] = "No Answer"  # a report silent about the lungs: kept, teaches nothing
+    (folder / "data.json").write_text(json.dumps(records))
+    release = StepCoTRelease(folder)
+    assert next(r for r in release if r["index"] == 0)["labels"] == [-100] * 7
+    assert any("1 records answer no step" in note["text"] for note in release.report["notes"])

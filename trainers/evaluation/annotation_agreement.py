@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_script.annotate.findings import DETECTION, DIAGNOSIS, LOCATION
+from dataset_script.annotate.findings import DETECTION, DIAGNOSIS, LOCATION, NO_ANSWER
 from dataset_script.annotate.mesh import parse_mesh
 from trainers.evaluation.metrics import _interval, _resample_weights
 
@@ -146,9 +146,12 @@ def collect_pairs(reports: list[dict], chains: dict[str, list[dict]]) -> dict[st
             continue
         chain = chains[report["uid"]]
         no_abnormality = chain[DETECTION]["options"][0]
+        detected = chain[DETECTION]["answer"]
         items = {
+            # "No Answer" (the report is silent) is its own label: a miss, neither normal nor abnormal
             "detection": ("abnormal" if reference.detection_abnormal else "normal",
-                          "abnormal" if chain[DETECTION]["answer"] != no_abnormality else "normal"),
+                          NO_ANSWER if detected == NO_ANSWER else "abnormal" if detected != no_abnormality
+                          else "normal"),
             "detection_4way": (reference.detection, chain[DETECTION]["answer"]),
         }
         if reference.side:
