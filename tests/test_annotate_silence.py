@@ -75,8 +75,10 @@ def test_the_covid_case_notes_quoted_in_the_issue(shared_data_dir):
     ards = records["images/ARDSSevere.png"]
     assert ards["report"].startswith("Severe ARDS. Person is intubated")
     assert answers(ards["report"]) == [NO_ANSWER] * 7
-    silent = [r for r in records.values() if r["report"].strip().rstrip(".") == "Fever and cough"]
-    assert all(answers(r["report"]) == [NO_ANSWER] * 7 for r in silent)
+    by_text = {r["report"].strip(): r for r in records.values()}
+    for text in ("Fever and two days of odynophagia", "Intensive care study", "Dry cough, chest pain and dyspnea"):
+        assert answers(by_text[text]["report"]) == [NO_ANSWER] * 7, text
+    assert answers(by_text["Fever and cough. Normal appearances."]["report"])[DIAGNOSIS] == "Normal"
 
 
 def test_view_license_and_patient_keys_are_kept(tmp_path):

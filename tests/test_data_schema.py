@@ -154,3 +154,15 @@ def test_a_step_given_twice_is_reported_and_a_chain_without_answers_is_a_note(pa
     release = StepCoTRelease(folder)
     assert next(r for r in release if r["index"] == 0)["labels"] == [-100] * 7
     assert any("1 records answer no step" in note["text"] for note in release.report["notes"])
+
+
+def test_the_readme_record_example_is_a_valid_record():
+    import re
+    from pathlib import Path
+
+    from dataset_script.release import parse_record
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"A complete record of the seven-step schema:\n\n```json\n(.*?)```", readme, re.S)
+    clean, problems, _ = parse_record(json.loads(example.group(1)))
+    assert problems == [] and clean["labels"] == [1, 0, 5, 4, 4, 1, 4]
