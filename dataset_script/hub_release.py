@@ -273,27 +273,10 @@ def prepare_hub_dataset(repo_id: str, revision: str | None = None, cache_dir=Non
 
 
 def build_release_folder(release_dir, out_dir, strict=True, seed=0, hub_source=None) -> dict:
-    """Validate and build into a temporary folder, then move it into place, so a failed build leaves no half
-    layout that a later call would take for a finished one."""
+    """Validate and build (atomically: `build_hub_dataset` moves a complete build into place)."""
     from dataset_script.hub import build_hub_dataset
 
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    summary = build_hub_dataset(release_dir, staging, strict=strict, seed=seed, hub_source=hub_source)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
-    summary["out_dir"] = str(out_dir)
-    return summary
-
-
-def resolve_dataset_source(source: str, revision: str | None = None, cache_dir=None, strict: bool = True) -> str:
-    """`source` unchanged unless it is a Hub id: then what `prepare_hub_dataset` gives for it."""
-    if looks_like_hub_id(source):
-        return prepare_hub_dataset(source, revision=revision, cache_dir=cache_dir, strict=strict)
-    return source
+    return build_hub_dataset(release_dir, out_dir, strict=strict, seed=seed, hub_source=hub_source)
 
 
 __all__ = [
@@ -302,6 +285,5 @@ __all__ = [
     "default_cache_dir",
     "looks_like_hub_id",
     "prepare_hub_dataset",
-    "resolve_dataset_source",
     "safe_unpack",
 ]

@@ -226,7 +226,7 @@ def test_hub_release_download_build_train_push_and_load_back(demo_release_dir, t
         assert "README.md" in pushed and any(name.endswith(".parquet") for name in pushed)
         assert "validation_report.json" not in pushed
         code = ("import sys, json; from datasets import load_dataset; "
-                "from dataset_script.hub_release import resolve_dataset_source as r; src = r(sys.argv[1]); "
+                "from dataset_script.sources import prepare_source as r; src = r(sys.argv[1]); "
                 "d = load_dataset(src); print(json.dumps([src, {k: list(d[k]['labels']) for k in d}]))")
         read_back = _python(code, env, "someone/step-cot-built")
         assert read_back.returncode == 0, read_back.stderr[-3000:]
