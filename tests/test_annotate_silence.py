@@ -121,6 +121,7 @@ def test_import_of_image_report_pairs_goes_through_the_annotator(tmp_path):
     assert sorted(labels) == ["p0", "p1"] and [-100] * 7 in labels["p0"]
 
 
+@pytest.mark.slow  # subprocesses (imports torch), or 480 real images
 def test_annotate_eval_lists_unknown_mesh_codes_and_scores_the_rest(tmp_path):
     reports = [
         {"uid": "CXR1", "findings": "The lungs are clear.", "impression": "Normal chest.", "mesh_major": ["normal"]},

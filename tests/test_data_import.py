@@ -124,6 +124,7 @@ def test_mapping_file_errors_name_the_label(nih_table, tmp_path, labels, message
     assert message in str(error.value)
 
 
+@pytest.mark.slow  # subprocesses (imports torch), or 480 real images
 def test_cli_import_reports_and_fails_in_one_line(nih_table, tmp_path):
     table, images, mapping = nih_table
     command = [sys.executable, "-m", "trainers.cli", "data", "import", "table", "--source", str(table),
@@ -150,6 +151,7 @@ patient_id: '(person\\d+|IM-\\d+)'
 """
 
 
+@pytest.mark.slow  # subprocesses (imports torch), or 480 real images
 def test_kermany_480_from_class_folders_and_from_its_table(shared_data_dir, tmp_path):
     from dataset_script.hub import build_hub_dataset
 

@@ -235,6 +235,7 @@ def test_hub_release_download_build_train_push_and_load_back(demo_release_dir, t
         assert labels == {split: list(local[split]["labels"]) for split in local}
 
 
+@pytest.mark.slow  # subprocesses (imports torch), or 480 real images
 def test_hub_build_errors_are_one_line(tmp_path):
     with FakeHub(lifetime_s=60) as hub:
         hub.commit("someone/not-a-release", {"README.md": b"---\n---\nhello\n"})
@@ -257,3 +258,21 @@ def _build_locally(release_dir, out):
 
     build_hub_dataset(release_dir, out)
     return out
+
+
+@pytest.mark.slow
+def test_offline_a_cached_build_is_used_and_without_one_the_error_says_so(tmp_path):
+    cache = tmp_path / "cache"
+    built = cache / "hub-releases" / "fl-15o--Step-CoT" / ("a" * 40) / "built"
+    built.mkdir(parents=True)
+    (built / "README.md").write_text("---\n---\n")
+    (built / "hub_source.json").write_text("{}")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), STEPCOT_CACHE=str(cache),
+               PYTHONPATH=str(REPO_ROOT))
+    code = ("import sys; from dataset_script.hub_release import prepare_hub_dataset as p\n"
+            "try:\n    print(p(sys.argv[1]))\nexcept Exception as error:\n    print('error:', error)")
+    found = _python(code, env, RELEASE_ID)
+    assert found.stdout.strip() == str(built) and "using the cached build" in found.stderr
+    missing = _python(code, env, "someone/never-built")
+    assert "someone/never-built: cannot reach the Hub" in missing.stdout and "no cached build" in missing.stdout
