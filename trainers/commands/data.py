@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "Diagnosis step. OUT/import_report.json lists what mapped and what was left out.")
     imports.add_argument("layout", choices=("folders", "table", "reports"))
     imports.add_argument("--source", required=True, help="class-folder root, table file, or reports file")
-    imports.add_argument("--out", required=True, help="new release folder")
+    imports.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, help="new release folder")
     imports.add_argument("--mapping", default=None, help="mapping file (.json / .yaml)")
     imports.add_argument("--images", default=None, help="folder the table's / reports' image paths are relative to "
                                                         "(default: the file's folder)")
