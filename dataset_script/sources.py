@@ -7,7 +7,9 @@
                         when WORK/dataset/build_info.json says it was made from this release, unchanged, with the same
                         mode (strict / lenient), seed and schema; otherwise it is rebuilt (atomically)
     a built folder      (README.md + data/*.parquet, from `stepcot data build`) loaded as it is
-    a Hub id            `load_dataset(id)`
+    a Hub id            a raw release on the Hub (data.json + image archives, e.g. fl-15o/Step-CoT) is downloaded at
+                        a pinned commit, unpacked and built once into $HF_HOME/stepcot/hub-releases (reused for that
+                        commit, offline too: `dataset_script.hub_release`); any other Hub id goes to `load_dataset(id)`
 
 WORK is the command's own folder (`stepcot train --output_dir`, the bench's OUT/data) or, for commands that have
 none (`stepcot eval`, baselines), a per-release folder under `$STEPCOT_CACHE` (default ~/.cache/stepcot/builds).
@@ -80,9 +82,9 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
     if kind == "built":
         return str(source)
     if kind == "hub":
-        # Hub-release download goes here: a Hub repo that holds a raw release (data.json + images) is to be fetched
-        # into WORK and built like a local release folder. Today a Hub id is a built dataset read by load_dataset.
-        return str(source)
+        from dataset_script.hub_release import prepare_hub_dataset
+
+        return prepare_hub_dataset(str(source), strict=not lenient, seed=seed)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(source)
     release = Path(source).expanduser()
     if kind == "demo":

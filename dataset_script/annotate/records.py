@@ -23,6 +23,10 @@ from modeling_stepcot.configuration_stepcot import (
 )
 
 ID_FIELDS = ("patient_id", "uid", "id", "study_id")
+# A row that carries both a report id and one of these keeps the latter as the record's `patient_id` (the key that
+# keeps a patient's images in one split) and its report id as `report_id`.
+GROUP_FIELDS = ("patient_id", "patient", "subject_id", "group")
+KEPT_FIELDS = ("view", "license")  # copied from the input row into the record
 IMAGE_FIELDS = ("image_path", "image", "images")
 LATERALITY_VALUES = (None, "left", "right", "bilateral")
 
@@ -41,6 +45,8 @@ class ReportRow:
     image_path: str
     origin: str
     source: str  # "file:line"
+    group: str = ""  # patient / grouping key when the row has one besides its report id
+    kept: dict = field(default_factory=dict)  # view, license of the input row
 
     @property
     def text(self) -> str:
@@ -120,7 +126,12 @@ def _parse_row(row, source: str, default_origin: str, image_path_template: str |
         raise ReportError(f"{source} (id {patient_id}): no image (fields {', '.join(IMAGE_FIELDS)}); a Step-CoT "
                           "record needs one: pass --image-path-template, e.g. 'images/{patient_id}.png'")
     origin = _text_field(row, "origin", source) or default_origin
-    return ReportRow(patient_id, findings, impression, str(image), origin, source)
+    report_id = next((str(row[name]).strip() for name in ID_FIELDS[1:] if row.get(name) not in (None, "")), "")
+    group = next((str(row[name]).strip() for name in GROUP_FIELDS if row.get(name) not in (None, "")), "")
+    if report_id and group:
+        patient_id = report_id  # reports are keyed by their own id; the patient groups them
+    kept = {name: row[name] for name in KEPT_FIELDS if row.get(name) not in (None, "")}
+    return ReportRow(patient_id, findings, impression, str(image), origin, source, group, kept)
 
 
 def image_path_from_template(template: str, patient_id: str, source: str) -> str:
@@ -167,13 +178,16 @@ def read_reports(path: str | Path, *, strict: bool = True, default_origin: str =
 
 
 def make_record(row: ReportRow, chain: list[dict]) -> dict:
-    return {
-        "patient_id": row.patient_id,
+    record = {
+        "patient_id": row.group or row.patient_id,
         "image_path": row.image_path,
         "origin": row.origin,
         "report": row.text,
         "vqa_chain": chain,
     }
+    if row.group:
+        record["report_id"] = row.patient_id
+    return {**record, **row.kept}
 
 
 def validate_chain(chain, where: str) -> None:
