@@ -13,7 +13,9 @@ HELP = "evaluate a model on a dataset split: metrics, tables, plots"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
-    parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
+    parser.add_argument("--dataset", required=True,
+                        help="'demo', a release folder (built under $STEPCOT_CACHE), a built folder "
+                             "(`stepcot data build` output) or a Hub id")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json, tables and plots")
     parser.add_argument("--name", default=None, help="model name in the tables (default: Teacher / Student / ablation)")
