@@ -79,9 +79,7 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
     if kind == "built":
         return str(source)
     if kind == "hub":
-        # Hub-release download goes here: a Hub repo that holds a raw release (data.json + images) is to be fetched
-        # into WORK and built like a local release folder. Today a Hub id is a built dataset read by load_dataset.
-        return str(source)
+        return hub_source(source, work_dir)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(source)
     release = Path(source).expanduser()
     if kind == "demo":
@@ -100,6 +98,15 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
         logger.warning("%s records skipped, %s other problems: see %s", summary["records_skipped"],
                        summary.get("problems_reported", 0), summary["report"])
     return str(built)
+
+
+def hub_source(repo_id: str, work_dir=None) -> str:
+    """What `load_dataset` reads for a Hub dataset id. Today the id names a built dataset (Parquet + card) and is
+    returned as it is.
+
+    Hub-release download belongs here: a repo that holds a raw release (data.json + images) is to be fetched into
+    WORK (or `default_work_dir(repo_id)`) and built like a local release folder, returning the built folder."""
+    return repo_id
 
 
 def _demo_release(work_dir: Path, size: int, image_size: int, log) -> Path:
@@ -133,5 +140,13 @@ def load_source(source: str, work_dir=None, *, split: str | None = None, lenient
                                      demo_image_size=demo_image_size, log=log), split=split)
 
 
-__all__ = ["default_work_dir", "is_built_folder", "is_release_folder", "load_built", "load_source", "prepare_source",
-           "source_kind"]
+__all__ = [
+    "default_work_dir",
+    "hub_source",
+    "is_built_folder",
+    "is_release_folder",
+    "load_built",
+    "load_source",
+    "prepare_source",
+    "source_kind",
+]
