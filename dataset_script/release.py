@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from modeling_stepcot.configuration_stepcot import NA_OPTION, StepCoTSchemaConfig
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 SPLITS = ("train", "validation", "test")
 # Split-list file stems as they appear in releases -> canonical split name.
 SPLIT_FILE_STEMS = {"train": "train", "val": "validation", "valid": "validation", "validation": "validation",
@@ -60,7 +59,7 @@ STEP_FIELD_ALIASES = {
     "answer": ("answer", "gt", "ground_truth", "gt_answer", "label", "a"),
     "reasoning": ("reasoning", "rationale", "explanation", "reason", "thought"),
 }
-NO_ANSWER_TEXTS = {"", "no answer", "noanswer", "unanswered", "unknown answer", "missing"}
+NO_ANSWER_TEXTS = {"", NO_ANSWER.lower(), "noanswer", "unanswered", "unknown answer", "missing"}
 NA_TEXTS = {"n/a", "na", "n.a.", "n.a", "not applicable"}
 # "B", "B.", "B)", "(B)", "B: Focal", "B. Focal" -> ("B", "Focal")
 _LETTER_ANSWER = re.compile(r"^\(?([A-Za-z])\s*(?:[.):\]]\s*(.*))?$", re.S)
@@ -964,7 +963,6 @@ class StepCoTRelease:
 
 
 __all__ = [
-    "IGNORE_INDEX",
     "SPLITS",
     "MAX_IMAGE_PIXELS",
     "NEAR_DUPLICATE_MAX_DISTANCE",

@@ -108,7 +108,8 @@ def test_build_shards_and_converts_16_bit_images(demo_release_dir, tmp_path):
     release_dir = tmp_path / "release"
     shutil.copytree(demo_release_dir, release_dir)
     first = json.loads((release_dir / "data.json").read_text())[0]
-    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(release_dir / first["image_path"])
+    sixteen_bit = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(sixteen_bit).save(release_dir / first["image_path"])
     out = tmp_path / "hub"
     build_hub_dataset(release_dir, out, max_shard_bytes=20_000)
     shards = sorted(p.name for p in (out / "data").glob("train-*.parquet"))

@@ -7,9 +7,10 @@ import pytest
 import torch
 from tiny_models import tiny_student, tiny_teacher
 
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers import cli
 from trainers.evaluation import report
-from trainers.evaluation.metrics import IGNORE_INDEX, METRIC_NAMES, compute_step_metrics
+from trainers.evaluation.metrics import METRIC_NAMES, compute_step_metrics
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'demo', a release folder (built under $STEPCOT_CACHE), a built folder "
                              "(`stepcot data build` output) or a Hub id")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json, tables and plots")
-    parser.add_argument("--name", default=None, help="model name in the tables (default: Teacher / Student / ablation)")
+    parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
+                        help="output folder for metrics.json, tables and plots")
+    parser.add_argument("--name", default=None,
+                        help="model name in the tables (default: Teacher / Student / ablation)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")

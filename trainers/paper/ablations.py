@@ -32,13 +32,17 @@ RESERVED_TRAIN_FLAGS = ("--output_dir", "--dataset", "--cache_dir", "--use_memor
 TABLE6_ORDER = ("w/o Memory", "w/o Text", "Teacher", "Student")
 
 
-def _option_value(args: list[str], flag: str) -> str | None:
-    for index, arg in enumerate(args):
-        if arg == flag and index + 1 < len(args):
-            return args[index + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+def reserved_flags_in(train_args: list[str]) -> list[str]:
+    """The RESERVED_TRAIN_FLAGS that `train_args` sets, however spelled: `stepcot train` (HfArgumentParser)
+    accepts `--output_dir`, `--output-dir`, `--output-dir=X` and any unambiguous abbreviation (`--output`)."""
+    reserved = {flag[2:]: flag for flag in RESERVED_TRAIN_FLAGS}
+    found = []
+    for arg in train_args:
+        if not arg.startswith("--") or arg == "--":
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        found += [flag for full, flag in reserved.items() if name and full.startswith(name) and flag not in found]
+    return found
 
 
 def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> Path:

@@ -46,7 +46,8 @@ class ModelArguments:
         default=0, metadata={"help": "rank of LoRA adapters on both image encoders (0: none); merged at export"}
     )
     image_size: int | None = field(
-        default=None, metadata={"help": "input size for the efficientnet_lite0 backbone (CLIP fixes its own); default 224"}
+        default=None,
+        metadata={"help": "input size for the efficientnet_lite0 backbone (CLIP fixes its own); default 224"},
     )
 
 
@@ -54,7 +55,9 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="demo",
-        metadata={"help": "'demo' (render the synthetic set), a release folder (data.json), a built folder, or a Hub id"},
+        metadata={
+            "help": "'demo' (render the synthetic set), a release folder (data.json), a built folder, or a Hub id"
+        },
     )
     demo_size: int = field(default=1200, metadata={"help": "records in the synthetic demo"})
     demo_image_size: int = field(default=224)
@@ -64,7 +67,9 @@ class DataArguments:
     )
     cache_dir: str | None = field(default=None, metadata={"help": "feature cache folder (default OUTPUT_DIR/cache)"})
     max_train_samples: int | None = field(default=None)
-    num_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"})
+    num_bootstrap: int = field(
+        default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"}
+    )
     lenient: bool = field(default=False, metadata={"help": "skip (and report) bad records instead of failing"})
 
 
