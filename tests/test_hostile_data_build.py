@@ -16,19 +16,11 @@ from dataset_script.sources import load_source, prepare_source, source_kind
 from trainers import cli
 
 
-@pytest.fixture(scope="module")
-def tiny_release(tmp_path_factory):
-    from dataset_script.demo import write_demo_release
-
-    folder = tmp_path_factory.mktemp("tiny_release")
-    write_demo_release(folder, n=24, seed=0, image_size=32)
-    return folder
-
-
 @pytest.fixture
-def release(tiny_release, tmp_path):
+def release(tiny_release_dir, tmp_path):
+    """A writable copy of the tiny synthetic release (tests/conftest.py)."""
     folder = tmp_path / "release"
-    shutil.copytree(tiny_release, folder)
+    shutil.copytree(tiny_release_dir, folder)
     return folder
 
 
