@@ -6,7 +6,7 @@
     a release folder    (data.json or data.jsonl) validated and built into WORK/dataset; the build is reused only
                         when WORK/dataset/build_info.json says it was made from this release, unchanged, with the same
                         mode (strict / lenient), seed and schema; otherwise it is rebuilt (atomically)
-    a built folder      (README.md + data/*.parquet, from `stepcot data build`) loaded as it is
+    a built folder      (a dataset card or Parquet files, e.g. `stepcot data build` output) loaded as it is
     a Hub id            `load_dataset(id)`
 
 WORK is the command's own folder (`stepcot train --output_dir`, the bench's OUT/data) or, for commands that have
@@ -40,8 +40,9 @@ def is_release_folder(path) -> bool:
 
 
 def is_built_folder(path) -> bool:
+    """A folder `load_dataset` reads: a dataset card, or Parquet files at the top or one level down."""
     path = Path(path)
-    return (path / "README.md").is_file() and any((path / "data").glob("*.parquet"))
+    return (path / "README.md").is_file() or any(path.glob("*.parquet")) or any(path.glob("*/*.parquet"))
 
 
 def source_kind(source: str) -> str:
@@ -55,7 +56,8 @@ def source_kind(source: str) -> str:
         if is_built_folder(path):
             return "built"
         raise StepCoTDataError(f"{source} is neither a Step-CoT release folder (data.json, images/) nor a built "
-                               "dataset folder (README.md + data/*.parquet from `stepcot data build`)")
+                               "dataset folder (README.md + data/*.parquet from `stepcot data build`, or Parquet "
+                               "files)")
     if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 or os.sep != "/" and os.sep in source:
         raise StepCoTDataError(f"dataset folder not found: {source}")
     return "hub"
@@ -127,7 +129,7 @@ def load_built(source: str, split: str | None = None):
     from datasets import load_dataset
 
     path = Path(source).expanduser()
-    shards = (path / "data").glob("*.parquet")
+    shards = list(path.glob("*.parquet")) + list(path.glob("*/*.parquet"))
     legacy = path.is_dir() and not all(CONTENT_NAMED_SHARD.fullmatch(shard.name) for shard in shards)
     return load_dataset(str(path) if path.is_dir() else source, split=split,
                         download_mode="force_redownload" if legacy else None)
