@@ -117,6 +117,7 @@ def test_record_in_two_split_files_is_reported_in_every_mode(release, tmp_path, 
     assert "train.xlsx, test.xlsx" in capsys.readouterr().out
     out = tmp_path / "built"
     assert cli.main(["data", "build", "--source", str(release), "--out", str(out), "--lenient"]) == 0
+    assert "1 other problems resolved leniently" in capsys.readouterr().err
     report = json.loads((out / "validation_report.json").read_text())
     assert any("train.xlsx, test.xlsx" in w["text"] for w in report["warnings"])
 
