@@ -330,6 +330,8 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
             resolved, by_name = locate_image(image_path, image_root)
         except (AmbiguousImageError, UnsafePathError) as error:
             problem("image_path", str(error))
+        except OSError as error:  # e.g. a name longer than the file system allows
+            problem("image_path", f"not a usable file path ({type(error).__name__}: {error.strerror})")
         else:
             if resolved is None and check_image:
                 problem("image_path", f"image file not found: {image_path!r} (looked in {image_root} and its "

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", nargs="+", required=True,
                         help="Hub ids or folders of vision-language models (CLIP, SigLIP, BLIP, FLAVA, ...); "
                              "open_clip models as hf-hub:ORG/NAME (BiomedCLIP)")
-    parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
+    parser.add_argument("--dataset", required=True,
+                        help="'demo', a release folder (built under $STEPCOT_CACHE), a built folder "
+                             "(`stepcot data build` output) or a Hub id")
     parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
                         help="output folder")
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["with", "without"],

@@ -106,6 +106,9 @@ def _build(args) -> int:
     print(json.dumps(summary, indent=2))
     if summary["records_skipped"]:
         print(f"{summary['records_skipped']} records skipped: see {summary['report']}", file=sys.stderr)
+    if summary["problems_reported"]:
+        print(f"{summary['problems_reported']} other problems resolved leniently (leakage kept in one split, options "
+              f"re-ordered, unreadable split files): see {summary['report']}", file=sys.stderr)
     return 0
 
 

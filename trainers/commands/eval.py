@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.evaluation.loading import add_trust_remote_code_argument
 
     parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
-    parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
+    parser.add_argument("--dataset", required=True,
+                        help="'demo', a release folder (built under $STEPCOT_CACHE), a built folder "
+                             "(`stepcot data build` output) or a Hub id")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
     parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
                         help="output folder for metrics.json, tables and plots")
