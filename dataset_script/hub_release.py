@@ -23,6 +23,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from dataset_script.hub import build_hub_dataset
 from dataset_script.release import StepCoTDataError
 
 logger = logging.getLogger(__name__)
@@ -274,8 +275,6 @@ def prepare_hub_dataset(repo_id: str, revision: str | None = None, cache_dir=Non
 
 def build_release_folder(release_dir, out_dir, strict=True, seed=0, hub_source=None) -> dict:
     """Validate and build (atomically: `build_hub_dataset` moves a complete build into place)."""
-    from dataset_script.hub import build_hub_dataset
-
     return build_hub_dataset(release_dir, out_dir, strict=strict, seed=seed, hub_source=hub_source)
 
 

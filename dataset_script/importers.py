@@ -33,11 +33,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from dataset_script.annotate.annotator import annotate_rows
+from dataset_script.annotate.records import read_reports
 from dataset_script.release import (
     RECORD_FIELD_ALIASES,
     SCHEMA_FILE,
     StepCoTDataError,
-    _get_field,
+    get_field,
     normalize_text,
 )
 from modeling_stepcot.configuration_stepcot import StepCoTSchemaConfig
@@ -168,7 +170,7 @@ class LabelMapping:
                                        f"({error})") from None
             if match:
                 return (match.group(1) if match.groups() else match.group(0)), True
-        _, value = _get_field(row, RECORD_FIELD_ALIASES["patient_id"])
+        _, value = get_field(row, RECORD_FIELD_ALIASES["patient_id"])
         if value not in (None, ""):
             return str(value), True
         return image.stem, False
@@ -347,9 +349,6 @@ def import_reports(reports, out_dir, images_dir=None, strict=False, copy_images=
     """Image + report pairs through the rules annotator: each report's chain (steps the report is silent about stay
     "No Answer"); view, license and patient / group keys of the input rows are kept."""
     import argparse
-
-    from dataset_script.annotate.annotator import annotate_rows
-    from dataset_script.annotate.records import read_reports
 
     reports = Path(reports)
     read = read_reports(reports, strict=strict)

@@ -161,7 +161,7 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def _get_field(mapping: dict, aliases) -> tuple[str | None, object]:
+def get_field(mapping: dict, aliases) -> tuple[str | None, object]:
     """(the key found, its value) for the first alias present, comparing normalised key names."""
     by_key = {_key(key): key for key in mapping}
     for alias in aliases:
@@ -313,7 +313,7 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
     if not isinstance(record, dict):
         return None, [dict(index=index, patient_id=None, field="record",
                            message=f"must be a JSON object, got {type(record).__name__}")], notes
-    _, patient_id = _get_field(record, RECORD_FIELD_ALIASES["patient_id"])
+    _, patient_id = get_field(record, RECORD_FIELD_ALIASES["patient_id"])
     patient_id = None if patient_id is None or str(patient_id).strip() == "" else str(patient_id).strip()
 
     def problem(field, message):
@@ -321,7 +321,7 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
 
     if patient_id is None:
         problem("patient_id", "missing (needed to split by patient without leakage)")
-    _, image_path = _get_field(record, RECORD_FIELD_ALIASES["image_path"])
+    _, image_path = get_field(record, RECORD_FIELD_ALIASES["image_path"])
     resolved, by_name, perceptual_hash = None, False, None
     if image_path is None or str(image_path).strip() == "":
         problem("image_path", "missing")
@@ -345,11 +345,11 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
                                           message=f"{info['mode']} image {image_path!r} will be converted to 8-bit"))
                 except Exception as error:  # any decoder failure is this record's problem, never the whole run's
                     problem("image_path", f"unreadable image {str(resolved)!r}: {type(error).__name__}: {error}")
-    _, view = _get_field(record, RECORD_FIELD_ALIASES["view"])
+    _, view = get_field(record, RECORD_FIELD_ALIASES["view"])
     if _is_lateral(view):
         problem("view", f"non-frontal view {view!r}: Step-CoT uses frontal chest X-rays only")
 
-    _, raw_chain = _get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
+    _, raw_chain = get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
     chain, labels = [], []
     if raw_chain is None:
         problem("vqa_chain", "missing")
@@ -363,8 +363,8 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
             chain, labels = _parse_chain(steps, config, problem)
     if problems:
         return None, problems, notes
-    _, origin = _get_field(record, RECORD_FIELD_ALIASES["origin"])
-    _, report = _get_field(record, RECORD_FIELD_ALIASES["report"])
+    _, origin = get_field(record, RECORD_FIELD_ALIASES["origin"])
+    _, report = get_field(record, RECORD_FIELD_ALIASES["report"])
     clean = {
         "patient_id": patient_id,
         "image_path": str(image_path),
@@ -387,11 +387,11 @@ _STEP_NUMBER = re.compile(r"^\s*(?:step)?\s*[-_#]?\s*(\d+)\s*$", re.I)
 def step_key(step: dict) -> tuple[str, object] | None:
     """How a chain entry names its step: ("number", 3) for "Step 3" / 3, ("name", "diagnosis") for a step name,
     ("question", ...) when it only carries a question; None when it carries none of these."""
-    _, ident = _get_field(step, STEP_FIELD_ALIASES["step"])
+    _, ident = get_field(step, STEP_FIELD_ALIASES["step"])
     if ident is not None and str(ident).strip():
         match = _STEP_NUMBER.match(str(ident))
         return ("number", int(match.group(1))) if match else ("name", normalize_text(ident))
-    _, question = _get_field(step, STEP_FIELD_ALIASES["question"])
+    _, question = get_field(step, STEP_FIELD_ALIASES["question"])
     if question is not None and str(question).strip():
         return ("question", normalize_text(question))
     return None
@@ -409,7 +409,7 @@ def _step_index(step: dict, position: int, full_chain: bool, config: StepCoTSche
         return key[1] - 1
     if key is not None and key[1] in names:
         return names.index(key[1])
-    _, question = _get_field(step, STEP_FIELD_ALIASES["question"])
+    _, question = get_field(step, STEP_FIELD_ALIASES["question"])
     if question is not None and normalize_text(question) in questions:
         return questions.index(normalize_text(question))
     if full_chain:
@@ -452,7 +452,7 @@ def _parse_chain(steps: list, config: StepCoTSchemaConfig, problem) -> tuple[lis
 def _parse_step(step, step_index: int, config: StepCoTSchemaConfig):
     if not isinstance(step, dict):
         raise _Problem("step", f"must be a dict with question/options/answer, got {type(step).__name__}")
-    _, raw_options = _get_field(step, STEP_FIELD_ALIASES["options"])
+    _, raw_options = get_field(step, STEP_FIELD_ALIASES["options"])
     if raw_options is None:
         raise _Problem("options", "missing")
     try:
@@ -468,15 +468,15 @@ def _parse_step(step, step_index: int, config: StepCoTSchemaConfig):
                                   f"configured with {expected}: {options}")
     if len(set(map(normalize_text, options))) != len(options):
         raise _Problem("options", f"duplicate options {options}")
-    answer_key, answer = _get_field(step, STEP_FIELD_ALIASES["answer"])
+    answer_key, answer = get_field(step, STEP_FIELD_ALIASES["answer"])
     try:
         label = answer_to_label(answer, options, na_label=na_label)
     except UnknownAnswerError as error:
         raise _Problem("answer", str(error)) from None
     if without_na:
         options = options + [NA_OPTION]
-    _, question = _get_field(step, STEP_FIELD_ALIASES["question"])
-    _, reasoning = _get_field(step, STEP_FIELD_ALIASES["reasoning"])
+    _, question = get_field(step, STEP_FIELD_ALIASES["question"])
+    _, reasoning = get_field(step, STEP_FIELD_ALIASES["reasoning"])
     clean_step = {
         "question": str(question) if question is not None else config.step_questions[step_index],
         "options": options,
@@ -637,7 +637,7 @@ def _chain_entries(raw_records: list) -> list[list[dict]]:
     for record in raw_records:
         if not isinstance(record, dict):
             continue
-        _, raw_chain = _get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
+        _, raw_chain = get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
         try:
             chains.append([step for step in _chain_as_list(raw_chain) if isinstance(step, dict)])
         except StepCoTDataError:
@@ -654,7 +654,7 @@ def _fits(chains: list[list[dict]], config: StepCoTSchemaConfig) -> bool:
                 index = _step_index(step, position, len(chain) == config.num_steps, config)
             except _Problem:
                 return False
-            _, options = _get_field(step, STEP_FIELD_ALIASES["options"])
+            _, options = get_field(step, STEP_FIELD_ALIASES["options"])
             if isinstance(options, (list, tuple, dict)):
                 option_counts[index][len(options)] += 1
     for index, counts in enumerate(option_counts):
@@ -682,13 +682,13 @@ def infer_schema(raw_records: list, base: StepCoTSchemaConfig | None = None) -> 
             key = step_key(step) or ("position", position + 1)
             if key not in labels:
                 order.append(key)
-                _, ident = _get_field(step, STEP_FIELD_ALIASES["step"])
+                _, ident = get_field(step, STEP_FIELD_ALIASES["step"])
                 labels[key] = str(ident).strip() if key[0] == "name" else f"Step {key[1]}" if key[0] in (
                     "number", "position") else None
-            _, question = _get_field(step, STEP_FIELD_ALIASES["question"])
+            _, question = get_field(step, STEP_FIELD_ALIASES["question"])
             if question is not None and str(question).strip():
                 questions[key][str(question).strip()] += 1
-            _, raw_options = _get_field(step, STEP_FIELD_ALIASES["options"])
+            _, raw_options = get_field(step, STEP_FIELD_ALIASES["options"])
             try:
                 options[key][tuple(_na_last(clean_options(raw_options)))] += 1
             except TypeError:

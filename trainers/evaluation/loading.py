@@ -185,6 +185,7 @@ def _check_loading_info(info: dict, where) -> None:
 
 def stepcot_classes(model_type: str):
     """(config class, model class) of the package for a Step-CoT model type."""
+    # imported here, not at the top: `stepcot info` reads configs through this module without importing torch
     from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 
     return {"stepcot": (StepCoTConfig, StepCoTTeacher),
@@ -255,6 +256,7 @@ def _check_finite(model, where) -> None:
 
 def load_processor(name_or_path):
     """The checkpoint's saved `StepCoTProcessor` (this package's class), or None when it has none."""
+    # imported here, not at the top: `stepcot info` uses this module without importing torch
     from modeling_stepcot.processing_stepcot import StepCoTProcessor
 
     try:  # trust_remote_code=False: a tokenizer_config.json naming custom code is refused, never run or prompted

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from trainers.evaluation.loading import stepcot_classes
 from trainers.hub.card_metadata import metadata_problems
 
 TEMPLATES = resources.files("model_cards")  # package data: also there in a non-editable install
@@ -38,8 +39,6 @@ def _training_text(run_args: dict | None) -> str:
 
 def _count(model_config, role) -> tuple[str, str]:
     import torch
-
-    from trainers.evaluation.loading import stepcot_classes
 
     with torch.device("meta"):  # this package's class: `from_config(trust_remote_code=True)` would import the
         model = stepcot_classes(model_config.model_type)[1](model_config)  # code named by the config's auto_map
