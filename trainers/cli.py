@@ -15,6 +15,11 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def examples_epilog(module) -> str:
+    """The command's runnable examples (every command module has `EXAMPLES`) for the end of its --help."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in module.EXAMPLES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepcot", description="Step-CoT: stepwise chest X-ray VQA.")
     parser.add_argument("--version", action="version", version=f"stepcot {_version()}")
@@ -35,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     module = COMMANDS[name]
     if not hasattr(module, "add_arguments"):
         return int(module.main(rest) or 0)
-    sub = argparse.ArgumentParser(prog=f"stepcot {name}", description=module.HELP)
+    sub = argparse.ArgumentParser(prog=f"stepcot {name}", description=module.HELP, epilog=examples_epilog(module),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub)
     return int(module.run(sub.parse_args(rest)) or 0)
 

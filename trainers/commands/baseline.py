@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 HELP = "train and evaluate vision-language baselines with/without Step-CoT (Table 3/8)"
+EXAMPLES = [
+    "stepcot baseline --backbone openai/clip-vit-base-patch32 --dataset outputs/demo/dataset "
+    "--out outputs/baselines --epochs 5",
+]
 
 
 

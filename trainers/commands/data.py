@@ -11,6 +11,11 @@ import json
 import sys
 
 HELP = "build, validate, publish Step-CoT datasets and render the synthetic demo"
+EXAMPLES = [
+    "stepcot data demo --out demo_release --n 200 --image-size 128",
+    "stepcot data validate --source demo_release",
+    "stepcot data build --source demo_release --out demo_hub",
+]
 
 
 

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 HELP = "evaluate a model on a dataset split: metrics, tables, plots"
+EXAMPLES = [
+    "stepcot eval --model outputs/demo/student --dataset outputs/demo/dataset --split test --out reports/student",
+]
 
 
 

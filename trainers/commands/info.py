@@ -4,6 +4,9 @@ import json
 from pathlib import Path
 
 HELP = "describe a saved Step-CoT model folder"
+EXAMPLES = [
+    "stepcot info outputs/demo/student",
+]
 
 
 
