@@ -59,6 +59,10 @@ def test_resume_command_replaces_an_earlier_checkpoint(tmp_path):
     command = console.resume_command("train", ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "old"],
                                      checkpoint)
     assert command == f"stepcot train --output_dir {tmp_path} --resume_from_checkpoint {checkpoint}"
+    hyphenated = ["--output-dir", str(tmp_path), "--resume-from-checkpoint=old"]
+    assert console._option(hyphenated, "--output_dir") == str(tmp_path)
+    assert console.resume_command("train", hyphenated, checkpoint) == (
+        f"stepcot train --output-dir {tmp_path} --resume_from_checkpoint {checkpoint}")
 
 
 def _default_sigint():

@@ -128,11 +128,17 @@ def StageProgressCallback():  # noqa: N802  (a factory: transformers is imported
 # Ctrl-C
 
 
+def _spellings(name: str) -> tuple[str, str]:
+    """`--output_dir` and `--output-dir` (HfArgumentParser accepts both)."""
+    return name, "--" + name[2:].replace("_", "-")
+
+
 def _option(argv: list[str], name: str) -> str | None:
+    spellings = _spellings(name)
     for index, arg in enumerate(argv):
-        if arg == name and index + 1 < len(argv):
+        if arg in spellings and index + 1 < len(argv):
             return argv[index + 1]
-        if arg.startswith(name + "="):
+        if arg.split("=", 1)[0] in spellings and "=" in arg:
             return arg.split("=", 1)[1]
     return None
 
@@ -152,18 +158,28 @@ def last_complete_checkpoint(output_dir) -> Path | None:
 
 def resume_command(command: str, argv: list[str], checkpoint: Path) -> str:
     """The same command line with `--resume_from_checkpoint CHECKPOINT` (replacing any earlier one)."""
+    spellings = _spellings("--resume_from_checkpoint")
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg == "--resume_from_checkpoint":
+        if arg in spellings:
             skip = True
             continue
-        if arg.startswith("--resume_from_checkpoint="):
+        if arg.split("=", 1)[0] in spellings:
             continue
         kept.append(arg)
     return shlex.join(["stepcot", command, *kept, "--resume_from_checkpoint", str(checkpoint)])
+
+
+def _close_progress_bars() -> None:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def run_interruptible(command: str, script_main, argv: list[str], default_output_dir: str) -> int:
@@ -171,6 +187,7 @@ def run_interruptible(command: str, script_main, argv: list[str], default_output
     try:
         return int(script_main(argv) or 0)
     except KeyboardInterrupt:
+        _close_progress_bars()  # else they redraw themselves after our line when collected
         output_dir = _option(argv, "--output_dir") or default_output_dir
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is not None:
