@@ -427,6 +427,17 @@ def write_demo_release(out_dir, n: int = 1200, seed: int = 0, image_size: int = 
     return {"out_dir": str(out_dir), "records": len(records), "seconds": time.perf_counter() - started}
 
 
+def demo_release_matches(out_dir, n: int, seed: int = 0, image_size: int = 224) -> bool:
+    """Whether `out_dir` holds a complete demo release rendered with these settings (its README states them, and
+    it is written last)."""
+    out_dir = Path(out_dir)
+    try:
+        readme = (out_dir / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return readme == _DEMO_README.format(n=n, seed=seed, size=image_size) and (out_dir / "data.json").is_file()
+
+
 def _write_split_files(out_dir: Path, records: list[dict], seed: int):
     import pandas as pd
 
@@ -451,6 +462,7 @@ radiology: for software tests, tutorials and smoke training only. Made by `stepc
 __all__ = [
     "DIAGNOSIS_PRIOR",
     "DEMO_ORIGIN",
+    "demo_release_matches",
     "diagnosis_from_findings",
     "lesion_sites",
     "make_demo_example",

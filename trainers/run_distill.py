@@ -6,8 +6,9 @@
         --vision_encoder openai/clip-vit-base-patch32 --text_encoder bert-base-uncased --output_dir outputs/paper
     torchrun --nproc_per_node 2 trainers/run_distill.py ...          # multi-process on CPU (gloo)
 
-Every `transformers.TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`,
-...). `--num_train_epochs` counts the distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
+Every `transformers.TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`,
+`--resume_from_checkpoint`, ...). `--num_train_epochs` counts the distillation epochs;
+`--teacher_pretrain_epochs` teacher-only epochs come first.
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
 `metrics/{teacher,student}/` (metrics.json, Markdown table, plots for the evaluation split), `results.json`, and the
