@@ -58,11 +58,11 @@ def test_resume_command_replaces_an_earlier_checkpoint(tmp_path):
     assert checkpoint == tmp_path / "checkpoint-4"
     command = console.resume_command("train", ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "old"],
                                      checkpoint)
-    assert command == f"stepcot train --output_dir {tmp_path} --resume_from_checkpoint {checkpoint}"
+    assert command == f"stepcot train --output_dir {tmp_path} --resume-from-checkpoint {checkpoint}"
     hyphenated = ["--output-dir", str(tmp_path), "--resume-from-checkpoint=old"]
     assert console._option(hyphenated, "--output_dir") == str(tmp_path)
     assert console.resume_command("train", hyphenated, checkpoint) == (
-        f"stepcot train --output-dir {tmp_path} --resume_from_checkpoint {checkpoint}")
+        f"stepcot train --output-dir {tmp_path} --resume-from-checkpoint {checkpoint}")
 
 
 def _default_sigint():
@@ -97,7 +97,7 @@ def test_ctrl_c_during_train_names_the_checkpoint_and_the_resume_command(tmp_pat
     assert last_line.startswith("stepcot train: interrupted. Last saved checkpoint: ")
     checkpoint = last_line.split("Last saved checkpoint: ")[1].split(". Resume with: ")[0]
     assert Path(checkpoint).parent == out and (Path(checkpoint) / "trainer_state.json").is_file()
-    assert last_line.endswith(f"Resume with: stepcot train {' '.join(argv)} --resume_from_checkpoint {checkpoint}")
+    assert last_line.endswith(f"Resume with: stepcot train {' '.join(argv)} --resume-from-checkpoint {checkpoint}")
     # the quiet console: stage lines, no library reports
     assert "LOAD REPORT" not in stderr + stdout and "not sharded" not in stderr + stdout
     assert "Writing model shards" not in stderr and "torchvision" not in stderr + stdout

@@ -157,7 +157,7 @@ def last_complete_checkpoint(output_dir) -> Path | None:
 
 
 def resume_command(command: str, argv: list[str], checkpoint: Path) -> str:
-    """The same command line with `--resume_from_checkpoint CHECKPOINT` (replacing any earlier one)."""
+    """The same command line with `--resume-from-checkpoint CHECKPOINT` (replacing any earlier one)."""
     spellings = _spellings("--resume_from_checkpoint")
     kept, skip = [], False
     for arg in argv:
@@ -170,7 +170,7 @@ def resume_command(command: str, argv: list[str], checkpoint: Path) -> str:
         if arg.split("=", 1)[0] in spellings:
             continue
         kept.append(arg)
-    return shlex.join(["stepcot", command, *kept, "--resume_from_checkpoint", str(checkpoint)])
+    return shlex.join(["stepcot", command, *kept, "--resume-from-checkpoint", str(checkpoint)])
 
 
 def _close_progress_bars() -> None:

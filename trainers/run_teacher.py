@@ -8,7 +8,6 @@ Same data, model and training arguments as `stepcot train` (trainers/run_distill
 distillation terms. The best epoch by mean validation accuracy over steps is kept.
 """
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ from transformers import Trainer, TrainingArguments
 
 from trainers.console import quiet_progress
 from trainers.evaluation.metrics import build_compute_metrics
+from trainers.evaluation.report import strict_json
 from trainers.hub.export import export
 from trainers.training.lora import add_vision_lora
 from trainers.training.run_setup import (
@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     if trainer.is_world_process_zero():
         export({"teacher": teacher}, processor, output_dir, results, run_args, table)
         (output_dir / "results.json").write_text(
-            json.dumps({"eval_split": eval_split, "results": results, "run_args": run_args,
-                        "teacher": str(output_dir / "teacher")}, indent=2, default=str), encoding="utf-8")
+            strict_json({"eval_split": eval_split, "results": results, "run_args": run_args,
+                         "teacher": str(output_dir / "teacher")}, indent=2, default=str), encoding="utf-8")
         print_summary(output_dir, eval_split, table, ("teacher",))
     return 0
 

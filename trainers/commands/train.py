@@ -2,9 +2,9 @@
 
 HELP = "train teacher and student jointly (distillation)"
 EXAMPLES = [
-    "stepcot train --output_dir outputs/demo --num_train_epochs 10",
-    "stepcot train --output_dir outputs/demo --num_train_epochs 10 "
-    "--resume_from_checkpoint outputs/demo/checkpoint-380",
+    "stepcot train --output-dir outputs/demo --num-train-epochs 10",
+    "stepcot train --output-dir outputs/demo --num-train-epochs 10 "
+    "--resume-from-checkpoint outputs/demo/checkpoint-380",
 ]
 
 
