@@ -1,7 +1,9 @@
 """The `stepcot` console command: version, info, dispatch errors."""
 
 import argparse
+import importlib
 import json
+import shlex
 import subprocess
 import sys
 
@@ -100,3 +102,26 @@ def test_bench_ablations_refuses_reserved_train_flags_however_spelled(spelling, 
     assert code == 2
     assert "are set by this command" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before preparing any data
+
+
+def _parse_example(name: str, module, example: str) -> None:
+    """Parse one example with the command's own parser (the example is checked, not run)."""
+    argv = shlex.split(example)
+    assert argv[:2] == ["stepcot", name], example
+    if hasattr(module, "add_arguments"):
+        cli.command_parser(name).parse_args(cli.hyphenate_flags(argv[2:]))
+    else:  # the training scripts parse with HfArgumentParser
+        script = {"train": "trainers.run_distill", "train-teacher": "trainers.run_teacher"}[name]
+        importlib.import_module(script).parse_args(argv[2:])
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_help_shows_a_runnable_example(command, capsys):
+    module = cli.COMMANDS[command]
+    assert module.EXAMPLES, f"{command} has no example"
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    help_text = capsys.readouterr().out
+    for example in module.EXAMPLES:
+        assert example in help_text, f"{command} --help does not show {example!r}"
+        _parse_example(command, module, example)

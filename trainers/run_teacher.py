@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 
 from transformers import Trainer, TrainingArguments
 
+from trainers.console import quiet_progress
 from trainers.evaluation.metrics import build_compute_metrics
 from trainers.evaluation.report import strict_json
 from trainers.hub.export import export
@@ -40,9 +41,12 @@ NON_PREDICTION_KEYS = [
 ]
 
 
+DEFAULT_OUTPUT_DIR = "outputs/teacher"
+
+
 def parse_args(argv=None):
     return parse_run_args((ModelArguments, DataArguments, TrainingArguments), argv,
-                          output_dir="outputs/teacher", num_train_epochs=2)
+                          help_text=__doc__, output_dir=DEFAULT_OUTPUT_DIR, num_train_epochs=2)
 
 
 def main(argv=None) -> int:
@@ -70,6 +74,7 @@ def main(argv=None) -> int:
         data_collator=data_collator,
         compute_metrics=build_compute_metrics(config=teacher.config),
     )
+    quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint,
                   ignore_keys_for_eval=NON_PREDICTION_KEYS)
     prediction = trainer.predict(datasets_by_split[eval_split], ignore_keys=NON_PREDICTION_KEYS,

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 HELP = "turn radiology reports into seven-step Step-CoT records"
+EXAMPLES = [
+    "stepcot annotate --reports ../shared/data/iu-xray-reports/reports.jsonl --out records.json --limit 50",
+]
 
 
 

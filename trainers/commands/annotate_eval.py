@@ -11,6 +11,9 @@ from pathlib import Path
 from trainers.commands.annotate import add_llm_arguments
 
 HELP = "score report annotation against IU X-Ray MeSH codes"
+EXAMPLES = [
+    "stepcot annotate-eval --reports ../shared/data/iu-xray-reports/reports.jsonl --bootstrap 200",
+]
 
 
 

@@ -10,6 +10,10 @@ from pathlib import Path
 from trainers.commands.options import add_evaluation_arguments
 
 HELP = "train and evaluate vision-language baselines with/without Step-CoT (Table 3/8)"
+EXAMPLES = [
+    "stepcot baseline --backbone openai/clip-vit-base-patch32 --dataset outputs/demo/dataset "
+    "--output-dir outputs/baselines --epochs 5",
+]
 
 
 

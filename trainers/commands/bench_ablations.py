@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 HELP = "train full, w/o Memory and w/o Text teachers and tabulate them (Table 6)"
+EXAMPLES = [
+    "stepcot bench-ablations --output-dir outputs/ablations --demo-size 300 -- --num_train_epochs 5",
+]
 
 
 

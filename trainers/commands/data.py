@@ -15,6 +15,11 @@ import json
 import sys
 
 HELP = "build, validate, publish Step-CoT datasets and render the synthetic demo"
+EXAMPLES = [
+    "stepcot data demo --output-dir demo_release --n 200 --image-size 128",
+    "stepcot data validate --source demo_release",
+    "stepcot data build --source demo_release --output-dir demo_hub",
+]
 
 
 

@@ -10,6 +10,10 @@ from pathlib import Path
 from trainers.commands.options import add_evaluation_arguments
 
 HELP = "evaluate a model on a dataset split: metrics, tables, plots"
+EXAMPLES = [
+    "stepcot eval --model outputs/demo/student --dataset outputs/demo/dataset --split test "
+    "--output-dir reports/student",
+]
 
 
 

@@ -10,6 +10,10 @@ from pathlib import Path
 from trainers.commands.options import add_evaluation_arguments
 
 HELP = "zero-shot diagnosis on the NIH ChestX-ray8 bbox subset (Table 4)"
+EXAMPLES = [
+    "stepcot eval-transfer --model outputs/demo/teacher outputs/demo/student --nih-images NIH/images "
+    "--bbox-csv ../shared/data/nih-chestxray8/BBox_List_2017.csv --output-dir outputs/transfer",
+]
 
 
 

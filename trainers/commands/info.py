@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 HELP = "describe a saved Step-CoT model folder (reads config.json and weight headers only; runs no code)"
+EXAMPLES = [
+    "stepcot info outputs/demo/student",
+]
+
 
 
 def add_arguments(parser):

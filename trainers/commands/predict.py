@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 HELP = "answer the seven steps for chest X-ray images, with attention maps"
+EXAMPLES = [
+    "stepcot predict outputs/demo/demo-release/images --model outputs/demo/student --maps maps/ --consistent",
+]
 
 
 
