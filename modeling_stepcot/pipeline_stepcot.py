@@ -16,6 +16,7 @@ when this package is imported).
 This file ships inside checkpoints (remote code): it imports only torch, numpy, PIL, transformers and its siblings.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,9 @@ def step_temperatures(config) -> tuple[list[float], str]:
     calibration = getattr(config, "calibration", None)
     if isinstance(calibration, dict) and calibration.get("method") == "temperature":
         temperatures = [float(t) for t in calibration["temperatures"]]
-        if len(temperatures) != config.num_steps or min(temperatures) <= 0:
+        if len(temperatures) != config.num_steps or not all(math.isfinite(t) and t > 0 for t in temperatures):
             raise ValueError(f"config.calibration has invalid temperatures {temperatures} "
-                             f"(need {config.num_steps} positive values)")
+                             f"(need {config.num_steps} finite positive values)")
         split = calibration.get("split")
         return temperatures, "temperature scaling" + (f" (fitted on {split})" if split else "")
     return [1.0] * config.num_steps, UNCALIBRATED
@@ -182,6 +183,9 @@ class StepCoTVQAPipeline(Pipeline):
         images: a path, PIL image or numpy array, or a list of them (returns a list).
         maps (`bool`, default False): add `maps`, a (steps, H, W) float32 array in [0, 1] at the image's size:
             per step, Grad-CAM on the vision encoder's grid for the predicted answer.
+        maps_max_side (`int`, optional): make the maps at most this many pixels on the long side (same aspect
+            ratio) instead of the image's full size, e.g. for drawing (full-size maps of an 8000 x 8000 radiograph
+            take ~1.8 GB).
         consistent (`bool`, default False): also decode a chain that breaks no consistency rule: only steps
             answered with probability < 0.9 may change, to the most probable consistent chain (exact search;
             `ChainChecker.repair`). The per-step predictions are kept; changed steps are flagged.
@@ -217,12 +221,16 @@ class StepCoTVQAPipeline(Pipeline):
         self.temperatures, self.probability_method = step_temperatures(config)
         self.repair_confidence = DEFAULT_REPAIR_CONFIDENCE
 
-    def _sanitize_parameters(self, maps=None, consistent=None, **unused):
+    def _sanitize_parameters(self, maps=None, consistent=None, maps_max_side=None, **unused):
         if unused:
             raise TypeError(f"unexpected arguments for the {TASK} pipeline: {sorted(unused)}")
         forward, postprocess = {}, {}
         if maps is not None:
             forward["maps"] = bool(maps)
+        if maps_max_side is not None:
+            if isinstance(maps_max_side, bool) or not isinstance(maps_max_side, int) or maps_max_side < 1:
+                raise ValueError(f"maps_max_side must be a positive integer, got {maps_max_side!r}")
+            postprocess["maps_max_side"] = maps_max_side
         if consistent is not None:
             postprocess["consistent"] = bool(consistent)
         return {}, forward, postprocess
@@ -263,13 +271,16 @@ class StepCoTVQAPipeline(Pipeline):
         )
         return outputs
 
-    def postprocess(self, model_outputs, consistent=False):
+    def postprocess(self, model_outputs, consistent=False, maps_max_side=None):
         config = self.model.config
         trained = config.trained_steps
         logits = model_outputs["logits"][0]
         steps, log_probs, labels = [], [], []
         for step, options in enumerate(config.step_options):
             step_logits = logits[step, : len(options)].double() / self.temperatures[step]
+            if not bool(torch.isfinite(step_logits).all()):
+                raise ValueError(f"the model gave non-finite scores at step {step + 1} ({config.step_names[step]}); "
+                                 "its weights or the input may be damaged")
             step_log_probs = torch.log_softmax(step_logits, -1)
             probabilities = step_log_probs.exp()
             label = int(probabilities.argmax())
@@ -309,7 +320,10 @@ class StepCoTVQAPipeline(Pipeline):
             result["changed_steps"] = [s["name"] for s in steps if s["changed"]]
             result["unresolved_contradiction"] = repaired["unresolved"]
         if "maps" in model_outputs:
-            result["maps"] = upsample_maps(model_outputs["maps"][0], result["image_size"])
+            height, width = result["image_size"]
+            scale = min(1.0, maps_max_side / max(height, width)) if maps_max_side else 1.0
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            result["maps"] = upsample_maps(model_outputs["maps"][0], size)
         return result
 
 

@@ -1,9 +1,14 @@
 """`stepcot train-teacher`: `trainers/run_teacher.py` (the teacher-only stage); it parses its own arguments."""
 
 HELP = "train the teacher alone (supervised pre-training stage)"
+EXAMPLES = [
+    "stepcot train-teacher --output_dir outputs/teacher --num_train_epochs 2",
+]
 
 
 def main(argv: list[str]) -> int:
+    from trainers.console import run_interruptible
+    from trainers.run_teacher import DEFAULT_OUTPUT_DIR
     from trainers.run_teacher import main as run_teacher  # imported when the command runs: keeps `--help` fast
 
-    return run_teacher(argv)
+    return run_interruptible("train-teacher", run_teacher, argv, DEFAULT_OUTPUT_DIR)

@@ -46,6 +46,28 @@ SHORT_DEFINITIONS = {
 # metrics.json
 
 
+def finite_or_none(value):
+    """`value` with every NaN / infinity (Python or numpy, at any depth) replaced by None, numpy scalars and arrays
+    turned into Python numbers and lists: what strict JSON can hold."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return finite_or_none(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def strict_json(value, **kwargs) -> str:
+    """`json.dumps` that never writes the bare `NaN` / `Infinity` tokens other parsers reject (they become null)."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
+
+
+
 def write_metrics_json(result: EvaluationMetrics, path: str | Path) -> Path:
     """Strict JSON (NaN written as null, with a note saying why)."""
     path = Path(path)

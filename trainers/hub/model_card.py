@@ -7,6 +7,9 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from trainers.evaluation.loading import stepcot_classes
+from trainers.hub.card_metadata import metadata_problems
+
 TEMPLATES = resources.files("model_cards")  # package data: also there in a non-editable install
 PAPER = "arXiv:2603.13878"
 
@@ -54,10 +57,9 @@ def _training_text(run_args: dict | None) -> str:
 
 def _count(model_config, role) -> tuple[str, str]:
     import torch
-    from transformers import AutoModel
 
-    with torch.device("meta"):
-        model = AutoModel.from_config(model_config, trust_remote_code=True)
+    with torch.device("meta"):  # this package's class: `from_config(trust_remote_code=True)` would import the
+        model = stepcot_classes(model_config.model_type)[1](model_config)  # code named by the config's auto_map
     total = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return f"{total / 1e6:.2f} M", f"{trained / 1e6:.2f} M"
@@ -68,8 +70,6 @@ def render_model_card(role: str, config, run_args: dict | None = None, metrics: 
     """The README.md of an exported teacher or student. `has_pipeline`: the folder carries the stepcot-vqa pipeline
     as remote code (`trainers.inference.predict.add_pipeline_to_checkpoint`), so the card shows the package-free
     usage."""
-    from trainers.hub.card_metadata import metadata_problems
-
     if role not in ("teacher", "student"):
         raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
     data = (run_args or {}).get("data", {})

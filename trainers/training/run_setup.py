@@ -1,6 +1,7 @@
 """Run set-up shared by the training scripts (`run_distill.py`, `run_teacher.py`): arguments, data, models,
 feature caches, scoring."""
 
+import argparse
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from dataset_script.sources import load_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
+from trainers.console import configure_console, pop_verbose_flag
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import markdown_table, write_report
 from trainers.training.feature_cache import (
@@ -109,9 +111,16 @@ TRAINING_DEFAULTS = dict(
 )
 
 
-def parse_run_args(argument_classes, argv=None, **defaults):
-    """HfArgumentParser over `argument_classes` (TrainingArguments last) with the Step-CoT training defaults."""
-    parser = HfArgumentParser(argument_classes)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Argument defaults in the help, and the script's docstring (with its examples) kept as written."""
+
+
+def parse_run_args(argument_classes, argv=None, *, help_text: str | None = None, **defaults):
+    """HfArgumentParser over `argument_classes` (TrainingArguments last) with the Step-CoT training defaults.
+    `--verbose` (show every library message) is taken out of `argv` here; `help_text` heads the `--help`."""
+    argv = pop_verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    parser = HfArgumentParser(argument_classes, description=help_text, formatter_class=_HelpFormatter,
+                              epilog="--verbose: show every message of the libraries (transformers, datasets) too")
     parser.set_defaults(**{**TRAINING_DEFAULTS, **defaults})
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         # accelerate treats a multi-process launch as DDP on CPU (gloo) only when told it runs on the CPU
@@ -121,9 +130,7 @@ def parse_run_args(argument_classes, argv=None, **defaults):
 
 def start_run(training_args) -> Path:
     """Logging, seed, output folder and device set-up shared by the training scripts; returns the output folder."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
-    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_console()
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
