@@ -84,7 +84,10 @@ def embedding_statistics(train_embeds, reference_embeds=None, quantile: float = 
     train = np.asarray(train_embeds, dtype=np.float64)
     if train.ndim != 2 or train.shape[0] < 2:
         raise ValueError(f"need at least 2 training embeddings (N, D), got shape {train.shape}")
-    statistics = {"mean": train.mean(0).tolist(), "scale": np.maximum(train.std(0), 1e-6).tolist()}
+    spread = train.std(0)
+    # A near-constant dimension (e.g. on small or synthetic sets) would turn rounding noise into huge z-scores.
+    scale = np.maximum(spread, 0.1 * np.median(spread) + 1e-12)
+    statistics = {"mean": train.mean(0).tolist(), "scale": scale.tolist()}
     reference = train if reference_embeds is None or len(reference_embeds) == 0 else reference_embeds
     distances = embedding_distance(reference, statistics)
     statistics.update(threshold=float(np.quantile(distances, quantile)), quantile=quantile,
