@@ -6,7 +6,7 @@ hidden 768, student hidden 512, each model measured in its own subprocess so the
 
     python benchmarks/inference.py [--batch-size 32] [--repeats 5] [--out benchmarks/inference.json]
 
-Targets (issue 2): teacher <= 1.3x and student <= 1.05x the bare vision encoder's time per batch.
+Targets: teacher <= 1.3x and student <= 1.05x the bare vision encoder's time per batch.
 """
 
 import argparse

@@ -12,7 +12,7 @@ timed on `--extract-batches` batches and extrapolated the same way.
 
     python benchmarks/train.py [--samples 7000] [--epochs 40] [--steps 6] [--out benchmarks/train.json]
 
-Target (issue 4): with the cache, 40 distillation epochs on 7,000 samples in under 10 minutes after extraction.
+Target: with the cache, 40 distillation epochs on 7,000 samples in under 10 minutes after extraction.
 """
 
 import argparse

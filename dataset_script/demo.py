@@ -8,7 +8,7 @@ step depends on the earlier ones. Lesions are large and high-contrast so that a 
 heads can learn them. The output has the release layout (data.json, images/, images_2/, train/val/test.xlsx),
 so it exercises exactly the code paths of the real data. It is SYNTHETIC: not for any clinical or research claim.
 
-    stepcot data demo --out demo_release --n 1200 --seed 0 --image-size 224
+    stepcot data demo --output-dir demo_release --n 1200 --seed 0 --image-size 224
 """
 
 from __future__ import annotations

@@ -190,7 +190,8 @@ def _write_build(release: StepCoTRelease, folder: Path, max_shard_bytes: int, bu
         split_infos[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(records))
     content_digest = digests.hexdigest()
     shard_files = {split: [f for f in files if f.startswith(f"data/{split}-")] for split in split_infos}
-    write_dataset_card(release, folder, features, split_infos, content_digest=content_digest, shard_files=shard_files)
+    write_dataset_card(release, folder, features, split_infos, content_digest=content_digest, shard_files=shard_files,
+                       hub_source=(build_info or {}).get("hub_source"))
     release.write_report(folder / REPORT_NAME)
     (folder / BUILD_INFO_NAME).write_text(json.dumps(
         {**(build_info or {}), "content_digest": content_digest, "files": files}, indent=2), encoding="utf-8")
@@ -205,8 +206,9 @@ def _write_build(release: StepCoTRelease, folder: Path, max_shard_bytes: int, bu
 
 
 def build_hub_dataset(source, out_dir, strict: bool = True, seed: int = 0, config: StepCoTSchemaConfig | None = None,
-                      max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
-    """Read the release folder `source` (validating it) and export it to `out_dir` in the Hub layout.
+                      max_shard_bytes: int = MAX_SHARD_BYTES, hub_source: dict | None = None) -> dict:
+    """Read the release folder `source` (validating it) and export it to `out_dir` in the Hub layout. `hub_source`
+    (repo_id, revision, ...) names the Hub release it was downloaded from: written in the card and build_info.json.
 
     OUT/build_info.json records what the build was made from (release fingerprint, mode, seed, schema) so that
     `dataset_script.sources` rebuilds exactly when the release or the settings change."""
@@ -214,6 +216,8 @@ def build_hub_dataset(source, out_dir, strict: bool = True, seed: int = 0, confi
     check_output_folder(source, out_dir)
     report_path = Path(out_dir) / REPORT_NAME
     build_info = build_settings(source, strict=strict, seed=seed, config=config)
+    if hub_source:
+        build_info["hub_source"] = hub_source
     release = StepCoTRelease(source, config=config, strict=strict, seed=seed, report_path=report_path)
     summary = export_hub_layout(release, out_dir, max_shard_bytes=max_shard_bytes, build_info=build_info)
     summary["seconds"] = time.perf_counter() - started
@@ -265,7 +269,7 @@ def _license_lines(origins: Counter, synthetic: bool) -> list[str]:
     return lines
 
 
-def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
+def _card_body(release: StepCoTRelease, split_infos: dict, hub_source: dict | None = None) -> str:
     synthetic = _is_synthetic(release)
     config = release.config
     origins = Counter(r["origin"] or "unknown" for r in release.records)
@@ -284,17 +288,19 @@ def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
                   "2603.13878).", ""]
     lines += ["## Usage", "", "```python", "from datasets import load_dataset",
               f'ds = load_dataset("{DEFAULT_REPO_ID}")  # or load_dataset("path/to/this/folder")',
-              'ds["train"][0]["labels"]  # 7 option indices, -100 = missing', "```", "",
+              f'ds["train"][0]["labels"]  # {config.num_steps} option indices, -100 = missing', "```", "",
               "## Source datasets", ""]
     lines += [f"- {origin}: {count} records" for origin, count in origins.most_common()]
     lines += ["", "## Licenses", ""] + _license_lines(origins, synthetic)
     lines += ["", "## Label schema", "",
               "`labels[i]` is the index of step i's answer in that record's `options` (the same order as "
-              "`vqa_chain[i].options`); `N/A` (clinically irrelevant, e.g. no lesion) is the last option of steps "
-              "2-6; -100 marks a missing answer.", "",
-              "| step | name | question | options |", "|---|---|---|---|"]
+              "`vqa_chain[i].options`); `N/A` (clinically irrelevant, e.g. no lesion) is the last option of a step "
+              "that has one; -100 marks a step the record leaves out or does not answer (neither trained nor scored).",
+              "", f"Schema: {release.schema_source}. Counts: records answering each option, all splits.", "",
+              "| step | name | question | options (count) |", "|---|---|---|---|"]
+    class_counts = release.step_class_counts()
     for step in range(config.num_steps):
-        options = " / ".join(f"{i}: {o}" for i, o in enumerate(config.step_options[step]))
+        options = " / ".join(f"{i}: {o} ({class_counts[step][o]})" for i, o in enumerate(config.step_options[step]))
         lines.append(f"| {step + 1} | {config.step_names[step]} | {config.step_questions[step]} | {options} |")
     lines += ["", "## Splits and diagnoses", "", f"Split source: {release.split_source}. Patients never cross "
               "splits.", "", "| diagnosis | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
@@ -305,11 +311,15 @@ def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
               f"Built by `stepcot data build` from {release.report['records_in_release']} release records: "
               f"{release.report['records_kept']} kept, {release.report['records_skipped']} skipped (listed in "
               f"`{REPORT_NAME}`, which is not uploaded). 16-bit images are stored as 8-bit PNG.", ""]
+    if hub_source:
+        lines += [f"Source: the Hub dataset `{hub_source['repo_id']}` at revision `{hub_source['revision']}` "
+                  f"(requested: `{hub_source.get('requested_revision', 'main')}`).", ""]
     return "\n".join(lines)
 
 
 def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, split_infos: dict,
-                       content_digest: str | None = None, shard_files: dict | None = None) -> Path:
+                       content_digest: str | None = None, shard_files: dict | None = None,
+                       hub_source: dict | None = None) -> Path:
     """README.md with the YAML the Hub and `load_dataset` read (`configs`, `dataset_info`) and a readable body.
 
     `shard_files` (split -> content-named shard paths) are listed by name rather than by a `data/{split}-*`
@@ -335,7 +345,7 @@ def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, spl
     info = DatasetInfo(features=features, splits=splits)
     info.dataset_size = sum(s.num_bytes for s in ordered.values())
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    body = _card_body(release, ordered)
+    body = _card_body(release, ordered, hub_source)
     if content_digest:
         body += f"Content digest (SHA-256 over the shard names, which carry their own SHA-256): `{content_digest}`.\n"
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")

@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataset_script.safe_paths import UnsafePathError, is_inside, safe_relative_path
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
+from modeling_stepcot.processing_stepcot import image_to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def _get_field(mapping: dict, aliases) -> tuple[str | None, object]:
+def get_field(mapping: dict, aliases) -> tuple[str | None, object]:
     """(the key found, its value) for the first alias present, comparing normalised key names."""
     by_key = {_key(key): key for key in mapping}
     for alias in aliases:
@@ -207,14 +209,15 @@ def locate_image(image_path: str, image_root) -> tuple[Path | None, bool]:
     Tried as given under the root and its images/, images_2/ folders (releases store paths with or without the
     folder); then, when the path names a folder that holds no such file, by file name in those folders. A file name
     found in several folders is ambiguous (`AmbiguousImageError`): the reader never picks one of them. Whether a
-    by-name match is another record's image is checked over the whole release (`StepCoTRelease`)."""
+    by-name match is another record's image is checked over the whole release (`StepCoTRelease`).
+
+    Only files inside `image_root` are ever returned: an absolute path, a `..` part or a symbolic link that leads
+    outside raises `UnsafePathError` (a named validation problem), so no outside bytes reach the Parquet files."""
     root = Path(image_root)
-    relative = Path(str(image_path).replace("\\", "/"))
-    if relative.is_absolute():
-        return (relative if relative.is_file() else None), False
+    relative = Path(safe_relative_path(image_path, "image_path"))
     for folder in IMAGE_FOLDERS:
         if (root / folder / relative).is_file():
-            return root / folder / relative, False
+            return _inside_release(root / folder / relative, root, image_path), False
     if relative.parent == Path("."):
         return None, False
     by_name = [root / folder / relative.name for folder in IMAGE_FOLDERS if (root / folder / relative.name).is_file()]
@@ -223,7 +226,14 @@ def locate_image(image_path: str, image_root) -> tuple[Path | None, bool]:
             f"image file not found as given: {str(image_path)!r}; its file name matches several files "
             f"({', '.join(str(p.relative_to(root)) for p in by_name)}), not guessing which"
         )
-    return (by_name[0], True) if by_name else (None, False)
+    return (_inside_release(by_name[0], root, image_path), True) if by_name else (None, False)
+
+
+def _inside_release(candidate: Path, root: Path, image_path) -> Path:
+    if not is_inside(candidate, root):
+        raise UnsafePathError(f"image_path {str(image_path)!r} leads outside the release folder {root} through a "
+                              f"symbolic link (to {candidate.resolve()})")
+    return candidate
 
 
 # Decompression-bomb guard: images above this many pixels are rejected before decoding (a 10,000 x 10,000 chest
@@ -275,8 +285,6 @@ def inspect_image(path, max_pixels: int = MAX_IMAGE_PIXELS, perceptual_hash: boo
 def _perceptual_hash(image) -> np.ndarray:
     import imagehash
 
-    from modeling_stepcot.processing_stepcot import image_to_8bit
-
     gray = image_to_8bit(image).convert("L")
     gray.thumbnail((256, 256))  # the hash looks at 64 x 64 anyway; shrinking first keeps large images fast
     return imagehash.phash(gray, hash_size=NEAR_DUPLICATE_HASH_SIZE).hash.flatten()
@@ -305,7 +313,7 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
     if not isinstance(record, dict):
         return None, [dict(index=index, patient_id=None, field="record",
                            message=f"must be a JSON object, got {type(record).__name__}")], notes
-    _, patient_id = _get_field(record, RECORD_FIELD_ALIASES["patient_id"])
+    _, patient_id = get_field(record, RECORD_FIELD_ALIASES["patient_id"])
     patient_id = None if patient_id is None or str(patient_id).strip() == "" else str(patient_id).strip()
 
     def problem(field, message):
@@ -313,15 +321,17 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
 
     if patient_id is None:
         problem("patient_id", "missing (needed to split by patient without leakage)")
-    _, image_path = _get_field(record, RECORD_FIELD_ALIASES["image_path"])
+    _, image_path = get_field(record, RECORD_FIELD_ALIASES["image_path"])
     resolved, by_name, perceptual_hash = None, False, None
     if image_path is None or str(image_path).strip() == "":
         problem("image_path", "missing")
     elif image_root is not None:
         try:
             resolved, by_name = locate_image(image_path, image_root)
-        except AmbiguousImageError as error:
+        except (AmbiguousImageError, UnsafePathError) as error:
             problem("image_path", str(error))
+        except OSError as error:  # e.g. a name longer than the file system allows
+            problem("image_path", f"not a usable file path ({type(error).__name__}: {error.strerror})")
         else:
             if resolved is None and check_image:
                 problem("image_path", f"image file not found: {image_path!r} (looked in {image_root} and its "
@@ -335,11 +345,11 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
                                           message=f"{info['mode']} image {image_path!r} will be converted to 8-bit"))
                 except Exception as error:  # any decoder failure is this record's problem, never the whole run's
                     problem("image_path", f"unreadable image {str(resolved)!r}: {type(error).__name__}: {error}")
-    _, view = _get_field(record, RECORD_FIELD_ALIASES["view"])
+    _, view = get_field(record, RECORD_FIELD_ALIASES["view"])
     if _is_lateral(view):
         problem("view", f"non-frontal view {view!r}: Step-CoT uses frontal chest X-rays only")
 
-    _, raw_chain = _get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
+    _, raw_chain = get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
     chain, labels = [], []
     if raw_chain is None:
         problem("vqa_chain", "missing")
@@ -349,28 +359,12 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
         except StepCoTDataError as error:
             problem("vqa_chain", str(error))
             steps = None
-        if steps is not None and len(steps) != config.num_steps:
-            problem("vqa_chain", f"has {len(steps)} steps, expected {config.num_steps}")
-        elif steps is not None:
-            numbers = [_step_number(_get_field(s, STEP_FIELD_ALIASES["step"])[1]) if isinstance(s, dict) else None
-                       for s in steps]
-            if all(n is not None for n in numbers) and sorted(numbers) != list(range(1, config.num_steps + 1)):
-                problem("vqa_chain", f"step numbers {numbers} are not 1..{config.num_steps}")
-            elif all(n is not None for n in numbers):
-                steps = [step for _, step in sorted(zip(numbers, steps), key=lambda pair: pair[0])]
-            for step_index, step in enumerate(steps):
-                field = f"vqa_chain[{step_index}]"
-                try:
-                    clean_step, label = _parse_step(step, step_index, config)
-                except _Problem as error:
-                    problem(f"{field}.{error.field}", error.message)
-                    continue
-                chain.append(clean_step)
-                labels.append(label)
+        if steps is not None:
+            chain, labels = _parse_chain(steps, config, problem)
     if problems:
         return None, problems, notes
-    _, origin = _get_field(record, RECORD_FIELD_ALIASES["origin"])
-    _, report = _get_field(record, RECORD_FIELD_ALIASES["report"])
+    _, origin = get_field(record, RECORD_FIELD_ALIASES["origin"])
+    _, report = get_field(record, RECORD_FIELD_ALIASES["report"])
     clean = {
         "patient_id": patient_id,
         "image_path": str(image_path),
@@ -387,10 +381,78 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
     return clean, problems, notes
 
 
+_STEP_NUMBER = re.compile(r"^\s*(?:step)?\s*[-_#]?\s*(\d+)\s*$", re.I)
+
+
+def step_key(step: dict) -> tuple[str, object] | None:
+    """How a chain entry names its step: ("number", 3) for "Step 3" / 3, ("name", "diagnosis") for a step name,
+    ("question", ...) when it only carries a question; None when it carries none of these."""
+    _, ident = get_field(step, STEP_FIELD_ALIASES["step"])
+    if ident is not None and str(ident).strip():
+        match = _STEP_NUMBER.match(str(ident))
+        return ("number", int(match.group(1))) if match else ("name", normalize_text(ident))
+    _, question = get_field(step, STEP_FIELD_ALIASES["question"])
+    if question is not None and str(question).strip():
+        return ("question", normalize_text(question))
+    return None
+
+
+def _step_index(step: dict, position: int, full_chain: bool, config: StepCoTSchemaConfig) -> int:
+    """The schema step a chain entry answers: by its number, its name, or its question; by its position only in a
+    chain that lists every step."""
+    key = step_key(step)
+    names = [normalize_text(name) for name in config.step_names]
+    questions = [normalize_text(question) for question in config.step_questions]
+    if key is not None and key[0] == "number":
+        if not 1 <= key[1] <= config.num_steps:
+            raise _Problem("step", f"step {key[1]} is outside 1..{config.num_steps} (steps: {config.step_names})")
+        return key[1] - 1
+    if key is not None and key[1] in names:
+        return names.index(key[1])
+    _, question = get_field(step, STEP_FIELD_ALIASES["question"])
+    if question is not None and normalize_text(question) in questions:
+        return questions.index(normalize_text(question))
+    if full_chain:
+        return position
+    if key is not None and key[0] == "name":
+        raise _Problem("step", f"unknown step {key[1]!r} (steps: {config.step_names})")
+    raise _Problem("step", f"a partial chain ({config.num_steps} steps in the schema) needs each entry's step "
+                           "number or name ('step': 'Step 3' or 'Diagnosis')")
+
+
+def _missing_step(step_index: int, config: StepCoTSchemaConfig) -> dict:
+    return {"question": config.step_questions[step_index], "options": list(config.step_options[step_index]),
+            "answer": "", "reasoning": ""}
+
+
+def _parse_chain(steps: list, config: StepCoTSchemaConfig, problem) -> tuple[list[dict], list[int]]:
+    """The full chain (one entry per schema step) and its labels. Steps a record leaves out, or answers "No Answer"
+    / null, get label -100: they are neither trained nor scored."""
+    given: dict[int, tuple[dict, int]] = {}
+    full_chain = len(steps) == config.num_steps
+    for position, step in enumerate(steps):
+        field = f"vqa_chain[{position}]"
+        if not isinstance(step, dict):
+            problem(f"{field}.step", f"must be a dict with question/options/answer, got {type(step).__name__}")
+            continue
+        try:
+            index = _step_index(step, position, full_chain, config)
+            if index in given:
+                raise _Problem("step", f"step {index + 1} ({config.step_names[index]!r}) is given twice")
+            given[index] = _parse_step(step, index, config)
+        except _Problem as error:
+            problem(f"{field}.{error.field}", error.message)
+    if len(steps) > config.num_steps:
+        problem("vqa_chain", f"has {len(steps)} steps, the schema has {config.num_steps}")
+    chain = [given[i][0] if i in given else _missing_step(i, config) for i in range(config.num_steps)]
+    labels = [given[i][1] if i in given else IGNORE_INDEX for i in range(config.num_steps)]
+    return chain, labels
+
+
 def _parse_step(step, step_index: int, config: StepCoTSchemaConfig):
     if not isinstance(step, dict):
         raise _Problem("step", f"must be a dict with question/options/answer, got {type(step).__name__}")
-    _, raw_options = _get_field(step, STEP_FIELD_ALIASES["options"])
+    _, raw_options = get_field(step, STEP_FIELD_ALIASES["options"])
     if raw_options is None:
         raise _Problem("options", "missing")
     try:
@@ -406,15 +468,15 @@ def _parse_step(step, step_index: int, config: StepCoTSchemaConfig):
                                   f"configured with {expected}: {options}")
     if len(set(map(normalize_text, options))) != len(options):
         raise _Problem("options", f"duplicate options {options}")
-    answer_key, answer = _get_field(step, STEP_FIELD_ALIASES["answer"])
+    answer_key, answer = get_field(step, STEP_FIELD_ALIASES["answer"])
     try:
         label = answer_to_label(answer, options, na_label=na_label)
     except UnknownAnswerError as error:
         raise _Problem("answer", str(error)) from None
     if without_na:
         options = options + [NA_OPTION]
-    _, question = _get_field(step, STEP_FIELD_ALIASES["question"])
-    _, reasoning = _get_field(step, STEP_FIELD_ALIASES["reasoning"])
+    _, question = get_field(step, STEP_FIELD_ALIASES["question"])
+    _, reasoning = get_field(step, STEP_FIELD_ALIASES["reasoning"])
     clean_step = {
         "question": str(question) if question is not None else config.step_questions[step_index],
         "options": options,
@@ -543,6 +605,110 @@ def stratified_group_split(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The step schema of a release
+# ---------------------------------------------------------------------------------------------------------------
+
+SCHEMA_FILE = "schema.json"
+
+
+def _na_last(options: list[str]) -> list[str]:
+    """An "N/A"-like option becomes the canonical NA_OPTION, moved last (the schema's convention)."""
+    rest = [option for option in options if normalize_text(option) not in NA_TEXTS]
+    return rest + [NA_OPTION] if len(rest) < len(options) else rest
+
+
+def read_schema_file(path) -> StepCoTSchemaConfig:
+    """`schema.json`: {"steps": [{"name": ..., "question": ..., "options": [...]}, ...]}."""
+    path = Path(path)
+    try:
+        steps = json.loads(path.read_text(encoding="utf-8"))["steps"]
+        return StepCoTSchemaConfig(step_names=[str(s["name"]) for s in steps],
+                                   step_questions=[str(s.get("question") or s["name"]) for s in steps],
+                                   step_options=[_na_last(clean_options(s["options"])) for s in steps])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise StepCoTDataError(f"{path}: not a step schema ({type(error).__name__}: {error}); expected "
+                               '{"steps": [{"name": ..., "question": ..., "options": [...]}, ...]}') from None
+    except ValueError as error:
+        raise StepCoTDataError(f"{path}: {error}") from None
+
+
+def _chain_entries(raw_records: list) -> list[list[dict]]:
+    chains = []
+    for record in raw_records:
+        if not isinstance(record, dict):
+            continue
+        _, raw_chain = get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
+        try:
+            chains.append([step for step in _chain_as_list(raw_chain) if isinstance(step, dict)])
+        except StepCoTDataError:
+            continue
+    return chains
+
+
+def _fits(chains: list[list[dict]], config: StepCoTSchemaConfig) -> bool:
+    """Every entry names a step of `config` and each step's usual option count is the configured one."""
+    option_counts = [Counter() for _ in range(config.num_steps)]
+    for chain in chains:
+        for position, step in enumerate(chain):
+            try:
+                index = _step_index(step, position, len(chain) == config.num_steps, config)
+            except _Problem:
+                return False
+            _, options = get_field(step, STEP_FIELD_ALIASES["options"])
+            if isinstance(options, (list, tuple, dict)):
+                option_counts[index][len(options)] += 1
+    for index, counts in enumerate(option_counts):
+        if counts:
+            usual = counts.most_common(1)[0][0]
+            expected = config.num_classes_per_step[index]
+            if usual != expected and not (config.na_label(index) is not None and usual == expected - 1):
+                return False
+    return True
+
+
+def infer_schema(raw_records: list, base: StepCoTSchemaConfig | None = None) -> tuple[StepCoTSchemaConfig, str]:
+    """The step schema of a release's records: `base` (default the Step-CoT seven steps) when most records fit it
+    (each entry names one of its steps and has its option count; records may leave steps out; the records that do
+    not fit are reported by the validation as usual); otherwise a schema built
+    from the data: one step per distinct step number / name / question, in order, with the most common question
+    and option list of that step (e.g. a single "Diagnosis" step with Normal / Bacterial / Viral)."""
+    base = base or StepCoTSchemaConfig()
+    chains = _chain_entries(raw_records)
+    if 2 * sum(_fits([chain], base) for chain in chains) >= len(chains):
+        return base, "the Step-CoT schema"
+    order, questions, options, labels = [], defaultdict(Counter), defaultdict(Counter), {}
+    for chain in chains:
+        for position, step in enumerate(chain):
+            key = step_key(step) or ("position", position + 1)
+            if key not in labels:
+                order.append(key)
+                _, ident = get_field(step, STEP_FIELD_ALIASES["step"])
+                labels[key] = str(ident).strip() if key[0] == "name" else f"Step {key[1]}" if key[0] in (
+                    "number", "position") else None
+            _, question = get_field(step, STEP_FIELD_ALIASES["question"])
+            if question is not None and str(question).strip():
+                questions[key][str(question).strip()] += 1
+            _, raw_options = get_field(step, STEP_FIELD_ALIASES["options"])
+            try:
+                options[key][tuple(_na_last(clean_options(raw_options)))] += 1
+            except TypeError:
+                continue
+    if any(kind == "number" for kind, _ in order) and all(kind in ("number", "position") for kind, _ in order):
+        order.sort(key=lambda key: key[1])
+    steps = [key for key in order if options[key]]
+    if not steps:
+        raise StepCoTDataError("cannot infer the step schema: no chain entry has an options list")
+    names, step_questions = [], []
+    for number, key in enumerate(steps, 1):
+        question = questions[key].most_common(1)[0][0] if questions[key] else None
+        names.append(labels[key] or f"Step {number}")
+        step_questions.append(question or names[-1])
+    config = StepCoTSchemaConfig(step_names=names, step_questions=step_questions,
+                                 step_options=[list(options[key].most_common(1)[0][0]) for key in steps])
+    return config, f"inferred from the records ({config.num_steps} steps: {', '.join(names)})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The release
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -578,7 +744,9 @@ class StepCoTRelease:
 
     Args:
         root: folder holding `data.json` (or `data.jsonl`), optional split lists and the image folders.
-        config: step schema (default: the Step-CoT schema of `modeling_stepcot`).
+        config: step schema. Default: the release's `schema.json` if it has one, else the Step-CoT seven steps when
+            the records fit them (partial chains included), else a schema inferred from the records
+            (`infer_schema`). `schema_source` says which.
         strict: raise `StepCoTDataError` on the first problem (default), else skip and report.
         seed: seed of the 70/15/15 stratified patient split used when the release has no split files.
         report_path: where to write the JSON report of skipped records (lenient mode; also written when empty).
@@ -589,7 +757,6 @@ class StepCoTRelease:
 
     def __init__(self, root, config=None, strict=True, seed=0, report_path=None, check_images=True):
         self.root = Path(root)
-        self.config = config or StepCoTSchemaConfig()
         self.strict = strict
         self.seed = seed
         self.skipped: list[dict] = []
@@ -603,6 +770,12 @@ class StepCoTRelease:
             raise StepCoTDataError(f"release folder not found: {self.root}")
         self._line_problems: dict[int, dict] = {}
         raw_records = self._load_raw_records()
+        if config is not None:
+            self.config, self.schema_source = config, "given by the caller"
+        elif (self.root / SCHEMA_FILE).is_file():
+            self.config, self.schema_source = read_schema_file(self.root / SCHEMA_FILE), SCHEMA_FILE
+        else:
+            self.config, self.schema_source = infer_schema(raw_records)
         records = []
         for index, raw in enumerate(raw_records):
             if index in self._line_problems:
@@ -618,6 +791,10 @@ class StepCoTRelease:
                 self._reject(problems)
                 continue
             records.append(clean)
+        unanswered = sum(all(label == IGNORE_INDEX for label in record["labels"]) for record in records)
+        if unanswered:  # kept (e.g. a report silent about the lungs), but they teach and score nothing
+            self.notes.append(dict(index=None, patient_id=None, field="vqa_chain",
+                                   message=f"{unanswered} records answer no step (all 'No Answer' / left out)"))
         records = self._check_image_claims(records)
         self.split_source = self._assign_splits(records)
         self.records = [record for record in records if record.get("split") is not None]
@@ -910,6 +1087,16 @@ class StepCoTRelease:
     def splits(self) -> dict[str, list[dict]]:
         return {name: self.split(name) for name in SPLITS if self.split(name)}
 
+    def step_class_counts(self, split: str | None = None) -> list[dict[str, int]]:
+        """Per step: option -> number of records answering it (all splits, or one), in option order; steps left out
+        or unanswered are not counted."""
+        records = self.records if split is None else self.split(split)
+        counts = []
+        for step, options in enumerate(self.config.step_options):
+            tally = Counter(r["labels"][step] for r in records)
+            counts.append({option: tally.get(index, 0) for index, option in enumerate(options)})
+        return counts
+
     def diagnosis_counts(self) -> dict[str, dict[str, int]]:
         """split -> diagnosis -> record count."""
         counts = {}
@@ -942,6 +1129,10 @@ class StepCoTRelease:
             "records_kept": len(self.records),
             "records_skipped": len(self.skipped),
             "split_source": self.split_source,
+            "schema_source": self.schema_source,
+            "schema": [{"name": name, "question": question, "options": list(options), "counts": counts}
+                       for name, question, options, counts in zip(self.config.step_names, self.config.step_questions,
+                                                                  self.config.step_options, self.step_class_counts())],
             "near_duplicate_rule": f"perceptual hash (imagehash.phash, {NEAR_DUPLICATE_HASH_SIZE ** 2} bits) at most "
                                    f"{NEAR_DUPLICATE_MAX_DISTANCE} bits apart",
             "max_image_pixels": MAX_IMAGE_PIXELS,
@@ -973,6 +1164,9 @@ __all__ = [
     "clean_options",
     "diagnosis_name",
     "find_split_files",
+    "infer_schema",
+    "read_schema_file",
+    "step_key",
     "format_problem",
     "normalize_text",
     "parse_record",

@@ -6,8 +6,10 @@
     a release folder    (data.json or data.jsonl) validated and built into WORK/dataset; the build is reused only
                         when WORK/dataset/build_info.json says it was made from this release, unchanged, with the same
                         mode (strict / lenient), seed and schema; otherwise it is rebuilt (atomically)
-    a built folder      (README.md + data/*.parquet, from `stepcot data build`) loaded as it is
-    a Hub id            `load_dataset(id)`
+    a built folder      (a dataset card or Parquet files, e.g. `stepcot data build` output) loaded as it is
+    a Hub id            a raw release on the Hub (data.json + image archives, e.g. fl-15o/Step-CoT) is downloaded at
+                        a pinned commit, unpacked and built once into $HF_HOME/stepcot/hub-releases (reused for that
+                        commit, offline too: `dataset_script.hub_release`); any other Hub id goes to `load_dataset(id)`
 
 WORK is the command's own folder (`stepcot train --output_dir`, the bench's OUT/data) or, for commands that have
 none (`stepcot eval`, baselines), a per-release folder under `$STEPCOT_CACHE` (default ~/.cache/stepcot/builds).
@@ -25,7 +27,9 @@ import re
 import shutil
 from pathlib import Path
 
+from dataset_script.demo import demo_release_matches, write_demo_release
 from dataset_script.hub import build_hub_dataset, build_settings, read_build_info
+from dataset_script.hub_release import prepare_hub_dataset
 from dataset_script.release import StepCoTDataError
 
 logger = logging.getLogger(__name__)
@@ -40,8 +44,9 @@ def is_release_folder(path) -> bool:
 
 
 def is_built_folder(path) -> bool:
+    """A folder `load_dataset` reads: a dataset card, or Parquet files at the top or one level down."""
     path = Path(path)
-    return (path / "README.md").is_file() and any((path / "data").glob("*.parquet"))
+    return (path / "README.md").is_file() or any(path.glob("*.parquet")) or any(path.glob("*/*.parquet"))
 
 
 def source_kind(source: str) -> str:
@@ -55,7 +60,8 @@ def source_kind(source: str) -> str:
         if is_built_folder(path):
             return "built"
         raise StepCoTDataError(f"{source} is neither a Step-CoT release folder (data.json, images/) nor a built "
-                               "dataset folder (README.md + data/*.parquet from `stepcot data build`)")
+                               "dataset folder (README.md + data/*.parquet from `stepcot data build`, or Parquet "
+                               "files)")
     if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 or os.sep != "/" and os.sep in source:
         raise StepCoTDataError(f"dataset folder not found: {source}")
     return "hub"
@@ -79,9 +85,7 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
     if kind == "built":
         return str(source)
     if kind == "hub":
-        # Hub-release download goes here: a Hub repo that holds a raw release (data.json + images) is to be fetched
-        # into WORK and built like a local release folder. Today a Hub id is a built dataset read by load_dataset.
-        return str(source)
+        return prepare_hub_dataset(str(source), strict=not lenient, seed=seed)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(source)
     release = Path(source).expanduser()
     if kind == "demo":
@@ -103,8 +107,6 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
 
 
 def _demo_release(work_dir: Path, size: int, image_size: int, log) -> Path:
-    from dataset_script.demo import demo_release_matches, write_demo_release
-
     release = work_dir / "demo-release"
     if not demo_release_matches(release, n=size, image_size=image_size):
         if release.exists():
@@ -120,7 +122,7 @@ def load_built(source: str, split: str | None = None):
     from datasets import load_dataset
 
     path = Path(source).expanduser()
-    shards = (path / "data").glob("*.parquet")
+    shards = list(path.glob("*.parquet")) + list(path.glob("*/*.parquet"))
     legacy = path.is_dir() and not all(CONTENT_NAMED_SHARD.fullmatch(shard.name) for shard in shards)
     return load_dataset(str(path) if path.is_dir() else source, split=split,
                         download_mode="force_redownload" if legacy else None)
@@ -133,5 +135,12 @@ def load_source(source: str, work_dir=None, *, split: str | None = None, lenient
                                      demo_image_size=demo_image_size, log=log), split=split)
 
 
-__all__ = ["default_work_dir", "is_built_folder", "is_release_folder", "load_built", "load_source", "prepare_source",
-           "source_kind"]
+__all__ = [
+    "default_work_dir",
+    "is_built_folder",
+    "is_release_folder",
+    "load_built",
+    "load_source",
+    "prepare_source",
+    "source_kind",
+]

@@ -8,7 +8,9 @@ the product of the steps' options (4*4*6*7*5*7*9 = 211,680 cells for the paper's
 consistent chain is found by exact search over it.
 
 The rules name options by text and are written for the default schema of `configuration_stepcot.py`. A rule whose
-steps or options are missing from a model's schema is left out (`chain_rules_for` reports which are active).
+steps or options are missing from a model's schema is left out (`skipped_rules` lists them), and so is a rule that
+involves a step the model was never trained on (`config.step_training_counts` 0): an untrained head's answer is
+noise, and letting it flag or repair a trained step would trade a real answer for a random one.
 
 This file ships inside checkpoints (remote code): it imports only numpy and its sibling `configuration_stepcot`.
 """
@@ -91,6 +93,8 @@ DEFAULT_CHAIN_RULES = (
                (SECONDARY, NO_SECONDARY))),
 )
 
+# Steps answered at least this confidently are never changed by `ChainChecker.repair` (see there for why).
+DEFAULT_REPAIR_CONFIDENCE = 0.9
 # Exact search materialises one boolean per combination of options; beyond this it would be too large.
 MAX_EXACT_COMBINATIONS = 20_000_000
 
@@ -114,16 +118,20 @@ class ChainChecker:
         >>> checker.most_probable_consistent(log_probs)      # per-step log-probabilities -> labels
     """
 
-    def __init__(self, step_names, step_options, rules=DEFAULT_CHAIN_RULES):
+    def __init__(self, step_names, step_options, rules=DEFAULT_CHAIN_RULES, trained_steps=None):
         self.step_names = list(step_names)
         self.step_options = [list(options) for options in step_options]
+        self.trained_steps = [True] * len(self.step_names) if trained_steps is None else list(trained_steps)
+        if len(self.trained_steps) != len(self.step_names):
+            raise ValueError(f"trained_steps needs one entry per step ({len(self.step_names)}), "
+                             f"got {len(self.trained_steps)}")
         self.rules, self.skipped_rules, self._masks = [], [], []
         index = {name: i for i, name in enumerate(self.step_names)}
         for rule in rules:
             masks = {}
             for rule_step, marker in rule.when:
                 step = index.get(DEFAULT_STEP_NAMES[rule_step] if isinstance(rule_step, int) else rule_step)
-                if step is None:
+                if step is None or not self.trained_steps[step]:
                     break
                 wanted = _resolve_options(marker, self.step_options[step])
                 if not wanted or any(option not in self.step_options[step] for option in wanted):
@@ -138,7 +146,8 @@ class ChainChecker:
 
     @classmethod
     def from_config(cls, config, rules=DEFAULT_CHAIN_RULES):
-        return cls(config.step_names, config.step_options, rules)
+        """The rules for a model's schema, leaving out those that involve a step it had no training labels for."""
+        return cls(config.step_names, config.step_options, rules, trained_steps=getattr(config, "trained_steps", None))
 
     def violations(self, labels) -> list[dict]:
         """The rules a chain of labels (one option index per step) breaks, with the steps involved."""
@@ -173,9 +182,11 @@ class ChainChecker:
             self._consistent_table = table
         return self._consistent_table
 
-    def most_probable_consistent(self, step_log_probs) -> tuple[list[int], float]:
+    def most_probable_consistent(self, step_log_probs, fixed=None) -> tuple[list[int], float]:
         """Exact MAP over the consistent chains: argmax of the sum of per-step log-probabilities, treating the
-        steps' (calibrated) distributions as independent. Returns (labels, joint log-probability)."""
+        steps' (calibrated) distributions as independent. `fixed` {step: label} holds steps at a given answer.
+        Returns (labels, joint log-probability); the log-probability is -inf when no consistent chain keeps the
+        fixed answers (the labels are then the per-step argmax)."""
         if len(step_log_probs) != len(self.step_names):
             raise ValueError(f"expected {len(self.step_names)} steps of log-probabilities, got {len(step_log_probs)}")
         table = self.consistent_table()
@@ -189,8 +200,33 @@ class ChainChecker:
             view[step] = table.shape[step]
             total = total + log_probs.reshape(view)
         total[~table] = -np.inf
+        for step, label in (fixed or {}).items():
+            view = [1] * table.ndim
+            view[step] = table.shape[step]
+            total = np.where((np.arange(table.shape[step]) == int(label)).reshape(view), total, -np.inf)
         best = int(np.argmax(total))
+        if np.isneginf(total.flat[best]):
+            return [int(np.argmax(log_probs)) for log_probs in step_log_probs], -np.inf
         return [int(i) for i in np.unravel_index(best, table.shape)], float(total.flat[best])
 
+    def repair(self, step_log_probs, confidence: float = DEFAULT_REPAIR_CONFIDENCE) -> dict:
+        """The chain to report when the per-step answers contradict each other. Steps answered with probability
+        >= `confidence` are kept; only the less certain steps may change, to the most probable consistent chain.
+        A consistent chain is returned unchanged, and so is one whose contradiction lies between confident steps
+        (`unresolved`: True; it is shown, not silently rewritten).
 
-__all__ = ["DEFAULT_CHAIN_RULES", "ChainChecker", "ChainRule"]
+        Why not the unconstrained MAP: measured on Kermany and the demo, letting the search change a confident,
+        correct diagnosis to satisfy an uncertain detection answer lowered diagnosis accuracy (benchmarks/RESULTS.md).
+        Returns {labels, changed (step indices), unresolved}."""
+        raw = [int(np.argmax(log_probs)) for log_probs in step_log_probs]
+        if self.is_consistent(raw):
+            return {"labels": raw, "changed": [], "unresolved": False}
+        fixed = {step: raw[step] for step, log_probs in enumerate(step_log_probs)
+                 if float(np.exp(np.max(log_probs))) >= confidence}
+        labels, log_probability = self.most_probable_consistent(step_log_probs, fixed=fixed)
+        if np.isneginf(log_probability):
+            return {"labels": raw, "changed": [], "unresolved": True}
+        return {"labels": labels, "changed": [s for s in range(len(raw)) if labels[s] != raw[s]], "unresolved": False}
+
+
+__all__ = ["DEFAULT_CHAIN_RULES", "DEFAULT_REPAIR_CONFIDENCE", "ChainChecker", "ChainRule"]

@@ -99,6 +99,12 @@ class StepCoTSchemaConfig(PreTrainedConfig):
             `{"method": "temperature", "temperatures": [...], "split": ...}` (written by
             `trainers.evaluation.calibration.calibrate`); the `stepcot-vqa` pipeline divides each step's logits by
             its temperature. None: uncalibrated.
+        step_training_counts (`list[int]`, *optional*): per step, how many training examples had a label. A step
+            with 0 was never trained: its head is random, so predict, the pipeline and the consistency rules treat
+            its answer as unknown. `None` (a model saved before this was recorded): every step counts as trained.
+        embedding_statistics (`dict`, *optional*): statistics of the training images' embeddings (`mean`, `scale`
+            per dimension, `threshold` and `quantile` of the training distances), recorded at export; the pipeline
+            flags an image whose embedding lies further out as out of distribution.
     """
 
     model_type = "stepcot_schema"
@@ -114,6 +120,8 @@ class StepCoTSchemaConfig(PreTrainedConfig):
     vision_encoder_name_or_path: str | None = None
     initializer_range: float = 0.02
     calibration: dict | None = None
+    step_training_counts: list[int] | None = None
+    embedding_statistics: dict | None = None
 
     def __post_init__(self, **kwargs):
         self.step_names = list(self.step_names or DEFAULT_STEP_NAMES)
@@ -146,6 +154,10 @@ class StepCoTSchemaConfig(PreTrainedConfig):
                 raise ValueError(f"Step {name!r} has duplicate options: {options}.")
             if NA_OPTION in options and options[-1] != NA_OPTION:
                 raise ValueError(f"Step {name!r}: {NA_OPTION!r} must be the last option, got {options}.")
+        counts = self.step_training_counts
+        if counts is not None and (len(counts) != len(self.step_names) or any(int(c) < 0 for c in counts)):
+            raise ValueError(f"step_training_counts needs one count >= 0 per step ({len(self.step_names)}), "
+                             f"got {counts}.")
 
     @property
     def num_steps(self) -> int:
@@ -154,6 +166,13 @@ class StepCoTSchemaConfig(PreTrainedConfig):
     @property
     def num_classes_per_step(self) -> list[int]:
         return [len(options) for options in self.step_options]
+
+    @property
+    def trained_steps(self) -> list[bool]:
+        """Per step, whether it had training labels (all True when that was not recorded)."""
+        if self.step_training_counts is None:
+            return [True] * self.num_steps
+        return [int(count) > 0 for count in self.step_training_counts]
 
     def na_label(self, step: int) -> int | None:
         """The label of the step's "N/A" option, or None when the step has none."""

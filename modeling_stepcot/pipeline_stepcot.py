@@ -16,6 +16,7 @@ when this package is imported).
 This file ships inside checkpoints (remote code): it imports only torch, numpy, PIL, transformers and its siblings.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import Pipeline
 
-from .chain_stepcot import ChainChecker
+from .chain_stepcot import DEFAULT_REPAIR_CONFIDENCE, ChainChecker
 from .configuration_stepcot import NA_OPTION
 from .processing_stepcot import image_processor_for_config, image_to_rgb
 
@@ -43,17 +44,62 @@ def step_temperatures(config) -> tuple[list[float], str]:
     calibration = getattr(config, "calibration", None)
     if isinstance(calibration, dict) and calibration.get("method") == "temperature":
         temperatures = [float(t) for t in calibration["temperatures"]]
-        if len(temperatures) != config.num_steps or min(temperatures) <= 0:
+        if len(temperatures) != config.num_steps or not all(math.isfinite(t) and t > 0 for t in temperatures):
             raise ValueError(f"config.calibration has invalid temperatures {temperatures} "
-                             f"(need {config.num_steps} positive values)")
+                             f"(need {config.num_steps} finite positive values)")
         split = calibration.get("split")
         return temperatures, "temperature scaling" + (f" (fitted on {split})" if split else "")
     return [1.0] * config.num_steps, UNCALIBRATED
 
 
 def format_chain(step_names, answers) -> str:
-    """'Detection: Decreased opacity → Lesion distribution: Focal → … → Diagnosis: Pneumothorax'."""
-    return CHAIN_SEPARATOR.join(f"{name}: {answer}" for name, answer in zip(step_names, answers))
+    """'Detection: Decreased opacity → Lesion distribution: Focal → … → Diagnosis: Pneumothorax'; steps whose
+    answer is None (never trained) are left out."""
+    return CHAIN_SEPARATOR.join(f"{name}: {answer}" for name, answer in zip(step_names, answers) if answer is not None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Out-of-distribution check on the image embedding
+# ---------------------------------------------------------------------------------------------------------------
+
+OOD_QUANTILE = 0.99
+
+
+def embedding_distance(embeds, statistics) -> np.ndarray:
+    """Root-mean-square z-score of each embedding (rows of `embeds`) against the training embeddings' per-dimension
+    mean and scale: about 1 for a typical training image, larger the further an image lies from them."""
+    embeds = np.asarray(embeds, dtype=np.float64)
+    mean = np.asarray(statistics["mean"], dtype=np.float64)
+    scale = np.asarray(statistics["scale"], dtype=np.float64)
+    if embeds.shape[-1] != mean.shape[0]:
+        raise ValueError(f"embedding width {embeds.shape[-1]} does not match the recorded statistics "
+                         f"({mean.shape[0]})")
+    return np.sqrt(np.mean(((embeds - mean) / scale) ** 2, axis=-1))
+
+
+def embedding_statistics(train_embeds, reference_embeds=None, quantile: float = OOD_QUANTILE) -> dict:
+    """What `config.embedding_statistics` holds: the training embeddings' per-dimension mean and scale, and the
+    `quantile` of the distances of `reference_embeds` (held-out images, e.g. the validation split; the training
+    images themselves when None) as the threshold above which an image is flagged."""
+    train = np.asarray(train_embeds, dtype=np.float64)
+    if train.ndim != 2 or train.shape[0] < 2:
+        raise ValueError(f"need at least 2 training embeddings (N, D), got shape {train.shape}")
+    spread = train.std(0)
+    # A near-constant dimension (e.g. on small or synthetic sets) would turn rounding noise into huge z-scores.
+    scale = np.maximum(spread, 0.1 * np.median(spread) + 1e-12)
+    statistics = {"mean": train.mean(0).tolist(), "scale": scale.tolist()}
+    reference = train if reference_embeds is None or len(reference_embeds) == 0 else reference_embeds
+    distances = embedding_distance(reference, statistics)
+    statistics.update(threshold=float(np.quantile(distances, quantile)), quantile=quantile,
+                      reference="validation" if reference is not train else "train", num_train=int(train.shape[0]))
+    return statistics
+
+
+def out_of_distribution(distance: float, statistics) -> dict:
+    """{distance, threshold, quantile, flagged} for one image's embedding distance."""
+    threshold = float(statistics["threshold"])
+    return {"distance": float(distance), "threshold": threshold, "quantile": float(statistics.get("quantile", 0)),
+            "flagged": bool(distance > threshold)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,14 +186,23 @@ class StepCoTVQAPipeline(Pipeline):
         images: a path, PIL image or numpy array, or a list of them (returns a list).
         maps (`bool`, default False): add `maps`, a (steps, H, W) float32 array in [0, 1] at the image's size:
             per step, Grad-CAM on the vision encoder's grid for the predicted answer.
-        consistent (`bool`, default False): also decode the most probable chain that breaks no consistency rule
-            (exact search; `ChainChecker`). The per-step predictions are kept; changed steps are flagged.
+        maps_max_side (`int`, optional): make the maps at most this many pixels on the long side (same aspect
+            ratio) instead of the image's full size, e.g. for drawing (full-size maps of an 8000 x 8000 radiograph
+            take ~1.8 GB).
+        consistent (`bool`, default False): also decode a chain that breaks no consistency rule: only steps
+            answered with probability < 0.9 may change, to the most probable consistent chain (exact search;
+            `ChainChecker.repair`). The per-step predictions are kept; changed steps are flagged.
         batch_size (`int`): images per forward pass.
 
-    Each result is a dict: `steps` (per step: `step`, `name`, `question`, `answer`, `label`, `score`,
+    Each result is a dict: `steps` (per step: `step`, `name`, `question`, `trained`, `answer`, `label`, `score`,
     `probabilities` {option: p}, `is_na`, and with `consistent=True`: `consistent_answer`, `consistent_label`,
-    `changed`), `chain` (one readable line), `violations` (broken consistency rules), `is_consistent`,
-    `probability_method`, `image_size` (H, W), and with `consistent=True`: `consistent_chain`, `changed_steps`.
+    `changed`), `chain` (one readable line), `untrained_steps`, `violations` (broken consistency rules),
+    `is_consistent`, `probability_method`, `image_size` (H, W), with `consistent=True`: `consistent_chain`,
+    `changed_steps`, `unresolved_contradiction`; and `out_of_distribution` ({distance, threshold, flagged}) when
+    the model recorded its training embeddings' statistics.
+
+    A step the model had no training labels for (`config.step_training_counts` 0) is unknown: `answer`, `label`,
+    `score`, `probabilities` and `is_na` are None, it is left out of the chain and of the consistency rules.
     """
 
     _load_processor = None  # the checkpoint's saved StepCoTProcessor when present (optional)
@@ -167,13 +222,18 @@ class StepCoTVQAPipeline(Pipeline):
         self.model.eval()
         self.checker = ChainChecker.from_config(config)
         self.temperatures, self.probability_method = step_temperatures(config)
+        self.repair_confidence = DEFAULT_REPAIR_CONFIDENCE
 
-    def _sanitize_parameters(self, maps=None, consistent=None, **unused):
+    def _sanitize_parameters(self, maps=None, consistent=None, maps_max_side=None, **unused):
         if unused:
             raise TypeError(f"unexpected arguments for the {TASK} pipeline: {sorted(unused)}")
         forward, postprocess = {}, {}
         if maps is not None:
             forward["maps"] = bool(maps)
+        if maps_max_side is not None:
+            if isinstance(maps_max_side, bool) or not isinstance(maps_max_side, int) or maps_max_side < 1:
+                raise ValueError(f"maps_max_side must be a positive integer, got {maps_max_side!r}")
+            postprocess["maps_max_side"] = maps_max_side
         if consistent is not None:
             postprocess["consistent"] = bool(consistent)
         return {}, forward, postprocess
@@ -196,11 +256,17 @@ class StepCoTVQAPipeline(Pipeline):
     def _forward(self, model_inputs, maps=False):
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
         outputs = {"image_size": model_inputs["image_size"]}
+        statistics = getattr(self.model.config, "embedding_statistics", None)
         if maps:
             step_logits, grid_maps = stepwise_grad_cam(self.model, pixel_values)
             outputs["maps"] = grid_maps
+            image_embeds = self.model.encode_images(pixel_values) if statistics else None
         else:
-            step_logits = self.model(pixel_values=pixel_values).step_logits
+            image_embeds = self.model.encode_images(pixel_values)
+            step_logits = self.model(image_embeds=image_embeds).step_logits
+        if statistics:
+            distances = embedding_distance(image_embeds.detach().float().cpu().numpy(), statistics)
+            outputs["embedding_distance"] = torch.from_numpy(distances)  # (B,), batched like the logits
         width = max(logits.shape[-1] for logits in step_logits)
         # Padded with NaN (never a valid logit) so postprocess can cut each step back to its own options.
         outputs["logits"] = torch.stack(
@@ -208,52 +274,67 @@ class StepCoTVQAPipeline(Pipeline):
         )
         return outputs
 
-    def postprocess(self, model_outputs, consistent=False):
+    def postprocess(self, model_outputs, consistent=False, maps_max_side=None):
         config = self.model.config
+        trained = config.trained_steps
         logits = model_outputs["logits"][0]
         steps, log_probs, labels = [], [], []
         for step, options in enumerate(config.step_options):
             step_logits = logits[step, : len(options)].double() / self.temperatures[step]
+            if not bool(torch.isfinite(step_logits).all()):
+                raise ValueError(f"the model gave non-finite scores at step {step + 1} ({config.step_names[step]}); "
+                                 "its weights or the input may be damaged")
             step_log_probs = torch.log_softmax(step_logits, -1)
             probabilities = step_log_probs.exp()
             label = int(probabilities.argmax())
             log_probs.append(step_log_probs.numpy())
             labels.append(label)
-            steps.append({
-                "step": step + 1,
-                "name": config.step_names[step],
-                "question": config.step_questions[step],
-                "answer": options[label],
-                "label": label,
-                "score": float(probabilities[label]),
-                "probabilities": {option: float(p) for option, p in zip(options, probabilities)},
-                "is_na": options[label] == NA_OPTION,
-            })
-        violations = self.checker.violations(labels)
+            entry = {"step": step + 1, "name": config.step_names[step], "question": config.step_questions[step],
+                     "trained": trained[step]}
+            if trained[step]:
+                entry.update(answer=options[label], label=label, score=float(probabilities[label]),
+                             probabilities={option: float(p) for option, p in zip(options, probabilities)},
+                             is_na=options[label] == NA_OPTION)
+            else:  # an untrained head's output is noise: no answer, no probabilities
+                entry.update(answer=None, label=None, score=None, probabilities=None, is_na=None)
+            steps.append(entry)
+        violations = self.checker.violations(labels)  # its rules leave untrained steps out
         result = {
             "steps": steps,
             "chain": format_chain(config.step_names, [s["answer"] for s in steps]),
+            "untrained_steps": [s["name"] for s in steps if not s["trained"]],
             "is_consistent": not violations,
             "violations": violations,
             "probability_method": self.probability_method,
             "image_size": tuple(int(v) for v in model_outputs["image_size"][0]),
         }
+        if "embedding_distance" in model_outputs:
+            result["out_of_distribution"] = out_of_distribution(
+                float(model_outputs["embedding_distance"].reshape(-1)[0]), config.embedding_statistics)
         if consistent:
-            best, _ = self.checker.most_probable_consistent(log_probs)
-            for step, label in enumerate(best):
-                options = config.step_options[step]
-                steps[step].update(consistent_answer=options[label], consistent_label=label,
-                                   changed=label != labels[step])
+            repaired = self.checker.repair(log_probs, self.repair_confidence)
+            for step, label in enumerate(repaired["labels"]):
+                if steps[step]["trained"]:
+                    steps[step].update(consistent_answer=config.step_options[step][label], consistent_label=label,
+                                       changed=step in repaired["changed"])
+                else:
+                    steps[step].update(consistent_answer=None, consistent_label=None, changed=False)
             result["consistent_chain"] = format_chain(config.step_names, [s["consistent_answer"] for s in steps])
             result["changed_steps"] = [s["name"] for s in steps if s["changed"]]
+            result["unresolved_contradiction"] = repaired["unresolved"]
         if "maps" in model_outputs:
-            result["maps"] = upsample_maps(model_outputs["maps"][0], result["image_size"])
+            height, width = result["image_size"]
+            scale = min(1.0, maps_max_side / max(height, width)) if maps_max_side else 1.0
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            result["maps"] = upsample_maps(model_outputs["maps"][0], size)
         return result
 
 
 __all__ = [
     "StepCoTVQAPipeline",
     "TASK",
+    "embedding_distance",
+    "embedding_statistics",
     "encode_with_grid",
     "format_chain",
     "load_image",

@@ -1,11 +1,32 @@
 """Shared pytest fixtures (keep this small and generic; module-specific helpers live in their test files)."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# ../shared/data next to the checkout (CI); STEPCOT_SHARED_DATA points elsewhere (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("STEPCOT_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory):
+    """24 synthetic records, 32 px images, with train/val/test split files; use `release` to get a copy to change."""
+    from dataset_script.demo import write_demo_release
+
+    folder = tmp_path_factory.mktemp("tiny_release")
+    write_demo_release(folder, n=24, seed=0, image_size=32)
+    return folder
+
+
+@pytest.fixture
+def release(tiny_release, tmp_path):
+    """A private copy of `tiny_release` that a test may change."""
+    folder = tmp_path / "release"
+    shutil.copytree(tiny_release, folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +37,16 @@ def demo_release_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("demo_release")
     write_demo_release(folder, n=60, seed=0, image_size=64)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_release_dir(tmp_path_factory):
+    """24 synthetic records at 32 px with train/val/test split files (hostile-data tests); read-only: copy it."""
+    from dataset_script.demo import write_demo_release
+
+    folder = tmp_path_factory.mktemp("tiny_release")
+    write_demo_release(folder, n=24, seed=0, image_size=32)
     return folder
 
 
@@ -43,3 +74,14 @@ def shared_data_dir():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (a fresh clone has no ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def xray_png(tmp_path):
+    """A small random 8-bit grayscale PNG (40 x 40), as a path."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "xray.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(path)
+    return path

@@ -29,7 +29,22 @@ def valid_content(answers=VALID_ANSWERS, laterality="right"):
     return json.dumps({"vqa_chain": steps})
 
 
-class ScriptedEndpoint:
+class ServerInThread:
+    """Serves `self.server` (a socketserver server on 127.0.0.1) from a daemon thread inside a `with` block; the
+    subclass sets `self.server` and `self.url`."""
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ScriptedEndpoint(ServerInThread):
     """A chat-completions server that plays a script of replies, one per request, and records the requests."""
 
     def __init__(self):
@@ -69,17 +84,7 @@ class ScriptedEndpoint:
                     pass  # the client gave up (timeout test)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from trainers import cli
 from trainers.evaluation.metrics import weighted_step_metrics
 from trainers.evaluation.report import load_metrics
 from trainers.paper import baselines
+from trainers.paper.baselines import backbones as baseline_backbones
+from trainers.paper.baselines import heads as baseline_heads
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +30,11 @@ def test_pooled_embedding_from_tensors_model_outputs_and_per_token_projections()
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     flat = torch.randn(2, 5)
-    assert baselines._pooled(flat) is flat
+    assert baselines.pooled_output(flat) is flat
     per_token = torch.randn(2, 4, 5)  # FLAVA projects every token: its embedding is the CLS token's
-    assert torch.equal(baselines._pooled(BaseModelOutputWithPooling(pooler_output=per_token)), per_token[:, 0])
+    assert torch.equal(baselines.pooled_output(BaseModelOutputWithPooling(pooler_output=per_token)), per_token[:, 0])
     with pytest.raises(ValueError, match="pooler_output"):
-        baselines._pooled(BaseModelOutputWithPooling(last_hidden_state=per_token))
+        baselines.pooled_output(BaseModelOutputWithPooling(last_hidden_state=per_token))
 
 
 def test_shared_head_masks_each_step_to_its_own_classes():
@@ -54,11 +56,11 @@ def test_pairs_are_the_labelled_image_step_combinations():
     labels = torch.tensor([[0, IGNORE_INDEX, 2], [IGNORE_INDEX, IGNORE_INDEX, 1], [3, 1, IGNORE_INDEX]])
     question_index = torch.tensor([[0, 1, 2], [0, 1, 5], [0, 4, 2]])
     split = baselines.SplitEmbeddings(torch.randn(3, 2), torch.randn(6, 2), question_index, labels)
-    image_rows, text_rows, position, pair_labels = baselines._pairs(split, torch.tensor([2, 0, 1]), [0, 1, 2])
+    image_rows, text_rows, position, pair_labels = baseline_heads._pairs(split, torch.tensor([2, 0, 1]), [0, 1, 2])
     expected = [(2, 0, 0, 3), (2, 4, 1, 1), (0, 0, 0, 0), (0, 2, 2, 2), (1, 5, 2, 1)]
     assert list(zip(image_rows.tolist(), text_rows.tolist(), position.tolist(), pair_labels.tolist())) == expected
     # Training on the diagnosis only sees the last column, position 0.
-    image_rows, _, position, pair_labels = baselines._pairs(split, torch.tensor([0, 1, 2]), [2])
+    image_rows, _, position, pair_labels = baseline_heads._pairs(split, torch.tensor([0, 1, 2]), [2])
     assert image_rows.tolist() == [0, 1] and position.tolist() == [0, 0] and pair_labels.tolist() == [2, 1]
 
 
@@ -137,7 +139,7 @@ def test_baseline_command_writes_reports_that_match_its_predictions(baseline_run
     expected = with_metrics.steps[-1].metrics["accuracy"].value - without_metrics.steps[-1].metrics["accuracy"].value
     assert float(difference["accuracy"]) == pytest.approx(expected)
     assert f"| {name} (with Step-CoT) |" in (out / "table8.md").read_text()
-    spec = json.loads((folder / "with_stepcot" / baselines.BASELINE_FILENAME).read_text())
+    spec = json.loads((folder / "with_stepcot" / baseline_heads.BASELINE_FILENAME).read_text())
     assert spec["steps"] == list(range(7)) and spec["step_questions"][0].startswith("Question: ")
     assert len(spec["history"]) == 4 and spec["training"]["batch_size"] == 8
 
@@ -150,7 +152,7 @@ def test_cached_embeddings_equal_the_backbone_run_directly(baseline_run, tiny_cl
     _, out = baseline_run
     test = load_dataset(str(hub_dataset), split="test")
     backbone = baselines.load_backbone(str(tiny_clip_dir))
-    path = baselines._cache_path(out / "cache", test, "test", backbone)
+    path = baseline_backbones._cache_path(out / "cache", test, "test", backbone)
     assert path.is_file()
     stored = load_file(path)
 
@@ -177,7 +179,7 @@ def test_cached_embeddings_equal_the_backbone_run_directly(baseline_run, tiny_cl
     changed = baselines.load_backbone(str(tiny_clip_dir))
     with torch.no_grad():
         changed.model.visual_projection.weight[0, 0] += 1.0
-    assert baselines._cache_path(out / "cache", test, "test", changed) != path
+    assert baseline_backbones._cache_path(out / "cache", test, "test", changed) != path
 
 
 def test_saved_baseline_predicts_the_same_logits_from_images(baseline_run, hub_dataset):

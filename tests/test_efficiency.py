@@ -54,6 +54,7 @@ def test_baseline_inference_is_image_tower_then_the_shared_mlp_per_step(name):
         p.numel() for p in model.head.parameters())
 
 
+@pytest.mark.slow  # times whole models end to end (about 20 s each on a loaded 2-core machine)
 def test_rows_and_table_in_process():
     rows = efficiency.measure_all(["vision_encoder", "student", "teacher", "blip"], batch_size=2, repeats=1,
                                   tiny=True, isolate=False)
@@ -70,6 +71,7 @@ def test_rows_and_table_in_process():
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 4 and "× encoder (batch)" in table
 
 
+@pytest.mark.slow  # times whole models end to end (about 20 s each on a loaded 2-core machine)
 def test_command_measures_in_a_subprocess_and_writes_json(tmp_path, capsys):
     out = tmp_path / "eff.json"
     assert cli.main(["bench-efficiency", "--tiny", "--models", "student", "--repeats", "1", "--batch-size", "2",
@@ -88,6 +90,7 @@ def test_unknown_model_and_missing_cuda_are_reported(capsys):
         assert "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # times whole models end to end (about 20 s each on a loaded 2-core machine)
 def test_benchmarks_inference_wrapper_keeps_its_output(monkeypatch, capsys, tmp_path):
     path = efficiency.__file__.replace("trainers/paper/efficiency.py", "benchmarks/inference.py")
     spec = importlib.util.spec_from_file_location("benchmark_inference", path)

@@ -3,7 +3,6 @@ lenient mode skips or resolves it and lists it in the report; nothing is guessed
 
 import io
 import json
-import shutil
 import struct
 import zlib
 
@@ -14,23 +13,6 @@ from PIL import Image
 
 from dataset_script.release import StepCoTDataError, StepCoTRelease
 from trainers import cli
-
-
-@pytest.fixture(scope="module")
-def tiny_release(tmp_path_factory):
-    """24 synthetic records, 32 px images, with train/val/test split files; copy before changing."""
-    from dataset_script.demo import write_demo_release
-
-    folder = tmp_path_factory.mktemp("tiny_release")
-    write_demo_release(folder, n=24, seed=0, image_size=32)
-    return folder
-
-
-@pytest.fixture
-def release(tiny_release, tmp_path):
-    folder = tmp_path / "release"
-    shutil.copytree(tiny_release, folder)
-    return folder
 
 
 def _records(folder):
@@ -126,6 +108,7 @@ def test_record_in_two_split_files_is_reported_in_every_mode(release, tmp_path, 
     assert "train.xlsx, test.xlsx" in capsys.readouterr().out
     out = tmp_path / "built"
     assert cli.main(["data", "build", "--source", str(release), "--out", str(out), "--lenient"]) == 0
+    assert "1 other problems resolved leniently" in capsys.readouterr().err
     report = json.loads((out / "validation_report.json").read_text())
     assert any("train.xlsx, test.xlsx" in w["text"] for w in report["warnings"])
 
@@ -163,6 +146,27 @@ def test_options_that_differ_are_skipped_in_lenient_mode(release):
 
 
 # -- #12: lenient mode survives any single bad input ---------------------------------------------------------------
+
+ODD_VALUES = [None, [], {}, 7, 1.5, float("nan"), True, "x" * 10_000, ["a", ["b"]], {"k": {"k": 1}}, -1]
+ODD_FIELDS = ["patient_id", "image_path", "vqa_chain", "report", "origin", "view", "vqa_chain.2"] + [
+    f"vqa_chain.{step}.{key}" for step in (0, 3) for key in ("options", "answer", "question", "step", "reasoning")]
+
+
+def test_any_odd_field_value_is_a_named_problem_never_a_crash(tiny_release_dir):
+    from dataset_script.release import parse_record
+
+    record = _records(tiny_release_dir)[5]
+    for field in ODD_FIELDS:
+        for value in ODD_VALUES:
+            broken = json.loads(json.dumps(record))
+            *parents, last = field.split(".")
+            target = broken
+            for key in parents:
+                target = target[int(key)] if key.isdigit() else target[key]
+            target[int(last) if last.isdigit() else last] = value
+            clean, problems, _ = parse_record(broken, 5, image_root=tiny_release_dir)  # never raises
+            assert clean is not None or (problems and all(p["field"] and p["message"] for p in problems)), \
+                (field, value)
 
 
 def _png_header_only(width, height):
@@ -244,8 +248,8 @@ def test_empty_release_fails_at_validation(release, strict):
 
 def test_release_with_no_usable_record_fails_at_validation_in_lenient_mode(release, capsys):
     records = _records(release)
-    for record in records:
-        record["vqa_chain"] = record["vqa_chain"][:6]
+    for record in records:  # (a chain that leaves steps out is a valid partial chain; an unknown answer is not)
+        record["vqa_chain"][6]["answer"] = "Z"
     _write_records(release, records)
     with pytest.raises(StepCoTDataError, match=f"no usable records \\({len(records)} in the release, "
                                                f"{len(records)} skipped"):

@@ -16,22 +16,6 @@ from dataset_script.sources import load_source, prepare_source, source_kind
 from trainers import cli
 
 
-@pytest.fixture(scope="module")
-def tiny_release(tmp_path_factory):
-    from dataset_script.demo import write_demo_release
-
-    folder = tmp_path_factory.mktemp("tiny_release")
-    write_demo_release(folder, n=24, seed=0, image_size=32)
-    return folder
-
-
-@pytest.fixture
-def release(tiny_release, tmp_path):
-    folder = tmp_path / "release"
-    shutil.copytree(tiny_release, folder)
-    return folder
-
-
 def _swap_first_step(folder):
     """Give every record the other step-1 answer (options 0 <-> 1): the labels change, nothing else does."""
     records = json.loads((folder / "data.json").read_text())

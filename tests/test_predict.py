@@ -34,7 +34,7 @@ def test_table_for_teacher_and_student(model_dirs, images, capsys):
         out = capsys.readouterr().out
         assert f"[{role}; probabilities: softmax (uncalibrated)]" in out
         assert out.count("\n 1  Detection") == 1 and "\n 7  Diagnosis" in out
-        assert "Chain: Detection: " in out and "Most probable consistent chain: Detection: " in out
+        assert "Chain: Detection: " in out and "Consistent chain: Detection: " in out
         assert "Contradictions" in out
 
 

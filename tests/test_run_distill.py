@@ -13,7 +13,10 @@ import torch
 
 from trainers.training.offline_encoders import offline_encoders_available
 
-pytestmark = pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
+pytestmark = [  # every test here trains end to end: the `slow` tier (`pytest -m "not slow"` leaves them out)
+    pytest.mark.slow,
+    pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed"),
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

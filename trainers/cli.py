@@ -21,6 +21,11 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def examples_epilog(module) -> str:
+    """The command's runnable examples (every command module has `EXAMPLES`) for the end of its --help."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in module.EXAMPLES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepcot", description="Step-CoT: stepwise chest X-ray VQA.")
     parser.add_argument("--version", action="version", version=f"stepcot {_version()}")
@@ -45,7 +50,9 @@ def hyphenate_flags(argv: list[str]) -> list[str]:
 
 def command_parser(name: str) -> argparse.ArgumentParser:
     """The argument parser of an `add_arguments` command."""
-    parser = argparse.ArgumentParser(prog=f"stepcot {name}", description=COMMANDS[name].HELP)
+    parser = argparse.ArgumentParser(prog=f"stepcot {name}", description=COMMANDS[name].HELP,
+                                     epilog=examples_epilog(COMMANDS[name]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     COMMANDS[name].add_arguments(parser)
     return parser
 

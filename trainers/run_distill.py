@@ -1,6 +1,7 @@
 """Train the Step-CoT teacher and distil the student jointly (paper App. D.5), then evaluate and export both.
 
-    stepcot train --output_dir outputs/demo                         # offline demo: synthetic data, offline encoders
+    stepcot train --output-dir outputs/demo --num-train-epochs 10   # offline demo: synthetic data, offline encoders
+    stepcot train --output-dir outputs/demo --num-train-epochs 10 --resume-from-checkpoint outputs/demo/checkpoint-380
     accelerate launch trainers/run_distill.py --dataset fl-15o/Step-CoT \
         --vision_encoder openai/clip-vit-base-patch32 --text_encoder bert-base-uncased --output_dir outputs/paper
     torchrun --nproc_per_node 2 trainers/run_distill.py ...          # multi-process on CPU (gloo)
@@ -14,7 +15,6 @@ Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with pr
 Trainer's checkpoints.
 """
 
-import json
 import logging
 import sys
 from dataclasses import asdict
@@ -26,6 +26,9 @@ from transformers import TrainingArguments
 if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_distill.py`): find the project
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from trainers import console
+from trainers.console import quiet_progress
+from trainers.evaluation.report import strict_json
 from trainers.hub.export import export
 from trainers.training.distillation import (
     BestModelExportCallback,
@@ -37,16 +40,20 @@ from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
 from trainers.training.run_folder import built_from
 from trainers.training.run_setup import (
+    DIFFERENCES_FILENAME,
     DataArguments,
     DistillationArguments,
     ModelArguments,
     build_processor,
     build_student,
     build_teacher,
+    feature_baselines,
     load_best,
+    paired_differences_text,
     parse_run_args,
     prepare_splits,
     print_summary,
+    record_training_facts,
     score_and_report,
     start_run,
     training_datasets,
@@ -56,11 +63,17 @@ logger = logging.getLogger("stepcot.train")
 
 
 def parse_args(argv=None):
-    return parse_run_args((ModelArguments, DataArguments, DistillationArguments, TrainingArguments), argv)
+    return parse_run_args((ModelArguments, DataArguments, DistillationArguments, TrainingArguments), argv,
+                          help_text=__doc__)
 
 
 def main(argv=None) -> int:
-    model_args, data_args, distill_args, training_args = parse_args(argv)
+    return train(*parse_args(argv))
+
+
+def train(model_args, data_args, distill_args, training_args) -> int:
+    """One distillation run from parsed arguments: the library entry behind `stepcot train` (and the ablation
+    bench, which sets its variant on the parsed dataclasses)."""
     distillation_epochs = training_args.num_train_epochs
     training_args.num_train_epochs = distillation_epochs + distill_args.teacher_pretrain_epochs
     inputs = built_from("run_distill", model_args, data_args)
@@ -100,14 +113,30 @@ def main(argv=None) -> int:
         teacher_pretrain_epochs=distill_args.teacher_pretrain_epochs,
         class_weights=class_weights,
     )
+    quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     load_best(pair, output_dir)
     prediction = trainer.predict(datasets_by_split[eval_split], metric_key_prefix=eval_split)
     teacher_logits, student_logits = prediction.predictions[:2]
-    results, table = score_and_report({"teacher": teacher_logits, "student": student_logits}, prediction.label_ids,
-                                      eval_split, output_dir, data_args.num_bootstrap, teacher.config,
-                                      write=trainer.is_world_process_zero())
+    role_logits = {"teacher": teacher_logits, "student": student_logits}
+    write = trainer.is_world_process_zero()
+    baseline_runs, differences = [], ""
+    if use_cache:  # the same frozen features the heads saw: does Step-CoT beat a linear probe on them?
+        baseline_results, baseline_runs, baseline_probabilities = feature_baselines(
+            datasets_by_split, eval_split, teacher.config, data_args.num_bootstrap, output_dir, write,
+            seed=training_args.seed)
+        differences = paired_differences_text(role_logits, baseline_probabilities["Linear probe"],
+                                              prediction.label_ids, teacher.config, data_args.num_bootstrap)
+    results, table = score_and_report(role_logits, prediction.label_ids, eval_split, output_dir,
+                                      data_args.num_bootstrap, teacher.config, write=write, extra_runs=baseline_runs)
+    if baseline_runs:
+        table += "\n" + differences + "\n"
+        results["baselines"] = baseline_results
+        if write:
+            (output_dir / "metrics" / DIFFERENCES_FILENAME).write_text(differences + "\n", encoding="utf-8")
+    record_training_facts({"teacher": pair.teacher, "student": pair.student}, splits,
+                          datasets_by_split if use_cache else None, share_encoder=pair.shares_image_encoder())
     run_args = {
         "model": asdict(model_args), "data": asdict(data_args), "distillation": asdict(distill_args),
         "training": {k: getattr(training_args, k) for k in (
@@ -119,11 +148,11 @@ def main(argv=None) -> int:
         export({"teacher": pair.teacher, "student": pair.student}, processor, output_dir, results, run_args, table)
         summary = {"eval_split": eval_split, "results": results, "run_args": run_args,
                    "teacher": str(output_dir / "teacher"), "student": str(output_dir / "student")}
-        (output_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        (output_dir / "results.json").write_text(strict_json(summary, indent=2, default=str), encoding="utf-8")
         print_summary(output_dir, eval_split, table, ("teacher", "student"))
-    # every rank reports what it computed (multi-process runs must agree)
-    print(f"[rank {training_args.process_index} of {training_args.world_size}] {eval_split} mean accuracy: "
-          f"teacher {results['teacher']['mean_accuracy']:.6f} student {results['student']['mean_accuracy']:.6f}")
+    if training_args.world_size > 1 or console.VERBOSE:  # every rank reports what it computed (they must agree)
+        print(f"[rank {training_args.process_index} of {training_args.world_size}] {eval_split} mean accuracy: "
+              f"teacher {results['teacher']['mean_accuracy']:.6f} student {results['student']['mean_accuracy']:.6f}")
     return 0
 
 

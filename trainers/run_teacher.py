@@ -8,7 +8,6 @@ Same data, model and training arguments as `stepcot train` (trainers/run_distill
 distillation terms. The best epoch by mean validation accuracy over steps is kept.
 """
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +17,9 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 
 from transformers import Trainer, TrainingArguments
 
+from trainers.console import quiet_progress
 from trainers.evaluation.metrics import build_compute_metrics
+from trainers.evaluation.report import strict_json
 from trainers.hub.export import export
 from trainers.training.lora import add_vision_lora
 from trainers.training.run_folder import built_from
@@ -30,6 +31,7 @@ from trainers.training.run_setup import (
     parse_run_args,
     prepare_splits,
     print_summary,
+    record_training_facts,
     score_and_report,
     start_run,
     training_datasets,
@@ -41,9 +43,12 @@ NON_PREDICTION_KEYS = [
 ]
 
 
+DEFAULT_OUTPUT_DIR = "outputs/teacher"
+
+
 def parse_args(argv=None):
     return parse_run_args((ModelArguments, DataArguments, TrainingArguments), argv,
-                          output_dir="outputs/teacher", num_train_epochs=2)
+                          help_text=__doc__, output_dir=DEFAULT_OUTPUT_DIR, num_train_epochs=2)
 
 
 def main(argv=None) -> int:
@@ -72,6 +77,7 @@ def main(argv=None) -> int:
         data_collator=data_collator,
         compute_metrics=build_compute_metrics(config=teacher.config),
     )
+    quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint,
                   ignore_keys_for_eval=NON_PREDICTION_KEYS)
     prediction = trainer.predict(datasets_by_split[eval_split], ignore_keys=NON_PREDICTION_KEYS,
@@ -79,6 +85,7 @@ def main(argv=None) -> int:
     results, table = score_and_report({"teacher": prediction.predictions}, prediction.label_ids, eval_split,
                                       output_dir, data_args.num_bootstrap, teacher.config,
                                       write=trainer.is_world_process_zero())
+    record_training_facts({"teacher": teacher}, splits, datasets_by_split if use_cache else None)
     run_args = {"model": asdict(model_args), "data": asdict(data_args), "eval_split": eval_split,
                 "feature_cache": use_cache, "stage": "teacher only",
                 "training": {k: getattr(training_args, k) for k in (
@@ -86,8 +93,8 @@ def main(argv=None) -> int:
     if trainer.is_world_process_zero():
         export({"teacher": teacher}, processor, output_dir, results, run_args, table)
         (output_dir / "results.json").write_text(
-            json.dumps({"eval_split": eval_split, "results": results, "run_args": run_args,
-                        "teacher": str(output_dir / "teacher")}, indent=2, default=str), encoding="utf-8")
+            strict_json({"eval_split": eval_split, "results": results, "run_args": run_args,
+                         "teacher": str(output_dir / "teacher")}, indent=2, default=str), encoding="utf-8")
         print_summary(output_dir, eval_split, table, ("teacher",))
     return 0
 

@@ -9,7 +9,7 @@ import sys
 from tqdm import tqdm
 
 from dataset_script.annotate.llm import LLMAnnotator, LLMError
-from dataset_script.annotate.records import make_record, validate_record
+from dataset_script.annotate.records import RecordJournal, make_record, validate_record
 from dataset_script.annotate.rules import annotate_report
 
 
@@ -25,12 +25,18 @@ def make_llm_annotator(args: argparse.Namespace):
 
 
 
-def annotate_rows(rows, backend: str, args: argparse.Namespace, *, strict: bool, progress: bool = True):
-    """(records, skipped, llm totals or None) for report rows."""
+def annotate_rows(rows, backend: str, args: argparse.Namespace, *, strict: bool, progress: bool = True,
+                  journal: RecordJournal | None = None):
+    """(records, skipped, llm totals or None) for report rows. With a `journal`, each finished record is appended
+    to it at once, and rows it already holds are taken from it instead of being annotated again."""
     llm = make_llm_annotator(args) if backend == "llm" else None
     records, skipped = [], []
     bar = tqdm(rows, desc=f"annotate ({backend})", unit="report", disable=not progress, file=sys.stderr)
     for row in bar:
+        finished = journal.finished(row) if journal is not None else None
+        if finished is not None:
+            records.append(finished)
+            continue
         try:
             if llm is None:
                 chain = annotate_report(row.findings, row.impression)
@@ -45,5 +51,7 @@ def annotate_rows(rows, backend: str, args: argparse.Namespace, *, strict: bool,
                 raise
             skipped.append({"source": row.source, "patient_id": row.patient_id, "reason": str(error)})
             continue
+        if journal is not None:
+            journal.add(record)
         records.append(record)
     return records, skipped, (llm.totals if llm else None)

@@ -63,6 +63,7 @@ FINDING_KINDS: dict[str, FindingKind] = {
         FindingKind("calcified_granuloma", "Nodule", INCREASED, "lung", "Nodular", None, "Well-circumscribed"),
         # No Diagnosis class: the chain still describes them, the Diagnosis step answers "No Answer".
         FindingKind("cavity", None, "mixed", "lung", "Cavity"),
+        FindingKind("pneumomediastinum", None, DECREASED, "heart", None),  # air in the mediastinum
         FindingKind("emphysema", None, DECREASED, "lung", None),
         FindingKind("fibrosis", None, INCREASED, "lung", "Interstitial"),
         FindingKind("interstitial_markings", None, INCREASED, "lung", "Interstitial"),
@@ -191,15 +192,21 @@ def _morphology_answer(primary: Finding) -> tuple[str, str]:
     return NO_ANSWER, "the report does not describe the margin"
 
 
-def build_chain(findings: list[Finding], negated_signs: list[Finding] | None = None) -> list[dict]:
+def build_chain(findings: list[Finding], negated_signs: list[Finding] | None = None,
+                lungs_described: bool = True) -> list[dict]:
     """The seven step dicts (question, options, answer, reasoning; `laterality` on the location step).
 
     `negated_signs` are explicitly negated findings ("no pleural effusion"): they let the secondary-effects step
-    answer "None" rather than "No Answer".
+    answer "None" rather than "No Answer". `lungs_described=False` says the source neither names a finding nor
+    says the chest is normal ("Fever and cough."): with no lesion, every step then answers "No Answer" (unknown),
+    never "No abnormality" / "Normal" by default.
     """
     options = DEFAULT_STEP_OPTIONS
     lesions = sorted((f for f in findings if f.is_lesion), key=lesion_rank)
     primary = lesions[0] if lesions else None
+    if primary is None and not lungs_described:
+        return _chain_entries([(NO_ANSWER, "The report neither describes a finding nor calls the chest normal, so "
+                                           "this step is unknown.")] * len(options), None)
     answers: list[tuple[str, str]] = []
 
     # Step 1: detection.
@@ -261,12 +268,16 @@ def build_chain(findings: list[Finding], negated_signs: list[Finding] | None = N
         answers.append((diagnosis, f"Synthesis of Steps 1-6: {_kind_text(top)} ({_quote(top)}) is the leading "
                                    f"finding, so the diagnosis is {diagnosis}."))
 
+    return _chain_entries(answers, primary)
+
+
+def _chain_entries(answers: list[tuple[str, str]], primary: Finding | None) -> list[dict]:
     chain = []
     for step, (answer, reasoning) in enumerate(answers):
         entry = {
             "step": f"Step {step + 1}",
             "question": DEFAULT_STEP_QUESTIONS[step],
-            "options": list(options[step]),
+            "options": list(DEFAULT_STEP_OPTIONS[step]),
             "answer": answer,
             "reasoning": reasoning,
         }

@@ -1,19 +1,23 @@
 """LLM backend: the paper's stepwise annotation prompt sent to any OpenAI-compatible chat endpoint.
 
-Standard library only (urllib). Replies are parsed as JSON and validated against the step schema; an invalid reply
-is retried with the validation error fed back to the model; HTTP 429 / 5xx and timeouts are retried with
-exponential backoff. Valid chains are cached on disk by a hash of (endpoint model, prompt, schema), so reruns cost
-nothing. Requests are spaced to respect a requests-per-minute limit.
+Standard library only (http.client). Replies are parsed as JSON and validated against the step schema; an invalid
+reply is retried with the validation error fed back to the model; HTTP 429 / 5xx, timeouts and broken replies
+(a garbled status line, a body cut short, a dropped connection) are retried with exponential backoff. Each request
+has a total deadline (`timeout_s`, headers and body together): a server that sends a byte now and then cannot hold
+the run. Valid chains are cached on disk by a hash of (endpoint model, prompt, schema), so reruns cost nothing.
+Requests are spaced to respect a requests-per-minute limit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
 import socket
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,31 @@ class LLMError(RuntimeError):
 
 class InvalidReply(ValueError):
     """A reply that is not a valid chain; the message is sent back to the model on retry."""
+
+
+class HTTPStatusError(Exception):
+    """The endpoint answered with an HTTP error status."""
+
+    def __init__(self, status: int, retry_after: str | None, body: bytes):
+        super().__init__(f"HTTP {status}")
+        self.status, self.retry_after, self.body = status, retry_after, body
+
+
+class RequestTimeout(TimeoutError):
+    """No complete reply within the request's total deadline."""
+
+
+def _usage_count(usage, key: str) -> int | None:
+    """A token count from the reply's `usage` (0 when the reply has none), or None when it is not a whole
+    non-negative number."""
+    if usage is None:
+        return 0
+    value = usage.get(key, 0) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value)
 
 
 def system_prompt() -> str:
@@ -127,12 +156,16 @@ class UsageTotals:
     completion_tokens: int = 0
     latency_s: float = 0.0
     cost: float = 0.0
+    malformed_usage: int = 0  # replies whose `usage` was missing or not token counts (not counted in the cost)
 
     def summary(self) -> str:
         mean = self.latency_s / self.requests if self.requests else 0.0
-        return (f"{self.requests} requests ({self.retries} retries), {self.cache_hits} cache hits, "
+        text = (f"{self.requests} requests ({self.retries} retries), {self.cache_hits} cache hits, "
                 f"{self.prompt_tokens}+{self.completion_tokens} tokens, cost {self.cost:.4f}, "
                 f"latency {self.latency_s:.1f} s total / {mean:.2f} s mean")
+        if self.malformed_usage:
+            text += f"; {self.malformed_usage} replies had malformed token usage (cost not counted for them)"
+        return text
 
 
 class LLMAnnotator:
@@ -184,28 +217,80 @@ class LLMAnnotator:
             time.sleep(wait)
         self._last_request = time.monotonic()
 
+    def _connection(self) -> tuple[http.client.HTTPConnection, str]:
+        """A connection for `self.url` (through the environment's HTTP(S) proxy when one applies) and the request
+        target."""
+        url = urllib.parse.urlsplit(self.url)
+        https = url.scheme == "https"
+        connection_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        target = url.path + (f"?{url.query}" if url.query else "")
+        proxy = urllib.request.getproxies().get(url.scheme)
+        if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+            proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            connection = connection_class(proxy_url.hostname, proxy_url.port, timeout=self.timeout_s)
+            if https:
+                connection.set_tunnel(url.hostname, url.port)
+            else:
+                target = self.url
+            return connection, target
+        return connection_class(url.hostname, url.port, timeout=self.timeout_s), target
+
     def _post(self, messages: list[dict]) -> str:
         body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
                            "response_format": {"type": "json_object"}}).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         self._wait_for_rate_limit()
+        connection, target = self._connection()
+        expired = threading.Event()
+        sockets = []  # the connection forgets its socket once the response owns it ("Connection: close")
+
+        def expire():  # the total deadline: unblock whatever read is waiting, however slowly the server drips
+            expired.set()
+            for sock in sockets + [connection.sock]:
+                if sock is None:
+                    continue
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.timeout_s, expire)
+        watchdog.daemon = True
         started = time.monotonic()
+        watchdog.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = response.read()
+            connection.connect()
+            sockets.append(connection.sock)
+            connection.request("POST", target, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            status, retry_after = response.status, response.getheader("Retry-After")
+        except (http.client.HTTPException, OSError):
+            if expired.is_set():
+                raise RequestTimeout(f"no complete reply within {self.timeout_s:g} s") from None
+            raise
         finally:
+            watchdog.cancel()
+            connection.close()
             self.totals.requests += 1
             self.totals.latency_s += time.monotonic() - started
+        if expired.is_set():  # the deadline hit just as a (possibly cut) body ended
+            raise RequestTimeout(f"no complete reply within {self.timeout_s:g} s")
+        if status >= 400:
+            raise HTTPStatusError(status, retry_after, payload)
         try:
             data = json.loads(payload)
             content = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise InvalidReply("the endpoint's response is not an OpenAI chat completion") from None
-        usage = data.get("usage") or {}
-        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        usage = data.get("usage") if isinstance(data, dict) else None
+        prompt_tokens = _usage_count(usage, "prompt_tokens")
+        completion_tokens = _usage_count(usage, "completion_tokens")
+        if prompt_tokens is None or completion_tokens is None:
+            self.totals.malformed_usage += 1  # the chain is still good: report, do not fail
+            prompt_tokens, completion_tokens = prompt_tokens or 0, completion_tokens or 0
         self.totals.prompt_tokens += prompt_tokens
         self.totals.completion_tokens += completion_tokens
         self.totals.cost += (prompt_tokens * self.price_per_1k_prompt
@@ -241,16 +326,17 @@ class LLMAnnotator:
                                                     "corrected JSON object only."},
                     ]
                 continue
-            except urllib.error.HTTPError as error:
-                last_error = f"HTTP {error.code} from {self.url}"
-                if error.code != 429 and error.code < 500:
-                    raise LLMError(f"{where}: {last_error} (not retried): {error.read()[:200]!r}") from None
-                retry_after = error.headers.get("Retry-After") if error.headers else None
+            except HTTPStatusError as error:
+                last_error = f"HTTP {error.status} from {self.url}"
+                if error.status != 429 and error.status < 500:
+                    raise LLMError(f"{where}: {last_error} (not retried): {error.body[:200]!r}") from None
+                retry_after = error.retry_after
                 delay = float(retry_after) if retry_after and retry_after.isdigit() else None
                 time.sleep(min(delay if delay is not None else self.backoff_s * 2 ** attempt, 60.0))
                 continue
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as error:
-                last_error = f"no reply from {self.url} ({getattr(error, 'reason', error)})"
+            except (http.client.HTTPException, OSError) as error:
+                # OSError: refused, reset, timed out; HTTPException: BadStatusLine, IncompleteRead, RemoteDisconnected
+                last_error = f"no complete reply from {self.url} ({type(error).__name__}: {error})"
                 time.sleep(min(self.backoff_s * 2 ** attempt, 60.0))
                 continue
             if cache_path is not None:

@@ -116,7 +116,11 @@ _MORPHOLOGY_QUALIFIERS = {"irregular": "Irregular/Spiculated", "streaky": "Linea
 
 
 class UnknownMeshCode(ValueError):
-    """A MeSH head that this mapping does not cover."""
+    """A MeSH code whose head the mapping does not cover; `code` and `uid` name it."""
+
+    def __init__(self, message: str, code: str = "", uid: str = ""):
+        super().__init__(message)
+        self.code, self.uid = code, uid
 
 
 def _kind_for(head: str, qualifiers: list[str]) -> str | None:
@@ -205,7 +209,7 @@ def parse_mesh(uid: str, codes: list[str]) -> MeshReference:
             continue
         if head not in MESH_HEAD_KINDS and head not in MESH_OTHER_CARDIOPULMONARY:
             raise UnknownMeshCode(f"report {uid}: MeSH code {code!r} has a head ({head!r}) that the mapping "
-                                  "does not cover; add it to annotate_mesh.py")
+                                  "does not cover; add it to dataset_script/annotate/mesh.py", code=code, uid=uid)
         kind = _kind_for(head, qualifiers) if head in MESH_HEAD_KINDS or head == "Cardiac Shadow" else None
         if kind is None:
             # Low lung volumes and an azygos lobe are technique and anatomy, not disease.

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataset_script.release import validate_record as release_validate_record
+from dataset_script.safe_paths import UnsafePathError, safe_relative_path
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
@@ -21,6 +23,10 @@ from modeling_stepcot.configuration_stepcot import (
 )
 
 ID_FIELDS = ("patient_id", "uid", "id", "study_id")
+# A row that carries both a report id and one of these keeps the latter as the record's `patient_id` (the key that
+# keeps a patient's images in one split) and its report id as `report_id`.
+GROUP_FIELDS = ("patient_id", "patient", "subject_id", "group")
+KEPT_FIELDS = ("view", "license")  # copied from the input row into the record
 IMAGE_FIELDS = ("image_path", "image", "images")
 LATERALITY_VALUES = (None, "left", "right", "bilateral")
 
@@ -39,6 +45,8 @@ class ReportRow:
     image_path: str
     origin: str
     source: str  # "file:line"
+    group: str = ""  # patient / grouping key when the row has one besides its report id
+    kept: dict = field(default_factory=dict)  # view, license of the input row
 
     @property
     def text(self) -> str:
@@ -59,18 +67,20 @@ class ReadResult:
 def _raw_rows(path: Path):
     """(line number, dict) pairs of a JSONL, JSON-list or CSV file."""
     suffix = path.suffix.lower()
+    # utf-8-sig: files saved by Excel and Notepad start with a byte-order mark, which would otherwise become part of
+    # the first column's name (or make the first JSON line invalid).
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             for line_number, row in enumerate(csv.DictReader(handle), start=2):
                 yield line_number, row
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         if not isinstance(data, list):
             raise ReportError(f"{path}: a .json reports file must hold a list of objects, got {type(data).__name__}")
         for index, row in enumerate(data):
             yield index, row
     elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for line_number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -111,12 +121,31 @@ def _parse_row(row, source: str, default_origin: str, image_path_template: str |
     if isinstance(image, list):
         image = image[0] if image else ""
     if not image and image_path_template:
-        image = image_path_template.format(patient_id=patient_id)
+        image = image_path_from_template(image_path_template, patient_id, source)
     if not image:
         raise ReportError(f"{source} (id {patient_id}): no image (fields {', '.join(IMAGE_FIELDS)}); a Step-CoT "
                           "record needs one: pass --image-path-template, e.g. 'images/{patient_id}.png'")
     origin = _text_field(row, "origin", source) or default_origin
-    return ReportRow(patient_id, findings, impression, str(image), origin, source)
+    report_id = next((str(row[name]).strip() for name in ID_FIELDS[1:] if row.get(name) not in (None, "")), "")
+    group = next((str(row[name]).strip() for name in GROUP_FIELDS if row.get(name) not in (None, "")), "")
+    if report_id and group:
+        patient_id = report_id  # reports are keyed by their own id; the patient groups them
+    kept = {name: row[name] for name in KEPT_FIELDS if row.get(name) not in (None, "")}
+    return ReportRow(patient_id, findings, impression, str(image), origin, source, group, kept)
+
+
+def image_path_from_template(template: str, patient_id: str, source: str) -> str:
+    """`template` with the report id filled in; an id that is not a plain file name (`..`, `/`, `\\`) or a result
+    that would leave the release folder is a `ReportError` (ids come from the input file, which may be hostile)."""
+    if patient_id in (".", "..") or any(separator in patient_id for separator in ("/", "\\", "\x00")):
+        raise ReportError(f"{source}: report id {patient_id!r} cannot go into --image-path-template: it is not a "
+                          "plain file name")
+    image = template.format(patient_id=patient_id)
+    try:
+        safe_relative_path(image, "image_path")
+    except UnsafePathError as error:
+        raise ReportError(f"{source} (id {patient_id}): --image-path-template gives {error}") from None
+    return image
 
 
 def read_reports(path: str | Path, *, strict: bool = True, default_origin: str = "unknown",
@@ -149,13 +178,16 @@ def read_reports(path: str | Path, *, strict: bool = True, default_origin: str =
 
 
 def make_record(row: ReportRow, chain: list[dict]) -> dict:
-    return {
-        "patient_id": row.patient_id,
+    record = {
+        "patient_id": row.group or row.patient_id,
         "image_path": row.image_path,
         "origin": row.origin,
         "report": row.text,
         "vqa_chain": chain,
     }
+    if row.group:
+        record["report_id"] = row.patient_id
+    return {**record, **row.kept}
 
 
 def validate_chain(chain, where: str) -> None:
@@ -190,8 +222,6 @@ def validate_chain(chain, where: str) -> None:
 def validate_record(record, where: str = "record") -> None:
     """Strict check of one output record: the data layer's own validation (`dataset_script.release`), then the
     exact schema texts and the `laterality` key. Raises ValueError naming `where`, the record and the field."""
-    from dataset_script.release import validate_record as release_validate_record
-
     problems = release_validate_record(record)
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
@@ -204,6 +234,59 @@ def validate_record(record, where: str = "record") -> None:
     if not record["patient_id"] or not record["report"].strip():
         raise ValueError(f"{where}: fields 'patient_id' and 'report' must not be empty")
     validate_chain(record.get("vqa_chain"), where)
+
+
+class RecordJournal:
+    """Finished records appended one JSON line at a time next to the output (`OUT.partial.jsonl`), so that an
+    interruption or a late failure keeps them; a rerun with the same reports and options reuses them instead of
+    annotating again. The first line names what wrote it (backend, model, reports file): a journal from other
+    options is an error, never mixed in. Removed once the output is written."""
+
+    SUFFIX = ".partial.jsonl"
+
+    def __init__(self, out_path: str | Path, identity: dict):
+        self.path = Path(str(out_path) + self.SUFFIX)
+        self.identity = {"journal": "stepcot-annotate/1", **identity}
+        self.records: dict[str, dict] = {}
+        if self.path.is_file():
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.identity) + "\n", encoding="utf-8")
+
+    def _load(self) -> None:
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            header = None
+        if header != self.identity:
+            raise ReportError(f"{self.path} holds records of another annotation run ({header}); delete it to "
+                              f"start over, or rerun with the options it names")
+        kept = [lines[0]]
+        for line in lines[1:]:
+            try:  # a line cut short by a kill is dropped (its report is annotated again)
+                record = json.loads(line)
+                validate_record(record, str(self.path))
+            except ValueError:
+                continue
+            self.records[record["patient_id"]] = record
+            kept.append(line)
+        self.path.write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+    def finished(self, row: ReportRow) -> dict | None:
+        """The journaled record of `row`, when one exists for the same report text."""
+        record = self.records.get(row.patient_id)
+        return record if record is not None and record.get("report") == row.text else None
+
+    def add(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+        self.records[record["patient_id"]] = record
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def write_records(records: list[dict], path: str | Path) -> None:

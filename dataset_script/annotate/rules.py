@@ -49,6 +49,7 @@ FINDING_TERMS: list[tuple[str | None, str]] = [
     (None, r"pericardial effusions?"),
     (None, r"(?:aortic|aorta|vascular|valvular|annular|costal cartilage|arterial|coronary|atherosclerotic)"
            r"(?: \w+)? calcifications?"),
+    (None, r"(?:subcutaneous|surgical|soft[- ]tissue|chest wall) (?:emphysema|air|gas)"),
     ("hydropneumothorax", r"hydropneumothora(?:x|ces)"),
     ("pneumothorax", r"pneumothora(?:x|ces)|pleural air"),
     ("calcified_granuloma", r"calcified (?:granulomas?|granulomata|nodules?|(?:hilar |mediastinal |lymph )+nodes?)"
@@ -58,12 +59,14 @@ FINDING_TERMS: list[tuple[str | None, str]] = [
     ("pneumonia", r"pneumonia|pneumonitis|infectious process|\binfection\b|bronchopneumonia"),
     ("effusion", r"(?:pleural )?effusions?|pleural fluid|hydrothorax"),
     ("atelectasis", r"atelecta(?:sis|ses|tic)|\bcollaps(?:e|ed)\b"),
-    ("consolidation", r"consolidat(?:ion|ions|ive|ed)"),
+    ("consolidation", r"consolidat(?:ion|ions|ive|ed)|air[- ]bronchograms?"),
     ("edema", r"o?edema\b"),
     ("cavity", r"cavit(?:y|ies|ary|ation)"),
+    ("pneumomediastinum", r"pneumomediastinum|pneumopericardium|mediastinal emphysema"),
     ("emphysema", r"emphysema(?:tous)?|bullae|\bbulla\b|bullous|hyperluc(?:ent|ency)"),
     ("fibrosis", r"fibrosis|fibrotic(?! scar)"),
     ("interstitial_markings", r"(?:interstitial|bronchovascular|reticular|lung|pulmonary) markings"
+                              r"|reticulo-?nodular|reticular (?:pattern|shadowing|opacit(?:y|ies)|changes?)"
                               r"|interstitial (?:prominence|thickening|changes?|lung disease|disease|pattern)"),
     ("congestion", r"(?:vascular|venous|pulmonary) congestion|congestive|vascular (?:prominence|engorgement)"
                    r"|cephalization|(?:prominent|increased|engorged) (?:pulmonary )?vascula(?:r|ture|rity)"),
@@ -77,7 +80,9 @@ FINDING_TERMS: list[tuple[str | None, str]] = [
                      rf"|borderline (?:enlarged )?{_HEART}|{_HEART} (?:is |are )?borderline"),
     ("nodule", r"nodul(?:e|es|ar)"),
     ("infiltrate", r"infiltrat(?:e|es|ion|ive)"),
-    ("opacity", r"opacit(?:y|ies)|opacification|densit(?:y|ies)|air ?space (?:disease|process)"),
+    ("opacity", r"opacit(?:y|ies)|opacification|densit(?:y|ies)|air[- ]?space (?:disease|process)"
+                r"|ground[- ]glass(?: (?:pattern|changes?|attenuation|shadowing|appearances?))?"
+                r"|(?<!cardiac )(?<!heart )(?<!mediastinal )shadow(?:s|ing)\b|haziness|white[- ]?out"),
     ("volume_loss", r"volume loss|loss of volume"),
     ("mediastinal_shift", r"(?:mediastinal|tracheal) (?:shift|deviation)|shift of the mediastinum"),
 ]
@@ -162,7 +167,7 @@ _MODIFIER_WORDS = {
     "focal": re.compile(r"\bfocal\b|\bsolitary\b|\bsingle\b", re.I),
     "interstitial": re.compile(r"\binterstitial\b", re.I),
     "reticular": re.compile(r"\breticul", re.I),
-    "airspace": re.compile(r"\bair ?space\b|\balveolar\b|\bconsolidat", re.I),
+    "airspace": re.compile(r"\bair[- ]?space\b|\balveolar\b|\bconsolidat|\bair[- ]bronchogram", re.I),
     "round": re.compile(r"\bround(?:ed)?\b|\bnodular\b", re.I),
 }
 _MORPHOLOGY_WORDS = [
@@ -177,6 +182,20 @@ _NON_LUNG_CONTEXT = re.compile(r"\b(?:bone|bony|osseous|rib|ribs|spine|vertebra\
                                r"breast|nipple|soft tissue|shoulder|abdomen|abdominal|gallbladder|granulation|"
                                r"aort\w*|vascular|valve|annulus|mitral|knob|catheter|device|surgical|clips?)\b", re.I)
 _GENERIC_KINDS = {"opacity", "infiltrate"}
+# A report that calls the chest / lungs normal, or rules out a lung finding, has looked at the lungs: with no lesion
+# its chain answers "No abnormality" / "Normal". A report with neither ("Fever and cough.", "Person is intubated")
+# is silent about the lungs: its chain answers "No Answer".
+_EXAM = r"(?:chest|lungs?|lung fields|cxr|chest x-?ray|chest radiograph|radiograph|x-?ray|film|study|exam|examination)"
+_NORMAL_STATEMENT = re.compile(
+    rf"(?<!physical )(?<!clinical )\b{_EXAM}\b(?:[ ,]+(?!nearly|almost|not|near|no\b)\w+){{0,10}}?"
+    r"\s*(?:is|are|was|were|:|-|\?|appears?|remains?|shows?(?: an?)?)?\s*"
+    r"(?:essentially |otherwise |entirely |completely |grossly |radiographically )?"
+    r"(?:(?:well|normally|fully)[- ](?:expanded|inflated|aerated) and )?"
+    r"(?:normal|unremarkable|clear|negative|within (?:the )?(?:normal )?limits(?: of (?:the )?norm(?:al)?)?)\b"
+    rf"|\bnormal (?:appearances?|{_EXAM}|findings)\b|\bclear lungs\b"
+    r"|\bno (?:evidence of |visible |radiographic )?(?:acute|active)\b|\bno (?:visible |acute )?cardiopulmonary\b"
+    r"|\bno (?:significant |radiographic |radiological )?(?:abnormalit(?:y|ies)|findings)\b"
+    r"|^(?:normal|unremarkable|negative|clear)$", re.I)
 
 
 @dataclass
@@ -432,9 +451,20 @@ def report_text(findings_text: str | None, impression_text: str | None) -> str:
     return " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in parts)
 
 
+def describes_lungs(text: str, findings: list[Finding]) -> bool:
+    """Whether a report speaks about the lungs: a stated or hedged lesion, a ruled-out lung or pleural finding
+    ("no focal consolidation", "no effusion"), or a normal statement ("lungs are clear", "Normal examination")."""
+    if any(f.kind in FINDING_KINDS and (f.status != ABSENT or FINDING_KINDS[f.kind].region != "heart")
+           for f in findings):
+        return True
+    return any(_NORMAL_STATEMENT.search(sentence) for sentence in split_sentences(text))
+
+
 def annotate_report(findings_text: str | None, impression_text: str | None) -> list[dict]:
     """The seven-step chain for one report (rules backend)."""
-    findings = extract_findings(report_text(findings_text, impression_text))
+    text = report_text(findings_text, impression_text)
+    findings = extract_findings(text)
     negated_signs = [f for f in findings if f.status == ABSENT and f.kind in {"effusion", "pneumothorax",
                                                                                "cardiomegaly", "mediastinal_shift"}]
-    return build_chain([f for f in findings if f.status != ABSENT], negated_signs)
+    return build_chain([f for f in findings if f.status != ABSENT], negated_signs,
+                       lungs_described=describes_lungs(text, findings))

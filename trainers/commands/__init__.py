@@ -1,7 +1,8 @@
 """The `stepcot` subcommands: one thin module each, exposing `HELP` and either `add_arguments(parser)` + `run(args)`
 or `main(argv)` (the training scripts parse their own arguments with HfArgumentParser).
 
-Command modules import their library inside their functions, so that building this registry stays fast."""
+Command modules import their library inside their functions (start-up time): building this registry, and so
+`stepcot --help`, then imports no torch."""
 
 from trainers.commands import (
     annotate,

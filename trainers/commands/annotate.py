@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 HELP = "turn radiology reports into seven-step Step-CoT records"
+EXAMPLES = [
+    "stepcot annotate --reports ../shared/data/iu-xray-reports/reports.jsonl --out records.json --limit 50",
+]
 
 
 
@@ -54,22 +57,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dataset_script.annotate.annotator import annotate_rows
-    from dataset_script.annotate.records import ReportError, read_reports, write_records
+    from dataset_script.annotate.records import RecordJournal, ReportError, read_reports, write_records
 
     strict = not args.lenient
+    journal = None
     try:
         read = read_reports(args.reports, strict=strict, default_origin=args.origin,
                             image_path_template=args.image_path_template)
         rows = read.rows[: args.limit] if args.limit else read.rows
+        journal = RecordJournal(args.out, {
+            "reports": str(Path(args.reports).resolve()), "backend": args.backend, "origin": args.origin,
+            "image_path_template": args.image_path_template,
+            "model": args.model if args.backend == "llm" else None,
+            "base_url": args.base_url if args.backend == "llm" else None})
+        resumed = len(journal.records)
+        if resumed:
+            print(f"resuming: {resumed} finished records from {journal.path}", file=sys.stderr)
         records, skipped, totals = annotate_rows(rows, args.backend, args, strict=strict,
-                                                 progress=not args.no_progress)
-    except (ReportError, ValueError) as error:
-        print(f"stepcot annotate: {error}", file=sys.stderr)
+                                                 progress=not args.no_progress, journal=journal)
+    except (ReportError, ValueError, RuntimeError) as error:  # RuntimeError: LLMError in strict mode
+        print(f"stepcot annotate: {error}{_kept(journal)}", file=sys.stderr)
         return 1
-    except RuntimeError as error:  # LLMError in strict mode
-        print(f"stepcot annotate: {error}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"stepcot annotate: interrupted{_kept(journal)}", file=sys.stderr)
+        return 130
     write_records(records, args.out)
+    journal.remove()
     skipped = read.skipped + skipped
     message = f"wrote {len(records)} records to {args.out}"
     if skipped:
@@ -81,3 +94,11 @@ def run(args: argparse.Namespace) -> int:
     if totals is not None:
         print(f"llm: {totals.summary()}", file=sys.stderr)
     return 0
+
+
+def _kept(journal) -> str:
+    """What an interrupted or failed run leaves for the next one."""
+    if journal is None or not journal.records:
+        return ""
+    return (f"; {len(journal.records)} finished records kept in {journal.path}: rerun the same command to resume "
+            "without annotating them again")

@@ -11,6 +11,9 @@ from pathlib import Path
 from trainers.commands.annotate import add_llm_arguments
 
 HELP = "score report annotation against IU X-Ray MeSH codes"
+EXAMPLES = [
+    "stepcot annotate-eval --reports ../shared/data/iu-xray-reports/reports.jsonl --bootstrap 200",
+]
 
 
 
@@ -24,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-class-count", type=int, default=20,
                         help="diagnosis macro-F1 covers classes with at least this many reference reports "
                              "(default: %(default)s)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--num-bootstrap", "--bootstrap", dest="bootstrap", type=int, default=1000,
+                        help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="write the full results (per-class scores, intervals) to this JSON file")
@@ -49,14 +53,20 @@ def _chains_from_annotations(path: str, uids: list[str]) -> dict[str, list[dict]
 
 def run(args: argparse.Namespace) -> int:
     from dataset_script.annotate.mesh import UnknownMeshCode, parse_mesh
-    from trainers.evaluation.annotation_agreement import _jsonable, evaluate, format_results, load_reference
+    from trainers.evaluation.annotation_agreement import evaluate, format_results, load_reference, to_jsonable
 
     try:
         reports = load_reference(Path(args.reports))
+        # A MeSH head the mapping does not cover leaves its report out of the score (listed), never aborts.
+        unknown_codes, unmapped = {}, set()
         for report in reports:
-            parse_mesh(report["uid"], report["mesh_major"])  # fail early on an unmapped MeSH head
+            try:
+                parse_mesh(report["uid"], report["mesh_major"])
+            except UnknownMeshCode as error:
+                unmapped.add(report["uid"])
+                unknown_codes.setdefault(error.code, []).append(report["uid"])
         # Scored: reports with MeSH codes (not "No Indexing") and some report text to annotate.
-        indexed = [r for r in reports if parse_mesh(r["uid"], r["mesh_major"]).indexed]
+        indexed = [r for r in reports if r["uid"] not in unmapped and parse_mesh(r["uid"], r["mesh_major"]).indexed]
         no_text = [r["uid"] for r in indexed if not (r.get("findings") or "").strip()
                    and not (r.get("impression") or "").strip()]
         indexed = [r for r in indexed if r["uid"] not in set(no_text)]
@@ -75,19 +85,26 @@ def run(args: argparse.Namespace) -> int:
             chains = {record["patient_id"]: record["vqa_chain"] for record in records}
             if totals is not None:
                 print(f"llm: {totals.summary()}", file=sys.stderr)
-    except (FileNotFoundError, ValueError, UnknownMeshCode, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"stepcot annotate-eval: {error}", file=sys.stderr)
         return 1
     results = evaluate(indexed, chains, min_class_count=args.min_class_count, num_bootstrap=args.bootstrap,
                        seed=args.seed)
     print(f"{len(reports)} reports; scored {len(indexed)} (left out: "
-          f"{len(reports) - len(indexed) - len(no_text)} 'No Indexing', {len(no_text)} without findings or "
+          f"{len(reports) - len(indexed) - len(no_text) - len(unmapped)} 'No Indexing', {len(unmapped)} with a MeSH "
+          f"code the mapping does not cover, {len(no_text)} without findings or "
           f"impression text: {', '.join(no_text) or '-'}); backend "
           f"{'annotations file' if args.annotations else args.backend}; 95% bootstrap CIs ({args.bootstrap} "
           "resamples)")
+    if unknown_codes:
+        print(f"MeSH codes the mapping does not cover ({len(unknown_codes)}; their {len(unmapped)} reports are left "
+              "out of the score; add them to dataset_script/annotate/mesh.py):")
+        for code, uids in sorted(unknown_codes.items()):
+            print(f"  {code!r}: {len(uids)} report(s), e.g. {', '.join(uids[:3])}")
     print(format_results(results, args.min_class_count))
     if args.out:
         Path(args.out).write_text(json.dumps({"reports": str(args.reports), "min_class_count": args.min_class_count,
                                               "bootstrap": args.bootstrap, "seed": args.seed,
-                                              "results": _jsonable(results)}, indent=1) + "\n", encoding="utf-8")
+                                              "unknown_mesh_codes": unknown_codes,
+                                              "results": to_jsonable(results)}, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 HELP = "train full, w/o Memory and w/o Text teachers and tabulate them (Table 6)"
+EXAMPLES = [
+    "stepcot bench-ablations --output-dir outputs/ablations --demo-size 300 -- --num_train_epochs 5",
+]
 
 
 
@@ -32,14 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dataset_script.sources import prepare_source
-    from trainers.evaluation.report import load_metrics, write_comparison
-    from trainers.paper.ablations import (
-        TABLE6_ORDER,
-        VARIANTS,
-        reserved_flags_in,
-        table6_markdown,
-        train_variant,
-    )
+    from trainers.paper.ablations import reserved_flags_in, run_ablations
+
     train_args = list(args.train_args)
     if train_args[:1] == ["--"]:
         train_args = train_args[1:]
@@ -51,27 +48,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         dataset = prepare_source(args.dataset, args.out / "data", lenient=args.lenient, demo_size=args.demo_size,
                                  demo_image_size=args.demo_image_size, log=print)
-        for name in args.variants:
-            if args.reuse and (args.out / name / "results.json").is_file():
-                print(f"reusing {args.out / name}")
-                continue
-            print(f"=== training variant {name!r} ===")
-            train_variant(name, dataset, args.out, train_args)
-        folders, names = [], []
-        for name in args.variants:
-            for role, label in VARIANTS[name][1]:
-                folders.append(str(args.out / name / "metrics" / role))
-                names.append(label)
-        order = sorted(range(len(names)), key=lambda i: TABLE6_ORDER.index(names[i]))
-        folders, names = [folders[i] for i in order], [names[i] for i in order]
-        runs = [(name, load_metrics(folder)) for name, folder in zip(names, folders)]
-        write_comparison(runs, args.out / "ablations.md", sources=folders)
+        runs = run_ablations(dataset, args.out, args.variants, train_args, reuse=args.reuse)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"stepcot bench-ablations: error: {error}", file=sys.stderr)
         return 1
-    table = table6_markdown(runs)
-    (args.out / "table6.md").write_text(table, encoding="utf-8")
-    print(table)
+    print((args.out / "table6.md").read_text(encoding="utf-8"))
     means = {name: result.mean["accuracy"].value for name, result in runs}
     print("mean accuracy: " + ", ".join(f"{name} {100 * v:.1f}%" for name, v in means.items() if not math.isnan(v)))
     print(f"reports: {args.out / 'table6.md'}, {args.out / 'ablations.md'} (+ .csv)")

@@ -8,6 +8,9 @@ import json
 import sys
 
 HELP = "parameters, latency and peak memory of models and baselines (Table 11)"
+EXAMPLES = [
+    "stepcot bench-efficiency --tiny --in-process",
+]
 
 
 

@@ -7,18 +7,16 @@ import argparse
 import sys
 
 HELP = "web demo in the browser: upload a chest X-ray, see the seven steps, contradictions and maps"
-EXAMPLES = """examples:
-  stepcot demo --model outputs/demo/student --compare outputs/demo/teacher
-  stepcot demo --model outputs/demo/student --compare "" --port 7861
-  stepcot demo --model outputs/demo/student --write-space space/      # then upload space/ as a Gradio Space
-"""
+EXAMPLES = [
+    "stepcot demo --model outputs/demo/student --compare outputs/demo/teacher",
+    "stepcot demo --model outputs/demo/student --compare '' --port 7861",
+    "stepcot demo --model outputs/demo/student --write-space space/",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.inference.demo_app import DEFAULT_COMPARE, DEFAULT_MODEL
 
-    parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"Step-CoT checkpoint: folder or Hub id (default {DEFAULT_MODEL}, the README main job)")
     parser.add_argument("--compare", default=DEFAULT_COMPARE,

@@ -7,25 +7,32 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.commands.options import add_evaluation_arguments
+
 HELP = "evaluate a model on a dataset split: metrics, tables, plots"
+EXAMPLES = [
+    "stepcot eval --model outputs/demo/student --dataset outputs/demo/dataset --split test "
+    "--output-dir reports/student",
+]
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.evaluation.loading import add_trust_remote_code_argument
+
     parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
-    parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
+    parser.add_argument("--dataset", required=True,
+                        help="'demo', a release folder (built under $STEPCOT_CACHE), a built folder "
+                             "(`stepcot data build` output) or a Hub id")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
     parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
                         help="output folder for metrics.json, tables and plots")
     parser.add_argument("--name", default=None,
                         help="model name in the tables (default: Teacher / Student / ablation)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_evaluation_arguments(parser)
+    add_trust_remote_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(args.model, args.dataset, split=args.split, out=args.out, batch_size=args.batch_size,
                           num_bootstrap=args.num_bootstrap, confidence_level=args.confidence, seed=args.seed,
                           name=args.name, device=args.device, max_examples=args.max_examples,
-                          plots=not args.no_plots)
+                          plots=not args.no_plots, trust_remote_code=args.trust_remote_code)
     except (ValueError, FileNotFoundError) as error:
         print(f"stepcot eval: error: {error}", file=sys.stderr)
         return 1

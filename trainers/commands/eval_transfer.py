@@ -7,11 +7,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.commands.options import add_evaluation_arguments
+
 HELP = "zero-shot diagnosis on the NIH ChestX-ray8 bbox subset (Table 4)"
+EXAMPLES = [
+    "stepcot eval-transfer --model outputs/demo/teacher outputs/demo/student --nih-images NIH/images "
+    "--bbox-csv ../shared/data/nih-chestxray8/BBox_List_2017.csv --output-dir outputs/transfer",
+]
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.evaluation.loading import add_trust_remote_code_argument
     from trainers.paper.transfer import MULTI_FINDING_POLICIES
 
     parser.add_argument("--model", nargs="+", required=True,
@@ -27,19 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images with boxes of 2+ different findings: exclude them (default) or score each "
                              "(image, finding) pair")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-bootstrap", type=int, default=1000)
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-plots", action="store_true")
+    add_evaluation_arguments(parser)
+    add_trust_remote_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from trainers.paper.transfer import (
-        _folder_name,
         evaluate_transfer,
         index_images,
         load_diagnosis_model,
+        model_folder_name,
         read_bbox_csv,
         single_label_subset,
         table4_csv,
@@ -56,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
         image_paths = index_images(args.nih_images)
         runs, used = [], set()
         for index, model in enumerate(args.model):
-            predictor = load_diagnosis_model(model, args.device or _default_device())
+            predictor = load_diagnosis_model(model, args.device or _default_device(),
+                                             trust_remote_code=args.trust_remote_code)
             name = args.names[index] if args.names else predictor.name
-            folder = _folder_name(name)
+            folder = model_folder_name(name)
             while folder in used:  # two models with the same display name
                 folder += "_"
             used.add(folder)

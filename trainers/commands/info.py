@@ -1,9 +1,17 @@
-"""`stepcot info MODEL_DIR`: what a saved Step-CoT model is, without running it."""
+"""`stepcot info MODEL_DIR`: what a saved Step-CoT model is, without running it.
+
+Reads `config.json` and the safetensors headers only: nothing from the checkpoint is imported or executed (a
+checkpoint's `configuration_stepcot.py` is remote code that only `--trust-remote-code` commands may run).
+"""
 
 import json
+import sys
 from pathlib import Path
 
-HELP = "describe a saved Step-CoT model folder"
+HELP = "describe a saved Step-CoT model folder (reads config.json and weight headers only; runs no code)"
+EXAMPLES = [
+    "stepcot info outputs/demo/student",
+]
 
 
 
@@ -14,22 +22,39 @@ def add_arguments(parser):
 
 def describe(model_dir: str) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModel
 
-    path = Path(model_dir)
-    if path.exists() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json: not a saved model folder.")
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    if not getattr(config, "model_type", "").startswith("stepcot"):
-        raise ValueError(f"{model_dir} holds a {config.model_type!r} model, not a Step-CoT teacher or student.")
-    with torch.device("meta"):  # count parameters without allocating weights
-        model = AutoModel.from_config(config, trust_remote_code=True)
+    from trainers.evaluation.loading import (
+        STEPCOT_MODEL_TYPES,
+        ModelLoadError,
+        model_type_of,
+        read_config,
+        stepcot_classes,
+        stepcot_config_from_dict,
+        stored_tensors,
+    )
+
+    config_dict = read_config(model_dir)
+    model_type = model_type_of(config_dict, model_dir)
+    if model_type not in STEPCOT_MODEL_TYPES:
+        raise ModelLoadError(f"{model_dir} holds a {model_type!r} model, not a Step-CoT teacher or student.")
+    config = stepcot_config_from_dict(config_dict, model_dir)
+    _, model_class = stepcot_classes(model_type)
+    with torch.device("meta"):  # this package's class, no weights allocated: which parameters train
+        model = model_class(config)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tensors = stored_tensors(model_dir)
+    stored = 0
+    for entry in tensors.values():
+        count = 1
+        for dimension in entry["shape"]:
+            count *= int(dimension)
+        stored += count
+    path = Path(model_dir)
     return {
         "path": str(model_dir),
-        "class": type(model).__name__,
-        "model_type": config.model_type,
+        "class": model_class.__name__,
+        "model_type": model_type,
         "vision_backbone": config.vision_backbone,
         "vision_encoder": config.vision_encoder_name_or_path,
         "text_encoder": getattr(config, "text_encoder_name_or_path", None),
@@ -38,6 +63,9 @@ def describe(model_dir: str) -> dict:
         "ablations": {k: getattr(config, k) for k in ("use_memory", "use_text") if hasattr(config, k)},
         "parameters": total,
         "trainable_parameters": trainable,
+        "stored_tensors": len(tensors),
+        "stored_values": stored,
+        "calibration": getattr(config, "calibration", None),
         "steps": [
             {"name": name, "question": question, "options": options}
             for name, question, options in zip(config.step_names, config.step_questions, config.step_options)
@@ -47,9 +75,15 @@ def describe(model_dir: str) -> dict:
 
 
 def run(args) -> int:
-    info = describe(args.model_dir)
+    from trainers.evaluation.loading import ModelLoadError
+
+    try:
+        info = describe(args.model_dir)
+    except ModelLoadError as error:
+        print(f"stepcot info: error: {error}", file=sys.stderr)
+        return 1
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, allow_nan=False))
         return 0
     print(f"{info['class']} ({info['model_type']}) at {info['path']}")
     encoder = info["vision_encoder"] or "random init"
@@ -57,7 +91,7 @@ def run(args) -> int:
     if info["model_type"] == "stepcot":
         print(f"  text: {info['text_encoder'] or 'random init'}; ablations: {info['ablations']}")
     print(f"  hidden size {info['hidden_size']}; parameters {info['parameters'] / 1e6:.2f} M "
-          f"({info['trainable_parameters'] / 1e6:.2f} M trainable)")
+          f"({info['trainable_parameters'] / 1e6:.2f} M trainable); {info['stored_tensors']} stored tensors")
     for number, step in enumerate(info["steps"], 1):
         print(f"  step {number} {step['name']}: {step['question']}  [{' | '.join(step['options'])}]")
     if info["files"]:

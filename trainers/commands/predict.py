@@ -4,33 +4,40 @@ The library is imported inside the functions, not at the top: `stepcot --help` t
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 HELP = "answer the seven steps for chest X-ray images, with attention maps"
+EXAMPLES = [
+    "stepcot predict outputs/demo/demo-release/images --model outputs/demo/student --maps maps/ --consistent",
+]
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.evaluation.loading import add_trust_remote_code_argument
+
     parser.add_argument("images", nargs="+", help="chest X-ray image files (PNG, JPEG, ...) or folders of them")
     parser.add_argument("--model", required=True, help="a Step-CoT teacher or student folder (save_pretrained)")
     parser.add_argument("--maps", metavar="OUT", help="write per-step Grad-CAM PNGs and a summary PNG per image here")
     parser.add_argument("--consistent", action="store_true",
-                        help="also decode the most probable chain without contradictions (changes are flagged)")
+                        help="also show a chain without contradictions: only answers with p < 0.9 may change, steps "
+                             "without training labels are never used (changes are flagged)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    add_trust_remote_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainers.evaluation.loading import load_model
+    from trainers.evaluation.report import strict_json
     from trainers.inference.predict import (
         build_pipeline,
         check_images,
         expand_images,
         format_table,
         json_ready,
-        load_stepcot_model,
         predict_images,
     )
 
@@ -40,16 +47,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths = expand_images(args.images)
         check_images(paths)
-        model = load_stepcot_model(args.model)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
         pipe = build_pipeline(model, device=args.device)
         maps_dir = Path(args.maps) if args.maps else None
         outputs = predict_images(pipe, paths, maps_dir, args.consistent, args.batch_size)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"stepcot predict: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as error:  # each names its file (image, model or output folder)
+        print(f"stepcot predict: error: {one_line(error)}", file=sys.stderr)
         return 2
     model_label = "student" if model.config.model_type == "stepcot_student" else "teacher"
     if args.json:
-        print(json.dumps([json_ready(r, p, m) for (r, m), p in zip(outputs, paths)], indent=2))
+        print(strict_json([json_ready(r, p, m) for (r, m), p in zip(outputs, paths)], indent=2))
     else:
         for (result, written), path in zip(outputs, paths):
             print(format_table(str(path), result, model_label))
@@ -57,3 +64,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"Maps: {written['summary'].parent}/ (step1..{len(written['steps'])} + summary.png)")
             print()
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line; an OSError without its file name in the message gets it added."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    filename = getattr(error, "filename", None)
+    if filename and str(filename) not in message:
+        message += f": {filename}"
+    return message

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 HELP = "collect several evaluation runs into one comparison table"
+EXAMPLES = [
+    "stepcot report outputs/demo/metrics/teacher outputs/demo/metrics/student --out comparison.md",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

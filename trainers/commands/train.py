@@ -3,14 +3,21 @@
 import sys
 
 HELP = "train teacher and student jointly (distillation)"
+EXAMPLES = [
+    "stepcot train --output-dir outputs/demo --num-train-epochs 10",
+    "stepcot train --output-dir outputs/demo --num-train-epochs 10 "
+    "--resume-from-checkpoint outputs/demo/checkpoint-380",
+]
 
 
 def main(argv: list[str]) -> int:
+    from trainers.console import run_interruptible
     from trainers.run_distill import main as run_distill  # imported when the command runs: keeps `--help` fast
     from trainers.training.checkpoints import TrainingError
+    from trainers.training.run_setup import TRAINING_DEFAULTS
 
     try:
-        return run_distill(argv)
+        return run_interruptible("train", run_distill, argv, TRAINING_DEFAULTS["output_dir"])
     except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
         print(f"stepcot train: error: {error}", file=sys.stderr)
         return 2

@@ -3,14 +3,19 @@
 import sys
 
 HELP = "train the teacher alone (supervised pre-training stage)"
+EXAMPLES = [
+    "stepcot train-teacher --output_dir outputs/teacher --num_train_epochs 2",
+]
 
 
 def main(argv: list[str]) -> int:
+    from trainers.console import run_interruptible
+    from trainers.run_teacher import DEFAULT_OUTPUT_DIR
     from trainers.run_teacher import main as run_teacher  # imported when the command runs: keeps `--help` fast
     from trainers.training.checkpoints import TrainingError
 
     try:
-        return run_teacher(argv)
+        return run_interruptible("train-teacher", run_teacher, argv, DEFAULT_OUTPUT_DIR)
     except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
         print(f"stepcot train-teacher: error: {error}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset_script.annotate.mesh import parse_mesh
-from modeling_stepcot.configuration_stepcot import DETECTION, DIAGNOSIS, LOCATION
+from modeling_stepcot.configuration_stepcot import DETECTION, DIAGNOSIS, LOCATION, NO_ANSWER
 from trainers.evaluation.bootstrap import percentile_interval, resample_weights
 
 SPLITS = ("dev", "holdout", "all")
@@ -146,9 +146,12 @@ def collect_pairs(reports: list[dict], chains: dict[str, list[dict]]) -> dict[st
             continue
         chain = chains[report["uid"]]
         no_abnormality = chain[DETECTION]["options"][0]
+        detected = chain[DETECTION]["answer"]
         items = {
+            # "No Answer" (the report is silent) is its own label: a miss, neither normal nor abnormal
             "detection": ("abnormal" if reference.detection_abnormal else "normal",
-                          "abnormal" if chain[DETECTION]["answer"] != no_abnormality else "normal"),
+                          NO_ANSWER if detected == NO_ANSWER else "abnormal" if detected != no_abnormality
+                          else "normal"),
             "detection_4way": (reference.detection, chain[DETECTION]["answer"]),
         }
         if reference.side:
@@ -178,13 +181,13 @@ def evaluate(reports: list[dict], chains: dict[str, list[dict]], *, min_class_co
     return results
 
 
-def _jsonable(value):
+def to_jsonable(value):
     if isinstance(value, Estimate):
         return value.to_dict()
     if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
+        return {key: to_jsonable(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_jsonable(item) for item in value]
+        return [to_jsonable(item) for item in value]
     return value
 
 

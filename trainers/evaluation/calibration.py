@@ -15,6 +15,8 @@ import math
 import numpy as np
 
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
+from trainers.evaluation.evaluate_model import ImagePreprocessor, load_split, predict
+from trainers.evaluation.loading import load_model
 
 # Search range of the inverse temperature 1/T; NLL is convex in 1/T, so golden-section search finds the optimum.
 INVERSE_TEMPERATURE_RANGE = (0.02, 20.0)
@@ -80,6 +82,8 @@ def fit_calibration(step_logits, labels, split: str | None = None) -> dict:
     temperatures, nll_before, nll_after, ece_before, ece_after = [], [], [], [], []
     for step, logits in enumerate(step_logits):
         target = labels[:, step]
+        if not np.isfinite(np.asarray(logits, dtype=np.float64)).all():
+            raise ValueError(f"step {step + 1}: the model gives non-finite logits; no temperature can be fitted")
         temperature = fit_temperature(logits, target)
         valid = target != IGNORE_INDEX
         temperatures.append(round(temperature, 6))
@@ -98,8 +102,6 @@ def fit_calibration(step_logits, labels, split: str | None = None) -> dict:
 def calibrate(model, data, preprocess=None, split: str | None = None, batch_size: int = 32, device: str = "cpu"):
     """Fit per-step temperatures of `model` on `data` (a `datasets` split with `image` and `labels` columns) and
     store them as `model.config.calibration`. Returns the calibration dict."""
-    from trainers.evaluation.evaluate_model import ImagePreprocessor, predict
-
     if preprocess is None:
         preprocess = ImagePreprocessor(getattr(model, "name_or_path", "") or "", model.config)
     step_logits, labels = predict(model, data, preprocess, batch_size, device)
@@ -111,10 +113,7 @@ def calibrate(model, data, preprocess=None, split: str | None = None, batch_size
 def calibrate_checkpoint(model_dir, dataset, split: str = "validation", batch_size: int = 32,
                          device: str = "cpu") -> dict:
     """Calibrate a saved model on a dataset split and write the temperatures into its config.json."""
-    from trainers.evaluation.evaluate_model import ImagePreprocessor, load_split
-    from trainers.inference.predict import load_stepcot_model
-
-    model = load_stepcot_model(model_dir)
+    model = load_model(model_dir)
     data, split = load_split(dataset, split)
     calibration = calibrate(model, data, ImagePreprocessor(model_dir, model.config), split=f"{dataset}:{split}",
                             batch_size=batch_size, device=device)

@@ -1,6 +1,6 @@
 """`stepcot eval`: run a saved Step-CoT model on a dataset split and write metrics, tables and plots.
 
-    stepcot eval --model runs/best/teacher --dataset step_cot_hub --split test --out reports/teacher
+    stepcot eval --model runs/best/teacher --dataset step_cot_hub --split test --output-dir reports/teacher
 
 writes into OUT: metrics.json (every number with its definition and bootstrap CI), metrics.md (the paper's
 Table 8/9 layout), step_metrics.png, confusion_matrices.png and predictions.npz (per-step logits and labels, so
@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
 from dataset_script.release import StepCoTDataError
+from dataset_script.sources import load_source
+from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
+from trainers.evaluation.loading import load_model, load_processor
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
 
@@ -43,22 +47,16 @@ class ImagePreprocessor:
 
     def __init__(self, model_dir, config):
         self.source = "model config"
-        self._processor = None
-        try:
-            from transformers import AutoProcessor
-
-            self._processor = AutoProcessor.from_pretrained(model_dir)
+        self._processor = load_processor(model_dir)
+        if self._processor is not None:
             self.source = "saved processor"
-        except (OSError, ValueError, TypeError, KeyError):
-            from modeling_stepcot.processing_stepcot import image_processor_for_config
-
+        else:
             self._image_processor = image_processor_for_config(config)
             self._size = int(config.image_size)
 
     def __call__(self, images):
         if self._processor is not None:
             return self._processor.preprocess_images(images)
-        from modeling_stepcot.processing_stepcot import image_to_rgb
 
         rgb = [image_to_rgb(image, self._size) for image in images]
         return self._image_processor(rgb, return_tensors="pt")["pixel_values"]
@@ -67,7 +65,6 @@ class ImagePreprocessor:
 def load_split(dataset: str, split: str, max_examples: int | None = None):
     """One split of "demo", a release folder (validated and built under $STEPCOT_CACHE), a built folder
     (`stepcot data build` output) or a Hub dataset id (`dataset_script.sources`)."""
-    from dataset_script.sources import load_source
 
     split = SPLIT_ALIASES.get(split, split)
     try:
@@ -134,16 +131,13 @@ def predict(model, data, preprocess, batch_size: int, device: str):
 
 
 def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_bootstrap=1000, confidence_level=0.95,
-             seed=0, name=None, device=None, max_examples=None, plots=True):
+             seed=0, name=None, device=None, max_examples=None, plots=True, trust_remote_code=False):
     """Evaluate a saved model on a split; writes the report into `out` (if given) and returns the metrics."""
     import torch
-    from transformers import AutoModel
-
-    import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
 
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(model_dir)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code)
     config = model.config
     data, split = load_split(dataset, split, max_examples)
     step_options, notes = dataset_step_options(data, config)

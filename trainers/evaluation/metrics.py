@@ -16,6 +16,7 @@ missing answer. Missing answers are left out of that step's metrics only.
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,13 @@ CONFIDENCE_INTERVAL_DEFINITION = (
     "Resamples in which a metric is undefined are skipped (valid_resamples counts the others)."
 )
 
+WILSON_DEFINITION = (
+    "Wilson score interval for the accuracy as a binomial proportion (correct / labelled). Unlike the percentile "
+    "bootstrap it never collapses to a single point at 0 % or 100 % correct and keeps its coverage at small n."
+)
+# Below this many labelled examples a step's figures are flagged as unreliable in reports.
+FEW_EXAMPLES = 30
+
 # A padded class column holds a value at or below this (or -inf / NaN) in every example.
 PADDING_THRESHOLD = -1e4
 
@@ -87,9 +95,16 @@ class MetricEstimate:
     ci_high: float = math.nan
     valid_resamples: int = 0
     note: str | None = None
+    wilson_low: float = math.nan  # accuracy only: Wilson score interval (`wilson_interval`)
+    wilson_high: float = math.nan
+
+    @property
+    def zero_width(self) -> bool:
+        """A bootstrap interval with no width: every resample agreed (e.g. all correct), not certainty."""
+        return not math.isnan(self.ci_low) and self.ci_low == self.ci_high
 
     def to_dict(self, definition: str) -> dict[str, Any]:
-        return {
+        result = {
             "value": _json_float(self.value),
             "ci_low": _json_float(self.ci_low),
             "ci_high": _json_float(self.ci_high),
@@ -97,6 +112,10 @@ class MetricEstimate:
             "note": self.note,
             "definition": definition,
         }
+        if not math.isnan(self.wilson_low):
+            result.update(wilson_ci_low=self.wilson_low, wilson_ci_high=self.wilson_high,
+                          wilson_definition=WILSON_DEFINITION)
+        return result
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetricEstimate:
@@ -106,6 +125,8 @@ class MetricEstimate:
             ci_high=_float_or_nan(data.get("ci_high")),
             valid_resamples=int(data.get("valid_resamples") or 0),
             note=data.get("note"),
+            wilson_low=_float_or_nan(data.get("wilson_ci_low")),
+            wilson_high=_float_or_nan(data.get("wilson_ci_high")),
         )
 
 
@@ -415,6 +436,24 @@ def _undefined_reason(name: str, count: int, present_classes: list[int], options
     return None
 
 
+def wilson_interval(successes: int, count: int, confidence_level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion successes / count ((NaN, NaN) when count is 0). It stays
+    inside [0, 1], has width > 0 at 0 and count successes, and keeps close to nominal coverage for small counts,
+    where the percentile bootstrap (and the Wald interval) collapse to a point at 0 % or 100 %."""
+    if count <= 0:
+        return math.nan, math.nan
+    if not 0 <= successes <= count:
+        raise ValueError(f"successes must be in [0, {count}], got {successes}")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence_level / 2)
+    proportion = successes / count
+    denominator = 1 + z * z / count
+    centre = (proportion + z * z / (2 * count)) / denominator
+    half_width = z * math.sqrt(proportion * (1 - proportion) / count + z * z / (4 * count * count)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half_width)  # exact ends, not rounding noise
+    high = 1.0 if successes == count else min(1.0, centre + half_width)
+    return low, high
+
+
 def compute_step_metrics(
     predictions: np.ndarray | Sequence[np.ndarray],
     labels: np.ndarray,
@@ -502,6 +541,8 @@ def compute_step_metrics(
                 valid_resamples=valid_resamples,
                 note=_undefined_reason(name, count, present_classes, step_options[step]),
             )
+        estimates["accuracy"].wilson_low, estimates["accuracy"].wilson_high = wilson_interval(
+            int(np.trace(confusion)), count, confidence_level)
         steps.append(
             StepMetrics(
                 index=step,

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, MetricEstimate
+from trainers.evaluation.metrics import (
+    FEW_EXAMPLES,
+    METRIC_DISPLAY_NAMES,
+    METRIC_NAMES,
+    EvaluationMetrics,
+    MetricEstimate,
+)
 
 METRICS_FILENAME = "metrics.json"
 TABLE_FILENAME = "metrics.md"
@@ -24,6 +30,7 @@ STEP_PLOT_FILENAME = "step_metrics.png"
 CONFUSION_PLOT_FILENAME = "confusion_matrices.png"
 MEAN_ROW_LABEL = "Mean over steps"
 MISSING_CELL = "—"
+ZERO_WIDTH_MARK = " (zero width)"
 
 SHORT_DEFINITIONS = {
     "accuracy": "fraction of labelled examples whose argmax prediction equals the label.",
@@ -37,6 +44,28 @@ SHORT_DEFINITIONS = {
 
 # ----------------------------------------------------------------------------------------------------------------
 # metrics.json
+
+
+def finite_or_none(value):
+    """`value` with every NaN / infinity (Python or numpy, at any depth) replaced by None, numpy scalars and arrays
+    turned into Python numbers and lists: what strict JSON can hold."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return finite_or_none(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def strict_json(value, **kwargs) -> str:
+    """`json.dumps` that never writes the bare `NaN` / `Infinity` tokens other parsers reject (they become null)."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
+
 
 
 def write_metrics_json(result: EvaluationMetrics, path: str | Path) -> Path:
@@ -77,7 +106,39 @@ def format_estimate(estimate: MetricEstimate, decimals: int = 1) -> str:
     text = f"{100 * estimate.value:.{decimals}f}"
     if not (math.isnan(estimate.ci_low) or math.isnan(estimate.ci_high)):
         text += f" [{100 * estimate.ci_low:.{decimals}f}, {100 * estimate.ci_high:.{decimals}f}]"
+        if estimate.zero_width:  # every resample agreed: not certainty (see the note under the table)
+            text += ZERO_WIDTH_MARK
     return text
+
+
+def format_wilson(estimate: MetricEstimate, decimals: int = 1) -> str:
+    """`91.7 [83.0, 96.2]` with the accuracy's Wilson interval; `—` when there is none."""
+    if math.isnan(estimate.wilson_low):
+        return MISSING_CELL
+    return (f"{100 * estimate.value:.{decimals}f} [{100 * estimate.wilson_low:.{decimals}f}, "
+            f"{100 * estimate.wilson_high:.{decimals}f}]")
+
+
+def interval_notes(runs: Sequence[tuple[str, EvaluationMetrics]], decimals: int = 1) -> list[str]:
+    """Note lines: each step's accuracy with its Wilson interval, steps with few labelled examples, and what a
+    zero-width bootstrap interval means."""
+    notes, few, zero_width = [], [], False
+    for model, result in runs:
+        level = f"{100 * result.confidence_level:g}%"
+        cells = [f"{step.name} {format_wilson(step.metrics['accuracy'], decimals)} (n = {step.count})"
+                 for step in result.steps if step.count]
+        if cells:
+            notes.append(f"- {model}, accuracy with its {level} Wilson interval: " + "; ".join(cells) + ".")
+        few += [f"{step.name} (n = {step.count})" for step in result.steps if 0 < step.count < FEW_EXAMPLES]
+        zero_width |= any(step.metrics[name].zero_width for step in result.steps for name in METRIC_NAMES)
+    if few:
+        notes.append(f"- Few labelled examples (< {FEW_EXAMPLES}), figures unreliable: "
+                     + ", ".join(dict.fromkeys(few)) + ".")
+    if zero_width:
+        notes.append(f"- {ZERO_WIDTH_MARK.strip()}: the bootstrap interval has no width because every resample gave "
+                     "the same value (e.g. all examples correct); that is not certainty: use the Wilson interval "
+                     "above.")
+    return notes
 
 
 def _rows(result: EvaluationMetrics, include_mean: bool):
@@ -129,6 +190,9 @@ def markdown_table(
         for name in METRIC_NAMES
         if math.isnan(step.metrics[name].value) and step.metrics[name].note
     ]
+    wilson = interval_notes(runs, decimals)
+    if wilson:
+        notes += [""] + wilson
     if undefined:
         notes += ["", f"Undefined ({MISSING_CELL}):"] + undefined
     if include_mean:

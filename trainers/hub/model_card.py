@@ -7,16 +7,37 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from trainers.evaluation.loading import stepcot_classes
+from trainers.hub.card_metadata import metadata_problems
+
 TEMPLATES = resources.files("model_cards")  # package data: also there in a non-editable install
 PAPER = "arXiv:2603.13878"
 
 
 def _steps_table(config) -> str:
-    rows = ["| # | Step | Question | Options (label = index) |", "|---|---|---|---|"]
+    counts = getattr(config, "step_training_counts", None)
+    rows = ["| # | Step | Question | Options (label = index) | Training labels |", "|---|---|---|---|---|"]
     for number, (name, question, options) in enumerate(
         zip(config.step_names, config.step_questions, config.step_options), 1
     ):
-        rows.append(f"| {number} | {name} | {question} | {' · '.join(options)} |")
+        if counts is None:
+            trained = "not recorded"
+        elif counts[number - 1]:
+            trained = str(counts[number - 1])
+        else:
+            trained = "**none: not trained**"
+        rows.append(f"| {number} | {name} | {question} | {' · '.join(options)} | {trained} |")
+    untrained = [name for name, is_trained in zip(config.step_names, config.trained_steps) if not is_trained]
+    if untrained:
+        rows += ["", f"**Untrained steps** ({', '.join(untrained)}): the training data had no labels for them, so "
+                     "their heads are random. `stepcot predict` and the `stepcot-vqa` pipeline report them as "
+                     "unknown (no answer, no probabilities) and the consistency rules leave them out."]
+    if getattr(config, "embedding_statistics", None):
+        statistics = config.embedding_statistics
+        rows += ["", f"**Out-of-distribution check**: the image embedding's distance to the training embeddings "
+                     f"(RMS z-score) is compared with {statistics['threshold']:.2f}, the "
+                     f"{100 * statistics.get('quantile', 0):g}th percentile on the {statistics.get('reference')} "
+                     "split; images further out are flagged (`out_of_distribution` in the pipeline's output)."]
     return "\n".join(rows)
 
 
@@ -36,10 +57,9 @@ def _training_text(run_args: dict | None) -> str:
 
 def _count(model_config, role) -> tuple[str, str]:
     import torch
-    from transformers import AutoModel
 
-    with torch.device("meta"):
-        model = AutoModel.from_config(model_config, trust_remote_code=True)
+    with torch.device("meta"):  # this package's class: `from_config(trust_remote_code=True)` would import the
+        model = stepcot_classes(model_config.model_type)[1](model_config)  # code named by the config's auto_map
     total = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return f"{total / 1e6:.2f} M", f"{trained / 1e6:.2f} M"
@@ -50,8 +70,6 @@ def render_model_card(role: str, config, run_args: dict | None = None, metrics: 
     """The README.md of an exported teacher or student. `has_pipeline`: the folder carries the stepcot-vqa pipeline
     as remote code (`trainers.inference.predict.add_pipeline_to_checkpoint`), so the card shows the package-free
     usage."""
-    from trainers.hub.card_metadata import metadata_problems
-
     if role not in ("teacher", "student"):
         raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
     data = (run_args or {}).get("data", {})

@@ -20,6 +20,13 @@ import tempfile
 import threading
 from pathlib import Path
 
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
+import trainers
+from dataset_script.demo import make_demo_example
+from trainers.evaluation.loading import load_model
+from trainers.inference.predict import IMAGE_SUFFIXES, build_pipeline, json_ready
+from trainers.inference.saliency import figure_and_maps, overlay
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "outputs/demo/student"  # what the README's main job writes
@@ -34,7 +41,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 KNOWN_RESULT_FIELDS = {"steps", "chain", "violations", "is_consistent", "probability_method", "image_size", "maps",
                        "consistent_chain", "changed_steps"}
 KNOWN_STEP_FIELDS = {"step", "name", "question", "answer", "label", "score", "probabilities", "is_na",
-                     "consistent_answer", "consistent_label", "changed"}
+                     "consistent_answer", "consistent_label", "changed", "trained"}
+UNTRAINED = "unknown (not trained)"
 
 CSS = """
 .stepcot-columns {display: flex; gap: 16px; flex-wrap: wrap;}
@@ -91,29 +99,16 @@ class PipelineCache:
 def load_demo_pipeline(source: str, device: str = "cpu"):
     """The pipeline of a Step-CoT checkpoint folder or Hub id; DemoError naming the problem otherwise. A Hub
     checkpoint's own code is never run: the classes of this package are used."""
-    from trainers.inference.predict import build_pipeline, load_stepcot_model
-
     path = Path(source).expanduser()
-    if path.exists():
-        try:
-            model = load_stepcot_model(path)
-        except (FileNotFoundError, ValueError, OSError) as error:
-            raise DemoError(f"{source} is not a Step-CoT checkpoint: {error}") from None
-    elif HUB_ID.match(source):
-        from transformers import AutoModel
-
-        import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
-        from modeling_stepcot.pipeline_stepcot import is_stepcot_config
-
-        try:
-            model = AutoModel.from_pretrained(source)
-        except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DemoError(f"cannot load {source} from the Hub: {first_line}") from None
-        if not is_stepcot_config(model.config):
-            raise DemoError(f"{source} is a {model.config.model_type!r} model, not a Step-CoT teacher or student")
-    else:
+    if not path.exists() and not HUB_ID.match(source):
         raise DemoError(f"{source}: no such folder, and not a Hub id (user/name)")
+    try:
+        model = load_model(path if path.exists() else source)
+    except (ValueError, OSError) as error:  # ModelLoadError is a ValueError and names the file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if path.exists():
+            raise DemoError(f"{source} is not a Step-CoT checkpoint: {first_line}") from None
+        raise DemoError(f"cannot load {source} from the Hub: {first_line}") from None
     return build_pipeline(model, device=device)
 
 
@@ -178,6 +173,11 @@ def _probability_bars(step: dict) -> str:
 
 
 def render_step(step: dict) -> str:
+    if step.get("trained") is False:  # no training labels: the head's output is noise, never shown as an answer
+        return (f'<div class="stepcot-step" data-step="{_escape(step["step"])}">'
+                f'<div><b>{_escape(step["step"])}. {_escape(step["name"])}</b></div>'
+                f'<div class="question">{_escape(step["question"])}</div>'
+                f'<div class="stepcot-info">Answer: {UNTRAINED}</div></div>')
     badges = ""
     if step.get("is_na"):
         badges += '<span class="stepcot-badge na">N/A</span>'
@@ -235,8 +235,6 @@ def render_error(message: str) -> str:
 
 
 def json_result(image_path, results: list[tuple[str, dict]]) -> dict:
-    from trainers.inference.predict import json_ready
-
     return {"image": Path(image_path).name,
             "models": [{"model": label, **json_ready(result, Path(image_path).name, None)}
                        for label, result in results]}
@@ -244,7 +242,6 @@ def json_result(image_path, results: list[tuple[str, dict]]) -> dict:
 
 def analyse(image_path, sources: list[str], consistent: bool, cache: PipelineCache, out_dir=None):
     """Run every checkpoint on one image. Returns (html, gallery items [(image, caption)], json path)."""
-    from trainers.inference.saliency import figure_and_maps, overlay
 
     check_image_file(image_path)
     pipes = [(source, cache.get(source)) for source in sources if source and source.strip()]
@@ -260,7 +257,8 @@ def analyse(image_path, sources: list[str], consistent: bool, cache: PipelineCac
         picture, maps = figure_and_maps(str(image_path), result)
         gallery.append((picture, label))  # one row per checkpoint: the input, then its seven maps
         for step, saliency in zip(result["steps"], maps):
-            gallery.append((overlay(picture, saliency), f"{step['step']}. {step['name']}: {step['answer']}"))
+            caption = f"{step['step']}. {step['name']}: {step['answer'] or UNTRAINED}"
+            gallery.append((overlay(picture, saliency), caption))
         result.pop("maps")
         results.append((label, result))
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="stepcot-demo-"))
@@ -278,7 +276,6 @@ def analyse(image_path, sources: list[str], consistent: bool, cache: PipelineCac
 
 def example_images(folder) -> list[str]:
     """Example radiographs: the image files of `folder` (sorted)."""
-    from trainers.inference.predict import IMAGE_SUFFIXES
 
     folder = Path(folder)
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
@@ -287,8 +284,6 @@ def example_images(folder) -> list[str]:
 def write_synthetic_examples(folder, count: int = 3, size: int = 320) -> list[str]:
     """Render a few synthetic radiographs (the demo data's generator) as examples when no real ones are given."""
     from PIL import Image
-
-    from dataset_script.demo import make_demo_example
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -434,8 +429,6 @@ def write_space(out, model: str = DEFAULT_MODEL, compare: str | None = DEFAULT_C
     """A folder that a Gradio Space runs as is: app.py, requirements.txt (pinned to this environment), README.md
     (the Space card), the demo's code, the checkpoint(s) when local, and example images."""
     import shutil
-
-    import trainers
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,14 +5,20 @@
 
 prints one table per image (step, answer, probability, N/A), the chain as one line and any contradictions
 between steps; `--maps OUT` writes OUT/<image>/step{1..7}_<name>.png (Grad-CAM of the predicted answer over the
-image) and OUT/<image>/summary.png. `--consistent` also decodes the most probable chain that breaks no consistency
-rule and shows which steps it changes (the per-step predictions are always reported as they are).
+image) and OUT/<image>/summary.png. `--consistent` also shows a chain that breaks no consistency rule, changing
+only answers with p < 0.9 (`ChainChecker.repair`), and which steps it changed (the per-step predictions are always
+reported as they are). Steps the model had no training labels for are shown as unknown and never checked.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
+from modeling_stepcot.pipeline_stepcot import TASK, StepCoTVQAPipeline, load_image
+from trainers.evaluation.loading import load_model
+from trainers.inference.saliency import FIGURE_MAX_SIDE, save_step_maps
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
@@ -21,40 +27,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".we
 # loading
 
 
-def load_stepcot_model(model_dir, device: str | None = None):
-    """A Step-CoT teacher or student from a saved folder, with clear errors for anything else."""
-    import json as json_module
-
-    from transformers import AutoModel
-
-    import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
-
-    path = Path(model_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"model folder not found: {model_dir}")
-    if not path.is_dir():
-        raise ValueError(f"--model must be a folder written by save_pretrained, got the file {model_dir}")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json: not a saved model folder")
-    try:
-        model_type = json_module.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (json_module.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise ValueError(f"{config_file} is not a valid JSON config ({error})") from None
-    if not str(model_type or "").startswith("stepcot"):
-        raise ValueError(f"{model_dir} holds a {model_type!r} model, not a Step-CoT teacher or student")
-    model = AutoModel.from_pretrained(path)
-    return model.to(device) if device else model
-
-
 def build_pipeline(model, device: str | None = None):
-    """The `stepcot-vqa` pipeline around a loaded model (or a model folder)."""
+    """The `stepcot-vqa` pipeline around a loaded model (or a model folder, loaded by
+    `trainers.evaluation.loading.load_model`: this package's classes, never the checkpoint's code)."""
     from transformers import pipeline
 
-    from modeling_stepcot.pipeline_stepcot import TASK
-
     if isinstance(model, (str, Path)):
-        model = load_stepcot_model(model)
+        model = load_model(model)
     return pipeline(TASK, model=model, device=device or "cpu")
 
 
@@ -63,8 +42,6 @@ def add_pipeline_to_checkpoint(folder) -> Path:
     imports) next to the model and adds `custom_pipelines` to config.json, so that
     `pipeline(model=FOLDER_OR_REPO, trust_remote_code=True)` works without this package."""
     from transformers.dynamic_module_utils import custom_object_save
-
-    from modeling_stepcot.pipeline_stepcot import TASK, StepCoTVQAPipeline
 
     folder = Path(folder)
     config_file = folder / "config.json"
@@ -96,8 +73,6 @@ def expand_images(inputs: list[str]) -> list[Path]:
 
 def check_images(paths: list[Path]) -> None:
     """Fail before any model work if an input is missing or not an image (all problems in one message)."""
-    from modeling_stepcot.pipeline_stepcot import load_image
-
     problems = []
     for path in paths:
         try:
@@ -105,11 +80,14 @@ def check_images(paths: list[Path]) -> None:
         except (FileNotFoundError, ValueError) as error:
             problems.append(str(error))
     if problems:
-        raise ValueError("cannot read the input images:\n  " + "\n  ".join(problems))
+        raise ValueError(f"cannot read {len(problems)} input image(s): " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # output
+
+
+UNKNOWN_ANSWER = "unknown (not trained)"
 
 
 def format_table(name: str, result: dict, model_label: str) -> str:
@@ -119,20 +97,35 @@ def format_table(name: str, result: dict, model_label: str) -> str:
         header += f"   {'Consistent answer':<22}"
     lines = [f"{name}  [{model_label}; probabilities: {result['probability_method']}]", header, "-" * len(header)]
     for step in result["steps"]:
+        if step.get("trained") is False:  # an untrained head's output is noise: never shown as an answer
+            lines.append(f"{step['step']:>2}  {step['name']:<22} {UNKNOWN_ANSWER:<22} {'':>5}  {'':<3}")
+            continue
         line = (f"{step['step']:>2}  {step['name']:<22} {step['answer']:<22} {step['score']:5.2f}  "
                 f"{'yes' if step['is_na'] else '-':<3}")
         if consistent:
             line += f"   {step['consistent_answer']:<22}" + ("  (changed)" if step["changed"] else "")
         lines.append(line)
-    lines.append(f"Chain: {result['chain']}")
+    lines.append(f"Chain: {result['chain'] or '(no trained step)'}")
+    untrained = result.get("untrained_steps") or []
+    if untrained:
+        lines.append(f"Not trained (no labels in the training data; not shown, not checked): {', '.join(untrained)}")
     if result["violations"]:
         lines.append(f"Contradictions ({len(result['violations'])}):")
         lines += [f"  - {v['message']} [{v['rule']}: {' / '.join(v['steps'])}]" for v in result["violations"]]
+    elif untrained and len(untrained) == len(result["steps"]) - 1:
+        lines.append("Contradictions: not checked (one trained step)")
     else:
-        lines.append("Contradictions: none")
+        lines.append("Contradictions: none" + (" among the trained steps" if untrained else ""))
     if consistent:
         changed = ", ".join(result["changed_steps"]) or "none"
-        lines.append(f"Most probable consistent chain: {result['consistent_chain']} (changed steps: {changed})")
+        note = "; a contradiction between confident steps is left as it is" if result.get(
+            "unresolved_contradiction") else ""
+        lines.append(f"Consistent chain: {result['consistent_chain']} (changed steps: {changed}{note})")
+    ood = result.get("out_of_distribution")
+    if ood and ood["flagged"]:
+        lines.append(f"WARNING: this image lies far from the training images (embedding distance "
+                     f"{ood['distance']:.2f} > {ood['threshold']:.2f}, the {100 * ood['quantile']:g}th percentile of "
+                     "held-out images like the training ones): the answers above are unreliable for it.")
     return "\n".join(lines)
 
 
@@ -157,18 +150,39 @@ def _map_folders(paths: list[Path], out: Path) -> list[Path]:
 
 def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consistent: bool = False,
                    batch_size: int = 8) -> list[tuple[dict, dict | None]]:
-    """Run the pipeline over image files; with `maps_dir`, write each image's PNGs. Returns (result, map paths)."""
-    from trainers.inference.saliency import save_step_maps
+    """Run the pipeline over image files; with `maps_dir`, write each image's PNGs. Returns (result, map paths).
 
-    results = pipe([str(p) for p in paths], maps=maps_dir is not None, consistent=consistent,
-                   batch_size=max(1, min(batch_size, len(paths))))
+    Streams: one batch at a time goes through the pipeline, its maps are drawn and dropped before the next batch,
+    and the maps are made at the figures' size (`FIGURE_MAX_SIDE`), not the radiograph's: memory stays flat over a
+    folder of any length (full-resolution maps were 7 x 4 bytes per pixel, ~1.8 GB for one 8000 x 8000 image)."""
     folders = _map_folders(paths, maps_dir) if maps_dir is not None else [None] * len(paths)
+    batch_size = max(1, min(batch_size, len(paths)))
+    options = {"maps": True, "maps_max_side": FIGURE_MAX_SIDE} if maps_dir is not None else {}
     output = []
-    for path, result, folder in zip(paths, results, folders):
-        written = save_step_maps(path, result, folder) if folder is not None else None
-        result.pop("maps", None)  # large arrays: drawn, not kept
-        output.append((result, written))
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start : start + batch_size]
+        results = _run_naming_the_file(pipe, batch, consistent=consistent, **options)
+        for path, result, folder in zip(batch, results, folders[start : start + batch_size]):
+            written = save_step_maps(path, result, folder) if folder is not None else None
+            result.pop("maps", None)  # drawn, not kept
+            output.append((result, written))
+        del results
     return output
 
 
-__all__ = ["add_pipeline_to_checkpoint", "build_pipeline", "load_stepcot_model", "predict_images"]
+def _run_naming_the_file(pipe, batch: list[Path], **options) -> list[dict]:
+    """The pipeline over one batch; a failure names the image it came from (found by running them one by one)."""
+    try:
+        return pipe([str(p) for p in batch], batch_size=len(batch), **options)
+    except ValueError as error:
+        if any(str(p) in str(error) for p in batch):
+            raise
+        for path in batch:
+            try:
+                pipe([str(path)], batch_size=1, **options)
+            except ValueError as single:
+                raise ValueError(f"{path}: {single}") from None
+        raise
+
+
+__all__ = ["add_pipeline_to_checkpoint", "build_pipeline", "predict_images"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from modeling_stepcot.processing_stepcot import image_to_8bit
+
 # Figures are drawn with this many pixels on the long side: readable titles for small inputs, fast for 2,000 px
 # radiographs.
 FIGURE_MAX_SIDE = 512
@@ -37,8 +39,6 @@ def overlay(image_rgb: np.ndarray, saliency: np.ndarray, alpha: float = OVERLAY_
 
 def figure_image(image, max_side: int = FIGURE_MAX_SIDE, min_side: int = FIGURE_MIN_SIDE) -> np.ndarray:
     """The radiograph as RGB uint8, resized into [min_side, max_side] (long side) for drawing."""
-    from modeling_stepcot.processing_stepcot import image_to_8bit
-
     if isinstance(image, (str, Path)):
         image = Image.open(image)
     image = image_to_8bit(image).convert("RGB")
@@ -65,6 +65,8 @@ def figure_and_maps(image, result: dict) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def step_title(step: dict) -> str:
+    if step.get("trained") is False:
+        return f"{step['step']}. {step['name']}: unknown (not trained)"
     title = f"{step['step']}. {step['name']}: {step['answer']} (p = {step['score']:.2f})"
     if step["is_na"]:
         title += "\nmap: evidence for N/A"

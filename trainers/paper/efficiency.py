@@ -36,6 +36,11 @@ import time
 import torch
 from torch import nn
 
+from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
+from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
+from trainers.evaluation.loading import load_model
+from trainers.paper.baselines import QUESTION_PREFIX, StepBaselineHead, load_backbone, pooled_output
+
 PRESETS = ("vision_encoder", "teacher", "student", "clip", "blip", "flava")
 DEFAULT_MODELS = ("vision_encoder", "teacher", "student", "clip")
 
@@ -53,8 +58,6 @@ class BaselineInference(nn.Module):
     def __init__(self, backbone_model: nn.Module, question_embeds: torch.Tensor, num_classes_per_step: list[int],
                  hidden_size: int = 768):
         super().__init__()
-        from trainers.paper.baselines import StepBaselineHead
-
         self.backbone = backbone_model.eval().requires_grad_(False)
         self.register_buffer("question_embeds", question_embeds)
         image_dim = self._image_embeds(self._example_pixels()).shape[-1]
@@ -72,9 +75,7 @@ class BaselineInference(nn.Module):
 
     @torch.no_grad()
     def _image_embeds(self, pixel_values):
-        from trainers.paper.baselines import _pooled
-
-        return _pooled(self.backbone.get_image_features(pixel_values=pixel_values))
+        return pooled_output(self.backbone.get_image_features(pixel_values=pixel_values))
 
     def forward(self, pixel_values):
         image_embeds = self._image_embeds(pixel_values)
@@ -89,14 +90,12 @@ class BaselineInference(nn.Module):
 def _random_question_embeds(model: nn.Module, num_steps: int, seed: int = 0) -> torch.Tensor:
     """Text-tower embeddings of random token ids (the real questions need the checkpoint's tokenizer; the cost is
     paid once, outside the timed loop, either way)."""
-    from trainers.paper.baselines import _pooled
-
     config = model.config
     text = getattr(config, "text_config", None)
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, min(1000, text.vocab_size), (num_steps, 16), generator=generator)
     with torch.no_grad():
-        return _pooled(model.get_text_features(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)))
+        return pooled_output(model.get_text_features(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)))
 
 
 def _backbone_config(name: str, tiny: bool):
@@ -119,9 +118,6 @@ def _backbone_config(name: str, tiny: bool):
 
 def build_model(name: str, tiny: bool = False) -> tuple[nn.Module, int]:
     """(model, input image size) for a preset, `hf:NAME` or `dir:PATH`."""
-    from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
-    from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
-
     classes = [len(options) for options in DEFAULT_STEP_OPTIONS]
     if name in ("vision_encoder", "teacher", "student"):
         vision = dict(vision_config=TINY_VISION) if tiny else {}
@@ -142,9 +138,6 @@ def build_model(name: str, tiny: bool = False) -> tuple[nn.Module, int]:
                                     hidden_size=32 if tiny else 768)
         return wrapper, wrapper.image_size
     if name.startswith("hf:"):
-        from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS
-        from trainers.paper.baselines import QUESTION_PREFIX, load_backbone
-
         loaded = load_backbone(name[3:])
         if loaded.kind != "transformers":
             raise ValueError(f"{name}: only transformers backbones can be timed here (open_clip: not yet).")
@@ -152,11 +145,7 @@ def build_model(name: str, tiny: bool = False) -> tuple[nn.Module, int]:
         wrapper = BaselineInference(loaded.model, questions, classes)
         return wrapper, wrapper.image_size
     if name.startswith("dir:"):
-        from transformers import AutoModel
-
-        import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes)
-
-        model = AutoModel.from_pretrained(name[4:])
+        model = load_model(name[4:])
         return model, model.config.image_size
     raise ValueError(f"unknown model {name!r}: use one of {PRESETS}, hf:NAME or dir:PATH.")
 
@@ -213,6 +202,9 @@ def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cp
 
 def measure_in_subprocess(name: str, batch_size: int, repeats: int, device: str, tiny: bool = False,
                           threads: int | None = None) -> dict:
+    """`measure` of one model in a fresh process. A command line is the interface here on purpose: each model must
+    start from an empty process, so that its peak memory and its thread set-up are its own, not left over from the
+    models measured before it."""
     command = [sys.executable, "-m", "trainers.cli", "bench-efficiency", "--only", name,
                "--batch-size", str(batch_size), "--repeats", str(repeats), "--device", device]
     command += ["--tiny"] if tiny else []

@@ -1,7 +1,7 @@
 """`stepcot eval-transfer`: zero-shot cross-dataset evaluation of the diagnosis step on NIH ChestX-ray8 (Table 4).
 
     stepcot eval-transfer --model runs/demo/teacher runs/demo/student reports/baselines/clip/with_stepcot \
-        --nih-images /data/ChestX-ray8/images --out reports/transfer
+        --nih-images /data/ChestX-ray8/images --output-dir reports/transfer
 
 The evaluation set is the "single-label subset" defined by the NIH bounding-box list `BBox_List_2017.csv` (984
 boxes over 880 images, 8 findings; default path ../shared/data/nih-chestxray8/BBox_List_2017.csv):
@@ -43,8 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
+import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
+from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
+from trainers.evaluation.loading import load_model
 from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, compute_step_metrics
 from trainers.evaluation.report import format_estimate, write_report
+from trainers.paper.baselines import is_baseline_folder, load_baseline
 
 NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                 "Pneumothorax")
@@ -155,13 +159,8 @@ def index_images(folder) -> dict[str, Path]:
 class StepCoTDiagnosis:
     """A saved Step-CoT teacher or student: the logits of its diagnosis step."""
 
-    def __init__(self, model_dir, device: str):
-        from transformers import AutoModel
-
-        import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
-        from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
-
-        self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
+    def __init__(self, model_dir, device: str, trust_remote_code: bool = False):
+        self.model = load_model(model_dir, device, trust_remote_code=trust_remote_code).eval()
         config = self.model.config
         names = [name.lower() for name in config.step_names]
         self.step = names.index("diagnosis") if "diagnosis" in names else config.num_steps - 1
@@ -181,10 +180,8 @@ class StepCoTDiagnosis:
 class BaselineDiagnosis:
     """A `stepcot baseline` output folder: its MLP asked the diagnosis question."""
 
-    def __init__(self, folder, device: str):
-        from trainers.paper.baselines import load_baseline
-
-        self.baseline = load_baseline(folder, device)
+    def __init__(self, folder, device: str, trust_remote_code: bool = False):
+        self.baseline = load_baseline(folder, device, trust_remote_code=trust_remote_code)
         spec = self.baseline.spec
         names = [name.lower() for name in spec.step_names]
         if "diagnosis" not in names:
@@ -198,10 +195,9 @@ class BaselineDiagnosis:
         return self.baseline.step_logits(images, self.step)
 
 
-def load_diagnosis_model(model, device: str):
-    from trainers.paper.baselines import is_baseline_folder
-
-    return BaselineDiagnosis(model, device) if is_baseline_folder(model) else StepCoTDiagnosis(model, device)
+def load_diagnosis_model(model, device: str, trust_remote_code: bool = False):
+    kind = BaselineDiagnosis if is_baseline_folder(model) else StepCoTDiagnosis
+    return kind(model, device, trust_remote_code=trust_remote_code)
 
 
 def finding_columns(options: list[str]) -> list[int]:
@@ -383,5 +379,5 @@ def table4_csv(runs: list[tuple[str, EvaluationMetrics]]) -> str:
     return buffer.getvalue()
 
 
-def _folder_name(name: str) -> str:
+def model_folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"

@@ -22,6 +22,7 @@ from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCall
 from transformers.utils import ModelOutput
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
+from trainers.evaluation.metrics import compute_step_metrics
 from trainers.training.checkpoints import LeanCheckpointMixin, raise_if_not_finite
 from trainers.training.losses import distillation_losses
 
@@ -315,8 +316,6 @@ def build_pair_compute_metrics(num_classes_per_step, num_bootstrap=0, per_step="
     Returns `teacher_mean_<metric>` for every metric and `teacher_step<i>_<metric>` for the metrics named in
     `per_step` ("accuracy" keeps the per-epoch logs readable; "all" for everything), and the same for the student."""
     import numpy as np
-
-    from trainers.evaluation.metrics import compute_step_metrics
 
     def compute_metrics(eval_pred):
         teacher_logits, student_logits = eval_pred.predictions[:2]

@@ -68,6 +68,16 @@ def compute_image_embeds(model, batches, total=None, device="cpu", description="
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def split_identity(dataset, split: str, image_size: int, image_processor) -> tuple[str, dict]:
+    """(dataset fingerprint, extra key fields) naming one split's features for one preprocessing."""
+    return (f"{dataset._fingerprint}:{split}:{len(dataset)}:{image_size}",
+            {"mean": image_processor.image_mean, "std": image_processor.image_std})
+
+
+def image_embeds_path(cache_dir, dataset_fingerprint, encoder_digest, extra=None) -> Path:
+    return Path(cache_dir) / f"image_embeds-{cache_key(dataset_fingerprint, encoder_digest, extra)}.safetensors"
+
+
 def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=None, device="cpu", extra=None,
                         encoder_digest=None, num_rows=None, compute=None, write=True):
     """Embeddings from `cache_dir` when present for this dataset + encoder, else computed and stored.
@@ -75,7 +85,7 @@ def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=No
     `compute`: a callable returning the embeddings, instead of encoding `batches`; `write=False`: compute without
     storing (the other ranks of a multi-process run, where rank 0 writes)."""
     encoder_digest = encoder_digest or encoder_fingerprint(model)
-    path = Path(cache_dir) / f"image_embeds-{cache_key(dataset_fingerprint, encoder_digest, extra)}.safetensors"
+    path = image_embeds_path(cache_dir, dataset_fingerprint, encoder_digest, extra)
     if path.is_file():
         embeds = _read_cached_embeds(path, num_rows)
         if embeds is not None:

@@ -1,6 +1,7 @@
 """Run set-up shared by the training scripts (`run_distill.py`, `run_teacher.py`): arguments, data, models,
 feature caches, scoring."""
 
+import argparse
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -14,17 +15,24 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from dataset_script.sources import load_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
+from trainers.console import configure_console, pop_verbose_flag
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import markdown_table, write_report
 from trainers.training.checkpoints import TrainingError
 from trainers.training.extraction import extract_image_embeds
-from trainers.training.feature_cache import EmbeddingDataset, cached_image_embeds, encoder_fingerprint
+from trainers.training.feature_cache import (
+    EmbeddingDataset,
+    cached_image_embeds,
+    encoder_fingerprint,
+    split_identity,
+)
 from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, offline_text_encoder_path
 from trainers.training.run_folder import check_writable, claim_output_dir
 
 logger = logging.getLogger("stepcot.train")
 
 OFFLINE_TEXT = "offline-minilm"
+DIFFERENCES_FILENAME = "paired_differences.txt"  # under OUTPUT_DIR/metrics: model − linear probe per step
 
 
 @dataclass
@@ -115,9 +123,16 @@ TRAINING_DEFAULTS = dict(
 )
 
 
-def parse_run_args(argument_classes, argv=None, **defaults):
-    """HfArgumentParser over `argument_classes` (TrainingArguments last) with the Step-CoT training defaults."""
-    parser = HfArgumentParser(argument_classes)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Argument defaults in the help, and the script's docstring (with its examples) kept as written."""
+
+
+def parse_run_args(argument_classes, argv=None, *, help_text: str | None = None, **defaults):
+    """HfArgumentParser over `argument_classes` (TrainingArguments last) with the Step-CoT training defaults.
+    `--verbose` (show every library message) is taken out of `argv` here; `help_text` heads the `--help`."""
+    argv = pop_verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    parser = HfArgumentParser(argument_classes, description=help_text, formatter_class=_HelpFormatter,
+                              epilog="--verbose: show every message of the libraries (transformers, datasets) too")
     parser.set_defaults(**{**TRAINING_DEFAULTS, **defaults})
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         # accelerate treats a multi-process launch as DDP on CPU (gloo) only when told it runs on the CPU
@@ -154,9 +169,7 @@ def start_run(training_args, inputs: dict | None = None, overwrite: bool = False
     """Logging, seed, output folder and device set-up shared by the training scripts; returns the output folder.
     With `inputs` (what the run is built from, `run_folder.built_from`) the folder is claimed for this run: a folder
     of another run is refused unless `overwrite` starts over."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
-    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_console()
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     if not torch.cuda.is_available():
@@ -226,9 +239,9 @@ def feature_datasets(splits, models: dict, processor, cache_dir, training_args, 
     digests = {role: encoder_fingerprint(model) for role, model in roles.items()}  # hash the weights once
     result = {}
     for name, dataset in splits.items():
-        fingerprint = f"{dataset._fingerprint}:{name}:{len(dataset)}:{processor.image_size}"
-        extras = {"mean": processor.image_processor.image_mean, "std": processor.image_processor.image_std,
-                  **({"autocast": "bf16"} if bf16 else {})}
+        fingerprint, extras = split_identity(dataset, name, processor.image_size, processor.image_processor)
+        if bf16:
+            extras = {**extras, "autocast": "bf16"}  # other features than fp32: their own cache entry
         embeds = {}
         for role, model in roles.items():
             def compute(model=model, role=role):
@@ -284,8 +297,10 @@ def training_datasets(splits, models: dict, processor, data_args, training_args,
 # scoring
 
 
-def score_and_report(role_logits: dict, labels, split, output_dir, num_bootstrap, config, write=True):
-    """Metrics with bootstrap CIs for each role's padded logits; reports under OUTPUT_DIR/metrics/ROLE."""
+def score_and_report(role_logits: dict, labels, split, output_dir, num_bootstrap, config, write=True,
+                     extra_runs=()):
+    """Metrics with bootstrap CIs for each role's padded logits; reports under OUTPUT_DIR/metrics/ROLE. The table
+    also lists `extra_runs` ((name, EvaluationMetrics) pairs: the baselines) under the roles."""
     results, runs = {}, []
     for role, logits in role_logits.items():
         metrics = compute_step_metrics(
@@ -296,7 +311,73 @@ def score_and_report(role_logits: dict, labels, split, output_dir, num_bootstrap
             write_report(metrics, output_dir / "metrics" / role, model_name=role.capitalize())
         runs.append((role.capitalize(), metrics))
         results[role] = metrics.flat()
-    return results, markdown_table(runs)
+    return results, markdown_table(runs + list(extra_runs))
+
+
+def feature_baselines(datasets_by_split, eval_split, config, num_bootstrap, output_dir, write=True, seed=0):
+    """Majority class and linear probe on the cached (frozen) image features the heads trained on, scored like
+    the models. Returns ({name: flat metrics}, [(name, EvaluationMetrics)], {name: per-step probabilities})."""
+    from trainers.evaluation.linear_probe import baseline_scores
+
+    train, validation, evaluation = (datasets_by_split[s] for s in ("train", "validation", eval_split))
+    scores = baseline_scores(train.image_embeds.numpy(), train.labels.numpy(), validation.image_embeds.numpy(),
+                             validation.labels.numpy(), evaluation.image_embeds.numpy(), config.num_classes_per_step,
+                             seed=seed)
+    results, runs, probabilities = {}, [], {}
+    for name, (step_scores, info) in scores.items():
+        metrics = compute_step_metrics(
+            step_scores, evaluation.labels.numpy(), step_names=config.step_names, step_options=config.step_options,
+            scores="probabilities", num_bootstrap=num_bootstrap,
+            metadata={"model": name, "split": eval_split, "features": "the teacher's frozen image embeddings", **info})
+        slug = name.lower().replace(" ", "_")
+        if write:
+            write_report(metrics, output_dir / "metrics" / slug, model_name=name)
+        results[slug], probabilities[name] = metrics.flat(), step_scores
+        runs.append((name, metrics))
+    return results, runs, probabilities
+
+
+def paired_differences_text(role_logits: dict, baseline_probabilities, labels, config, num_bootstrap, seed=0) -> str:
+    """Lines 'Teacher − Linear probe, Diagnosis: accuracy -2.8 pp [-8.3, +1.4]' for every labelled step."""
+    from trainers.evaluation.metrics import to_step_probabilities
+    from trainers.paper.baselines import paired_difference
+
+    labels = np.asarray(labels)
+    lines = []
+    for role, logits in role_logits.items():
+        role_probabilities = to_step_probabilities(np.asarray(logits), config.num_classes_per_step, scores="logits")
+        for step, name in enumerate(config.step_names):
+            if not (labels[:, step] != -100).any():
+                continue
+            difference = paired_difference(role_probabilities[step], baseline_probabilities[step], labels[:, step],
+                                           num_bootstrap, seed, 0.95)["accuracy"]
+            lines.append(f"{role.capitalize()} − linear probe, {name} accuracy: {100 * difference['value']:+.1f} pp "
+                         f"[{100 * difference['ci_low']:+.1f}, {100 * difference['ci_high']:+.1f}] (paired "
+                         "bootstrap 95%)")
+    return "\n".join(lines)
+
+
+def record_training_facts(models: dict, splits, datasets_by_split=None, share_encoder=False):
+    """Store in each model's config what predict needs to know about its training: per step, how many training
+    labels it had (`step_training_counts`), and with cached features, the training embeddings' statistics for the
+    out-of-distribution check (`embedding_statistics`, threshold from the validation split)."""
+    from modeling_stepcot.pipeline_stepcot import embedding_statistics
+
+    labels = np.asarray(splits["train"]["labels"])
+    counts = [int(c) for c in (labels != -100).sum(0)]
+    for role, model in models.items():
+        model.config.step_training_counts = counts
+        if datasets_by_split is None:
+            continue
+        train, validation = datasets_by_split["train"], datasets_by_split["validation"]
+        own = role == "student" and not share_encoder and train.student_image_embeds is not None
+        train_embeds = train.student_image_embeds if own else train.image_embeds
+        validation_embeds = validation.student_image_embeds if own else validation.image_embeds
+        model.config.embedding_statistics = embedding_statistics(train_embeds.numpy(), validation_embeds.numpy())
+    untrained = [name for name, count in zip(next(iter(models.values())).config.step_names, counts) if not count]
+    if untrained:
+        logger.warning("no training labels for %s: exported as untrained (shown as unknown by predict)",
+                       ", ".join(untrained))
 
 
 def print_summary(output_dir: Path, eval_split: str, table: str, roles):

@@ -4,6 +4,7 @@ lazy `with_transform` batches into a tiny teacher, and real chest X-ray JPEGs.""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,14 +168,16 @@ def test_real_pediatric_jpegs_through_release_build_and_processor(shared_data_di
     }
     records = [
         {"patient_id": name.split("_")[0] if "person" in name else name.rsplit("-", 1)[0],
-         "image_path": str(folder / name),  # absolute paths: the release points at the shared folder
+         "image_path": f"images/{name}",  # copied in below: a release never reads outside its folder
          "origin": "Kermany pediatric CXR", "report": "",
          "vqa_chain": [{"question": q, "options": o, "answer": a}
                        for q, o, a in zip(DEFAULT_STEP_QUESTIONS, DEFAULT_STEP_OPTIONS, chains[label])]}
         for name, label in sorted(labels.items())
     ]
     release_dir = tmp_path / "release"
-    release_dir.mkdir()
+    (release_dir / "images").mkdir(parents=True)
+    for name in labels:
+        shutil.copyfile(folder / name, release_dir / "images" / name)
     (release_dir / "data.json").write_text(json.dumps(records))
     release = StepCoTRelease(release_dir)
     assert len(release) == len(records) == 16

@@ -1,16 +1,16 @@
 """The rules annotator on the real Indiana University reports (../shared), scored against expert MeSH codes."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from dataset_script.annotate.mesh import parse_mesh
 from dataset_script.annotate.records import make_record, read_reports, validate_record
 from dataset_script.annotate.rules import annotate_report
 from trainers.evaluation.annotation_agreement import collect_pairs, evaluate, split_of
 
-REPORTS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "iu-xray-reports" / "reports.jsonl"
+REPORTS = SHARED_DATA / "iu-xray-reports" / "reports.jsonl"
 
 
 @pytest.fixture(scope="module")

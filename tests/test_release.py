@@ -92,8 +92,8 @@ def test_demo_records_are_valid_and_field_variants_are_accepted(demo_release_dir
 
 def _break(record, case, folder):
     record = copy.deepcopy(record)
-    if case == "step_count":
-        record["vqa_chain"] = record["vqa_chain"][:6]
+    if case == "step_number":
+        record["vqa_chain"][6]["step"] = "Step 9"
     elif case == "unknown_letter":
         record["vqa_chain"][1]["answer"] = "F"
     elif case == "missing_image":
@@ -109,7 +109,7 @@ def _break(record, case, folder):
 
 
 BAD_CASES = {
-    "step_count": ("vqa_chain", "has 6 steps, expected 7"),
+    "step_number": ("vqa_chain[6].step", "step 9 is outside 1..7"),
     "unknown_letter": ("vqa_chain[1].answer", "answer letter 'F'"),
     "missing_image": ("image_path", "image file not found"),
     "unreadable_image": ("image_path", "unreadable image"),

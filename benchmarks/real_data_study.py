@@ -1,0 +1,316 @@
+"""Real-image study (issue 13): majority, linear probe, teacher and student per step, and raw vs consistent chains.
+
+    nice -n 10 python benchmarks/real_data_study.py --out /tmp/stepcot-study            # everything, ~40 min CPU
+    nice -n 10 python benchmarks/real_data_study.py --datasets kermany --seeds 0 --out /tmp/s   # one run
+
+For each dataset (Kermany-480, the COVID case notes: `benchmarks/real_data_release.py`) and split seed: a
+patient-grouped 70/15/15 split, `stepcot train` (offline encoders, feature cache) which itself fits the majority
+and linear-probe baselines on the same frozen features, then on the test split: the chain decoded three ways
+(raw per-step argmax; "unconstrained MAP": the most probable consistent chain over every step, trained or not,
+which is what `--consistent` did before; "repair": `ChainChecker.repair` with untrained steps left out and
+confident steps kept), scored on the diagnosis and detection labels. The demo (all seven steps labelled) is run once
+for the chain comparison. With `--ood`, the Kermany teacher is also shown adult films (../shared/data/
+actualmed-covid-cxr) and the share flagged out of distribution is compared with its own test images.
+
+Writes OUT/summary.json and OUT/summary.md (the tables pasted into benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+import numpy as np  # noqa: E402
+from real_data_release import SHARED_DATA, write_release  # noqa: E402
+
+CHAIN_MODES = ("raw", "unconstrained MAP", "repair")
+SCORED_STEPS = ("Detection", "Diagnosis")
+
+
+def train_run(dataset_dir: Path, out: Path, seed: int, epochs: int, extra=()) -> dict:
+    from trainers.run_distill import main as run_distill
+
+    if not (out / "results.json").is_file():
+        argv = ["--dataset", str(dataset_dir), "--output_dir", str(out), "--seed", str(seed),
+                "--num_train_epochs", str(epochs), "--save_strategy", "no", "--disable_tqdm", "true", *extra]
+        run_distill(argv)
+    return json.loads((out / "results.json").read_text())
+
+
+def encode(model, images, batch_size=16):
+    import torch
+
+    from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
+
+    processor = image_processor_for_config(model.config)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        rgb = [image_to_rgb(image, model.config.image_size) for image in images[start:start + batch_size]]
+        with torch.no_grad():
+            chunks.append(model.encode_images(processor(rgb, return_tensors="pt")["pixel_values"]))
+    return torch.cat(chunks)
+
+
+def step_log_probs(model, embeds) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        logits = model(image_embeds=embeds).step_logits
+    return [torch.log_softmax(step.double(), -1).numpy() for step in logits]
+
+
+def chain_accuracy(config, log_probs: list[np.ndarray], labels: np.ndarray) -> dict:
+    """Accuracy of the detection and diagnosis steps under each chain decoding, and how many answers changed."""
+    from modeling_stepcot.chain_stepcot import ChainChecker
+
+    everything = ChainChecker(config.step_names, config.step_options)  # all steps, as before this change
+    trained = ChainChecker.from_config(config)
+    decoded = {mode: [] for mode in CHAIN_MODES}
+    for row in range(labels.shape[0]):
+        per_step = [lp[row] for lp in log_probs]
+        decoded["raw"].append([int(np.argmax(lp)) for lp in per_step])
+        decoded["unconstrained MAP"].append(everything.most_probable_consistent(per_step)[0])
+        decoded["repair"].append(trained.repair(per_step)["labels"])
+    result = {}
+    for name in SCORED_STEPS:
+        step = config.step_names.index(name)
+        valid = labels[:, step] != -100
+        if not valid.any():
+            continue
+        entry = {"n": int(valid.sum())}
+        raw = np.asarray(decoded["raw"])[valid, step]
+        for mode in CHAIN_MODES:
+            predicted = np.asarray(decoded[mode])[valid, step]
+            entry[mode] = float(np.mean(predicted == labels[valid, step]))
+            entry[f"{mode} changed"] = int(np.sum(predicted != raw))
+        result[name] = entry
+    return result
+
+
+def evaluate_chains(run_dir: Path, dataset_dir: Path, split="test") -> dict:
+    from datasets import load_dataset
+    from transformers import AutoModel
+
+    import modeling_stepcot  # noqa: F401
+
+    data = load_dataset(str(dataset_dir), split=split)
+    images, labels = list(data["image"]), np.asarray(data["labels"])
+    teacher = AutoModel.from_pretrained(run_dir / "teacher").eval()
+    student = AutoModel.from_pretrained(run_dir / "student").eval()
+    embeds = encode(teacher, images)
+    student_embeds = embeds if student.config.vision_backbone == teacher.config.vision_backbone else encode(
+        student, images)
+    return {"teacher": chain_accuracy(teacher.config, step_log_probs(teacher, embeds), labels),
+            "student": chain_accuracy(student.config, step_log_probs(student, student_embeds), labels)}
+
+
+def ood_check(run_dir: Path, dataset_dir: Path) -> dict:
+    """Share of images flagged by the pipeline: the model's own test split vs adult films (Actualmed COVID)."""
+    from datasets import load_dataset
+
+    from trainers.inference.predict import build_pipeline
+
+    pipe = build_pipeline(str(run_dir / "teacher"))
+    own = list(load_dataset(str(dataset_dir), split="test")["image"])
+    adult_dir = SHARED_DATA / "actualmed-covid-cxr"
+    adult = sorted(p for p in adult_dir.rglob("*.png"))
+    result = {}
+    for name, inputs in (("own test split", own), ("adult films (actualmed-covid-cxr)", [str(p) for p in adult])):
+        outputs = pipe(inputs, batch_size=16)
+        flagged = [o["out_of_distribution"]["flagged"] for o in outputs]
+        distances = [o["out_of_distribution"]["distance"] for o in outputs]
+        diagnoses = [o["steps"][-1]["answer"] for o in outputs]
+        result[name] = {"n": len(outputs), "flagged": int(sum(flagged)),
+                        "median_distance": float(np.median(distances)),
+                        "diagnosis_answers": {a: diagnoses.count(a) for a in set(diagnoses)}}
+    result["threshold"] = outputs[0]["out_of_distribution"]["threshold"]
+    return result
+
+
+FINE_TARGETS = {"kermany": ("Normal", "Bacterial", "Viral"), "covid": ("COVID-19", "other pneumonia")}
+
+
+def fine_label_baselines(dataset: str, run_dir: Path, built: Path, release: Path, seed: int) -> dict:
+    """The finer question the default schema cannot ask (Kermany Normal / Bacterial / Viral; COVID-19 vs the other
+    infectious findings), on the run's cached frozen features: majority class vs linear probe, test accuracy with
+    its Wilson interval. Records are matched to their fine label by patient key."""
+    from datasets import load_dataset
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    import modeling_stepcot  # noqa: F401
+    from modeling_stepcot.processing_stepcot import image_processor_for_config
+    from trainers.evaluation.linear_probe import baseline_scores
+    from trainers.evaluation.metrics import wilson_interval
+    from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, split_identity
+
+    records = json.loads((release / "data.json").read_text())
+    fine_of = {}  # one fine label per patient key (a patient's images share their finding)
+    for record in records:
+        fine_of.setdefault(record["patient_id"].strip(), record["fine_label"])  # the build strips ids
+    targets = FINE_TARGETS[dataset]
+
+    def target(fine):
+        if dataset == "covid":
+            infectious = fine not in ("No Finding", "unlabelled", "todo", "ARDS", "Lipoid")
+            return 0 if fine == "COVID-19" else (1 if infectious else -100)
+        return targets.index(fine)
+
+    teacher = AutoModel.from_pretrained(run_dir / "teacher")
+    processor = image_processor_for_config(teacher.config)
+    digest = encoder_fingerprint(teacher)
+    features, labels = {}, {}
+    for split in ("train", "validation", "test"):
+        data = load_dataset(str(built), split=split)
+        fingerprint, extra = split_identity(data, split, teacher.config.image_size, processor)
+        features[split] = load_file(image_embeds_path(run_dir / "cache", fingerprint, digest, extra))["image_embeds"]
+        labels[split] = np.array([[target(fine_of[patient])] for patient in data["patient_id"]])
+    scores = baseline_scores(features["train"].numpy(), labels["train"], features["validation"].numpy(),
+                             labels["validation"], features["test"].numpy(), [len(targets)], seed=seed)
+    valid = labels["test"][:, 0] != -100
+    result = {"classes": list(targets), "n_test": int(valid.sum()),
+              "test_counts": np.bincount(labels["test"][valid, 0], minlength=len(targets)).tolist()}
+    for name, (probabilities, info) in scores.items():
+        correct = int(np.sum(probabilities[0][valid].argmax(1) == labels["test"][valid, 0]))
+        low, high = wilson_interval(correct, int(valid.sum()))
+        result[name] = {"accuracy": correct / max(1, int(valid.sum())), "wilson": [low, high],
+                        "chosen_c": info.get("chosen_c", [None])[0]}
+    return result
+
+
+def step_rows(results: dict, role_keys: dict) -> dict:
+    """{model: {step metric: value}} from one run's results.json."""
+    rows = {}
+    for label, (group, key) in role_keys.items():
+        source = results["results"][group] if group else results["results"]
+        rows[label] = source[key] if key else source
+    return rows
+
+
+def summarise(runs: list[dict]) -> str:
+    """Markdown: per dataset, per model, diagnosis accuracy over seeds (mean and each seed), then chain tables."""
+    lines = []
+    for dataset in dict.fromkeys(run["dataset"] for run in runs):
+        chosen = [run for run in runs if run["dataset"] == dataset]
+        lines += [f"### {dataset} ({len(chosen)} split seed{'s' if len(chosen) > 1 else ''}: "
+                  f"{', '.join(str(r['seed']) for r in chosen)})", "",
+                  "| Model | Diagnosis accuracy per seed [95% CI] | mean | Diagnosis AUC per seed |",
+                  "|---|---|---|---|"]
+        step = chosen[0]["diagnosis_step"]
+        for model in ("majority", "linear_probe", "teacher", "student"):
+            cells, values, aucs = [], [], []
+            for run in chosen:
+                flat = run["metrics"][model]
+                value = flat[f"step{step}_accuracy"]
+                values.append(value)
+                cells.append(f"{100 * value:.1f} [{100 * flat[f'step{step}_accuracy_ci_low']:.1f}, "
+                             f"{100 * flat[f'step{step}_accuracy_ci_high']:.1f}]"
+                             if f"step{step}_accuracy_ci_low" in flat else f"{100 * value:.1f}")
+                auc = flat[f"step{step}_auc"]
+                aucs.append("—" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{100 * auc:.1f}")
+            lines.append(f"| {model.replace('_', ' ')} | {'; '.join(cells)} | {100 * np.mean(values):.1f} | "
+                         f"{'; '.join(aucs)} |")
+        lines += ["", "Paired differences (test examples of each seed; paired bootstrap 95%):", ""]
+        for run in chosen:
+            lines += [f"- seed {run['seed']}: " + "; ".join(run["differences"])]
+        lines += ["", "| Model | Step | n | raw | unconstrained MAP (changed) | repair (changed) |",
+                  "|---|---|---|---|---|---|"]
+        for run in chosen:
+            for role in ("teacher", "student"):
+                for step_name, entry in run["chains"][role].items():
+                    lines.append(
+                        f"| {role} (seed {run['seed']}) | {step_name} | {entry['n']} | {100 * entry['raw']:.1f} | "
+                        f"{100 * entry['unconstrained MAP']:.1f} ({entry['unconstrained MAP changed']}) | "
+                        f"{100 * entry['repair']:.1f} ({entry['repair changed']}) |")
+        fine = [run for run in chosen if "fine_labels" in run]
+        if fine:
+            classes = " / ".join(fine[0]["fine_labels"]["classes"])
+            lines += ["", f"Finer labels ({classes}) on the same frozen features, test accuracy [95% Wilson]:", "",
+                      "| seed | n (per class) | majority | linear probe (C) |", "|---|---|---|---|"]
+            for run in fine:
+                entry = run["fine_labels"]
+                cells = [f"{100 * entry[m]['accuracy']:.1f} [{100 * entry[m]['wilson'][0]:.1f}, "
+                         f"{100 * entry[m]['wilson'][1]:.1f}]" for m in ("Majority", "Linear probe")]
+                lines.append(f"| {run['seed']} | {entry['n_test']} ({', '.join(map(str, entry['test_counts']))}) | "
+                             f"{cells[0]} | {cells[1]} ({entry['Linear probe']['chosen_c']}) |")
+        if any("ood" in run for run in chosen):
+            ood = next(run["ood"] for run in chosen if "ood" in run)
+            lines += ["", f"Out-of-distribution flag (teacher, seed {chosen[0]['seed']}, threshold "
+                          f"{ood['threshold']:.2f}):", ""]
+            lines += [f"- {name}: {entry['flagged']} of {entry['n']} flagged (median distance "
+                      f"{entry['median_distance']:.2f}; diagnosis answers {entry['diagnosis_answers']})"
+                      for name, entry in ood.items() if name != "threshold"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--datasets", nargs="+", default=["kermany", "covid", "demo"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20, help="distillation epochs (default 20; paper 40)")
+    parser.add_argument("--demo-size", type=int, default=600)
+    parser.add_argument("--ood", action="store_true", help="also run the out-of-distribution check (Kermany)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from dataset_script.hub import build_hub_dataset
+    from trainers.evaluation.report import load_metrics
+    from trainers.training.run_setup import DIFFERENCES_FILENAME
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    started = time.perf_counter()
+    for dataset in args.datasets:
+        seeds = args.seeds if dataset != "demo" else args.seeds[:1]
+        for seed in seeds:
+            run_dir = args.out / f"{dataset}-seed{seed}"
+            if dataset == "demo":
+                train_run("demo", run_dir, seed, args.epochs, ["--demo_size", str(args.demo_size)])
+                built = run_dir / "dataset"
+            else:
+                release = args.out / f"{dataset}-release"
+                if not (release / "data.json").is_file():
+                    write_release(dataset, release)
+                built = args.out / f"{dataset}-built-seed{seed}"
+                if not (built / "README.md").is_file():
+                    build_hub_dataset(release, built, strict=False, seed=seed)
+                train_run(built, run_dir, seed, args.epochs)
+            metrics = {model: load_metrics(run_dir / "metrics" / model).flat(include_ci=True)
+                       for model in ("majority", "linear_probe", "teacher", "student")}
+            differences_file = run_dir / "metrics" / DIFFERENCES_FILENAME
+            differences = [line for line in differences_file.read_text().splitlines() if "Diagnosis" in line]
+            chains_file = run_dir / "chains.json"  # a rerun reuses what a finished run measured
+            if not chains_file.is_file():
+                chains_file.write_text(json.dumps(evaluate_chains(run_dir, built), indent=1))
+            run = {"dataset": dataset, "seed": seed, "diagnosis_step": 7, "metrics": metrics,
+                   "differences": differences, "chains": json.loads(chains_file.read_text())}
+            fine_file = run_dir / "fine_labels.json"
+            if dataset in FINE_TARGETS and not fine_file.is_file():
+                fine_file.write_text(json.dumps(fine_label_baselines(
+                    dataset, run_dir, built, args.out / f"{dataset}-release", seed), indent=1))
+            if fine_file.is_file():
+                run["fine_labels"] = json.loads(fine_file.read_text())
+            ood_file = run_dir / "ood.json"
+            if args.ood and dataset == "kermany" and seed == seeds[0] and not ood_file.is_file():
+                ood_file.write_text(json.dumps(ood_check(run_dir, built), indent=1))
+            if ood_file.is_file():
+                run["ood"] = json.loads(ood_file.read_text())
+            runs.append(run)
+            (args.out / "summary.json").write_text(json.dumps(runs, indent=1, default=str))
+            print(f"[{time.perf_counter() - started:.0f} s] {dataset} seed {seed} done", flush=True)
+    (args.out / "summary.md").write_text(summarise(runs))
+    print(summarise(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Rules of the source tree, checked with `ast` so they stay true:
+
+- The folders form layers, `modeling_stepcot` <- `dataset_script` <- `trainers`: no import runs back up (nothing in
+  `dataset_script` imports `trainers`), and `modeling_stepcot` (remote code shipped inside checkpoints) imports
+  its siblings only relatively, never the project by name.
+- A first-party import inside a function says why (a `#` comment on its line or the line above: optional
+  dependency, start-up time, import cycle). The `trainers.commands` modules are the stated exception: they import
+  their library when the command runs, so that `stepcot --help` stays fast (their package docstring says so).
+- No module imports another's private names (`_helper`): what is shared is public.
+- The shared vocabulary (IGNORE_INDEX, NO_ANSWER, the step indices) is defined once, in
+  `modeling_stepcot/configuration_stepcot.py`.
+"""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {"modeling_stepcot": 0, "dataset_script": 1, "trainers": 2}
+FIRST_PARTY = (*LAYERS, "model_cards")
+VOCABULARY = {"IGNORE_INDEX", "NO_ANSWER", "DETECTION", "DISTRIBUTION", "PATTERN", "LOCATION", "MORPHOLOGY",
+              "SECONDARY", "DIAGNOSIS"}
+VOCABULARY_HOME = Path("modeling_stepcot/configuration_stepcot.py")
+LAZY_IMPORTS_STATED_IN_PACKAGE_DOCSTRING = Path("trainers/commands")
+
+
+def _sources():
+    for top in LAYERS:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            yield path.relative_to(ROOT), ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _imported_modules(node) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return ["." * node.level + (node.module or "")]
+    return []
+
+
+def _first_party(module: str) -> bool:
+    return module.startswith(".") or module.split(".")[0] in FIRST_PARTY
+
+
+def test_no_import_runs_back_up_the_layers():
+    problems = []
+    for path, tree in _sources():
+        layer = LAYERS[path.parts[0]]
+        for node in ast.walk(tree):
+            for module in _imported_modules(node):
+                top = module.split(".")[0]
+                if path.parts[0] == "modeling_stepcot" and top in FIRST_PARTY:
+                    problems.append(f"{path}:{node.lineno}: remote code imports {module} by name (use a relative "
+                                    "sibling import)")
+                elif top in LAYERS and LAYERS[top] > layer:
+                    problems.append(f"{path}:{node.lineno}: {path.parts[0]} imports {module}, a layer above it")
+    assert problems == []
+
+
+def test_first_party_imports_inside_functions_state_why():
+    problems = []
+    for path, tree in _sources():
+        if path.parent == LAZY_IMPORTS_STATED_IN_PACKAGE_DOCSTRING:
+            continue
+        lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                modules = [m for m in _imported_modules(node) if _first_party(m)]
+                if not modules:
+                    continue
+                nearby = lines[node.lineno - 2:node.end_lineno]  # the line above and the statement's own lines
+                if not any("#" in line for line in nearby):
+                    problems.append(f"{path}:{node.lineno}: {function.name} imports {modules[0]} without a reason")
+    assert problems == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    problems = []
+    for path, tree in _sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and _first_party("." * node.level + (node.module or "")):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    problems.append(f"{path}:{node.lineno}: imports {', '.join(private)} from {node.module}")
+    assert problems == []
+
+
+def test_commands_package_states_why_it_imports_lazily():
+    docstring = ast.get_docstring(ast.parse((ROOT / LAZY_IMPORTS_STATED_IN_PACKAGE_DOCSTRING / "__init__.py")
+                                            .read_text(encoding="utf-8")))
+    assert "--help" in docstring and "import" in docstring
+
+
+def test_the_shared_vocabulary_is_defined_once():
+    definitions = []
+    for path, tree in _sources():
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in targets:
+                names = [e.id for e in getattr(target, "elts", [target]) if isinstance(e, ast.Name)]
+                definitions += [(name, path) for name in names if name in VOCABULARY]
+    assert {path for _, path in definitions} == {VOCABULARY_HOME}
+    assert {name for name, _ in definitions} == VOCABULARY
