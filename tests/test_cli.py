@@ -25,6 +25,8 @@ def test_info_describes_a_saved_model(tmp_path, capsys):
     assert info["class"] == "StepCoTTeacher" and info["ablations"] == {"use_memory": False, "use_text": True}
     assert [len(s["options"]) for s in info["steps"]] == [4, 4, 6, 7, 5, 7, 9]
     assert 0 < info["trainable_parameters"] < info["parameters"]
+    # + CLIP's unused text tower and BERT's unused pooler, as Table 11 counts
+    assert info["paper_comparable_parameters"] > info["parameters"]
     assert "model.safetensors" in info["files"]
 
 

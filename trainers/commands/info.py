@@ -25,6 +25,9 @@ def describe(model_dir: str) -> dict:
     with torch.device("meta"):  # count parameters without allocating weights
         model = AutoModel.from_config(config, trust_remote_code=True)
     total = sum(p.numel() for p in model.parameters())
+    from trainers.paper.efficiency import paper_comparable_parameters
+
+    paper_count = paper_comparable_parameters(config)["paper_comparable"]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "path": str(model_dir),
@@ -38,6 +41,7 @@ def describe(model_dir: str) -> dict:
         "ablations": {k: getattr(config, k) for k in ("use_memory", "use_text") if hasattr(config, k)},
         "parameters": total,
         "trainable_parameters": trainable,
+        "paper_comparable_parameters": paper_count,
         "steps": [
             {"name": name, "question": question, "options": options}
             for name, question, options in zip(config.step_names, config.step_questions, config.step_options)
@@ -56,7 +60,8 @@ def run(args) -> int:
     if info["model_type"] == "stepcot":
         print(f"  text: {info['text_encoder'] or 'random init'}; ablations: {info['ablations']}")
     print(f"  hidden size {info['hidden_size']}; parameters {info['parameters'] / 1e6:.2f} M "
-          f"({info['trainable_parameters'] / 1e6:.2f} M trainable)")
+          f"({info['trainable_parameters'] / 1e6:.2f} M trainable; {info['paper_comparable_parameters'] / 1e6:.2f} M "
+          "counted as the paper's Table 11, with CLIP's unused text tower and BERT's unused pooler)")
     for number, step in enumerate(info["steps"], 1):
         print(f"  step {number} {step['name']}: {step['question']}  [{' | '.join(step['options'])}]")
     if info["files"]:
