@@ -5,7 +5,9 @@
         --vision_encoder openai/clip-vit-base-patch32 --text_encoder bert-base-uncased --output_dir outputs/paper
     torchrun --nproc_per_node 2 trainers/run_distill.py ...          # multi-process on CPU (gloo)
 
-Every `transformers.TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`,
+The distillation recipe (`--alpha_kd`, `--alpha_ch`, `--temperature`, `--relation_dim`, `--teacher_learning_rate`,
+`--student_learning_rate`, `--teacher_pretrain_epochs`, ...) is a `StepCoTDistillationConfig`, a `TrainingArguments`
+subclass: it is written into every checkpoint, and a resume with other values fails. Every `TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`,
 ...). `--num_train_epochs` counts the distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
@@ -20,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
 
 if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_distill.py`): find the project
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,11 +33,11 @@ from trainers.training.distillation import (
     StepCoTDistillationTrainer,
     build_pair_compute_metrics,
 )
+from trainers.training.distillation_config import StepCoTDistillationConfig
 from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
 from trainers.training.run_setup import (
     DataArguments,
-    DistillationArguments,
     ModelArguments,
     build_processor,
     build_student,
@@ -54,19 +55,19 @@ logger = logging.getLogger("stepcot.train")
 
 
 def parse_args(argv=None):
-    return parse_run_args((ModelArguments, DataArguments, DistillationArguments, TrainingArguments), argv)
+    return parse_run_args((ModelArguments, DataArguments, StepCoTDistillationConfig), argv)
 
 
 def main(argv=None) -> int:
-    model_args, data_args, distill_args, training_args = parse_args(argv)
+    model_args, data_args, training_args = parse_args(argv)
     distillation_epochs = training_args.num_train_epochs
-    training_args.num_train_epochs = distillation_epochs + distill_args.teacher_pretrain_epochs
+    training_args.num_train_epochs = distillation_epochs + training_args.teacher_pretrain_epochs
     output_dir = start_run(training_args)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
     teacher, student = build_teacher(model_args), build_student(model_args)
     processor = build_processor(teacher)
-    pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=model_args.relation_dim)
+    pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=training_args.relation_dim)
     if model_args.lora_r:
         for role in ("teacher", "student"):
             count = add_vision_lora(getattr(pair, role), model_args.lora_r)
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     )
 
     class_weights = None
-    if distill_args.class_weights:
+    if training_args.class_weights:
         labels = torch.as_tensor(splits["train"]["labels"], dtype=torch.long)
         class_weights = inverse_frequency_class_weights(labels, teacher.config.num_classes_per_step)
 
@@ -89,12 +90,6 @@ def main(argv=None) -> int:
         data_collator=data_collator,
         compute_metrics=build_pair_compute_metrics(teacher.config.num_classes_per_step),
         callbacks=[BestModelExportCallback(str(output_dir))],
-        temperature=distill_args.temperature,
-        alpha_kd=distill_args.alpha_kd,
-        alpha_ch=distill_args.alpha_ch,
-        teacher_learning_rate=distill_args.teacher_learning_rate,
-        student_learning_rate=distill_args.student_learning_rate,
-        teacher_pretrain_epochs=distill_args.teacher_pretrain_epochs,
         class_weights=class_weights,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -106,7 +101,7 @@ def main(argv=None) -> int:
                                       eval_split, output_dir, data_args.num_bootstrap, teacher.config,
                                       write=trainer.is_world_process_zero())
     run_args = {
-        "model": asdict(model_args), "data": asdict(data_args), "distillation": asdict(distill_args),
+        "model": asdict(model_args), "data": asdict(data_args), "distillation": training_args.distillation_values(),
         "training": {k: getattr(training_args, k) for k in (
             "per_device_train_batch_size", "num_train_epochs", "seed", "max_grad_norm", "lr_scheduler_type")},
         "distillation_epochs": distillation_epochs, "eval_split": eval_split,

@@ -43,7 +43,6 @@ class ModelArguments:
     freeze_encoders: bool = field(default=True, metadata={"help": "keep image and text encoders frozen (paper)"})
     teacher_model: str | None = field(default=None, metadata={"help": "start from a saved teacher folder"})
     student_model: str | None = field(default=None, metadata={"help": "start from a saved student folder"})
-    relation_dim: int = field(default=256, metadata={"help": "width of the CH projections"})
     lora_r: int = field(
         default=0, metadata={"help": "rank of LoRA adapters on both image encoders (0: none); merged at export"}
     )
@@ -68,17 +67,6 @@ class DataArguments:
     max_train_samples: int | None = field(default=None)
     num_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"})
     lenient: bool = field(default=False, metadata={"help": "skip (and report) bad records instead of failing"})
-
-
-@dataclass
-class DistillationArguments:
-    alpha_kd: float = field(default=0.5)
-    alpha_ch: float = field(default=1.0)
-    temperature: float = field(default=2.0)
-    teacher_learning_rate: float = field(default=5e-5)
-    student_learning_rate: float = field(default=1e-4)
-    teacher_pretrain_epochs: int = field(default=2)
-    class_weights: bool = field(default=False, metadata={"help": "inverse-frequency class weights in the CE terms"})
 
 
 TRAINING_DEFAULTS = dict(
