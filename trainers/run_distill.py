@@ -7,7 +7,8 @@
 
 The distillation recipe (`--alpha_kd`, `--alpha_ch`, `--temperature`, `--relation_dim`, `--teacher_learning_rate`,
 `--student_learning_rate`, `--teacher_pretrain_epochs`, ...) is a `StepCoTDistillationConfig`, a `TrainingArguments`
-subclass: it is written into every checkpoint, and a resume with other values fails. Every `TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`,
+subclass: it is written into every checkpoint, and a resume with other values fails. Every `TrainingArguments` flag
+works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`,
 ...). `--num_train_epochs` counts the distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
@@ -42,6 +43,7 @@ from trainers.training.run_setup import (
     build_processor,
     build_student,
     build_teacher,
+    dataset_schema,
     load_best,
     parse_run_args,
     prepare_splits,
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
     output_dir = start_run(training_args)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    teacher, student = build_teacher(model_args), build_student(model_args)
+    schema = dataset_schema(splits["train"])  # the release's own questions and options
+    teacher, student = build_teacher(model_args, schema), build_student(model_args, schema)
     processor = build_processor(teacher)
     pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=training_args.relation_dim)
     if model_args.lora_r:

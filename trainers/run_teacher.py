@@ -26,6 +26,7 @@ from trainers.training.run_setup import (
     ModelArguments,
     build_processor,
     build_teacher,
+    dataset_schema,
     parse_run_args,
     prepare_splits,
     print_summary,
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     output_dir = start_run(training_args)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    teacher = build_teacher(model_args)
+    teacher = build_teacher(model_args, dataset_schema(splits["train"]))  # the release's questions and options
     if model_args.lora_r:
         add_vision_lora(teacher, model_args.lora_r)
     processor = build_processor(teacher)

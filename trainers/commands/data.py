@@ -1,6 +1,6 @@
 """`stepcot data ...`: build, validate and publish Step-CoT datasets, render the synthetic demo.
 
-    stepcot data demo --out demo_release --n 1200
+    stepcot data demo --out demo_release --n 1200 [--difficulty hard]
     stepcot data validate --source demo_release
     stepcot data build --source demo_release --out step_cot_hub      # then load_dataset("step_cot_hub")
     stepcot data push step_cot_hub --repo fl-15o/Step-CoT
@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--workers", type=int, default=1, help="rendering processes")
+    demo.add_argument("--difficulty", choices=("easy", "hard"), default="easy",
+                      help="easy (default): large high-contrast lesions; hard: subtle low-contrast lesions, "
+                           "overlapping anatomy, more noise and 4%% label noise")
 
     push = commands.add_parser("push", help="upload a built folder to a Hub dataset repo")
     push.add_argument("folder", help="folder made by `stepcot data build`")
@@ -70,7 +73,8 @@ def _build(args) -> int:
 def _demo(args) -> int:
     from dataset_script.demo import write_demo_release
 
-    summary = write_demo_release(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers)
+    summary = write_demo_release(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers,
+                                 difficulty=args.difficulty)
     print(f"wrote {summary['records']} synthetic records to {summary['out_dir']} in {summary['seconds']:.1f} s")
     return 0
 

@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from accelerate.utils import DistributedType
 from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import ModelOutput
@@ -82,7 +82,7 @@ class StepCoTDistillationPair(PreTrainedModel):
         self.teacher_relation_projection.requires_grad_(False)
 
     def _seed_teacher_relation_projection(self):
-        """The frozen teacher-side projection, reproducible from the seed (a checkpoint's saved weights override it)."""
+        """The frozen teacher-side projection, reproducible from the seed (saved weights, when loaded, override it)."""
         generator = torch.Generator().manual_seed(self.config.relation_seed)
         weight = self.teacher_relation_projection.weight
         std = self.config.teacher_config.initializer_range

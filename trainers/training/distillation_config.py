@@ -26,7 +26,8 @@ class StepCoTDistillationConfig(TrainingArguments):
         default=0.5, metadata={"help": "weight of the soft-label KD term in each student step loss (paper: 0.5)"}
     )
     alpha_ch: float = field(
-        default=1.0, metadata={"help": "weight of the channel/relation (CH) term in each student step loss (paper: 1.0)"}
+        default=1.0, metadata={"help": "weight of the channel/relation (CH) term in each student step loss "
+                                       "(paper: 1.0)"}
     )
     temperature: float = field(
         default=2.0, metadata={"help": "softmax temperature T of the KD and CH terms; KD is scaled by T^2 (paper: 2)"}
@@ -97,7 +98,8 @@ class StepCoTDistillationConfig(TrainingArguments):
         current = self.distillation_values()
         changed = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
         if changed:
-            listing = ", ".join(f"{name}: {old!r} in the checkpoint, {new!r} now" for name, (old, new) in changed.items())
+            listing = ", ".join(f"{name}: {old!r} in the checkpoint, {new!r} now"
+                                for name, (old, new) in changed.items())
             raise ValueError(f"Cannot resume from {checkpoint} with other distillation settings ({listing}).")
 
 
