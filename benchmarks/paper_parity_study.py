@@ -8,7 +8,7 @@ Runs `stepcot train` (trainers/run_distill.py) in-process, once per variant and 
 and one shared feature cache (offline encoders: EfficientNet-Lite0 images, MiniLM questions).
 
     nice -n 10 python benchmarks/paper_parity_study.py --work /tmp/parity-study \
-        --out benchmarks/paper_parity_study.json
+        --out benchmarks/paper_parity_study.json [any stepcot train flag, e.g. --teacher_hidden_size 128]
 """
 
 import argparse
@@ -69,13 +69,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/stepcot-parity-study")
     parser.add_argument("--n", type=int, default=1200, help="hard demo records")
-    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--image_size", type=int, default=224, help="demo image size, also the encoder's input size")
     parser.add_argument("--epochs", type=int, default=8, help="distillation epochs (after the pre-training ones)")
     parser.add_argument("--pretrain_epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=None, help="write all per-run results as JSON here")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # anything else goes to every `stepcot train` run
 
     from trainers import run_distill
 
@@ -88,8 +88,8 @@ def main():
             output = work / "runs" / f"{variant.replace(' ', '_').replace('(', '').replace(')', '')}-seed{seed}"
             argv = ["--dataset", str(built), "--cache_dir", str(work / "cache"), "--output_dir", str(output),
                     "--num_train_epochs", str(args.epochs), "--teacher_pretrain_epochs", str(args.pretrain_epochs),
-                    "--seed", str(seed), "--num_bootstrap", "0", "--save_strategy", "no", "--logging_steps", "50",
-                    "--disable_tqdm", "True", *VARIANTS[variant]]
+                    "--seed", str(seed), "--image_size", str(args.image_size), "--num_bootstrap", "0", "--save_strategy", "no", "--logging_steps", "50",
+                    "--disable_tqdm", "True", *extra, *VARIANTS[variant]]
             started = time.perf_counter()
             run_distill.main(argv)
             result = json.loads((output / "results.json").read_text())["results"]
@@ -118,7 +118,7 @@ def main():
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "majority": majority, "runs": runs,
+        Path(args.out).write_text(json.dumps({"args": vars(args), "train_flags": extra, "majority": majority, "runs": runs,
                                               "table": table}, indent=2), encoding="utf-8")
 
 

@@ -336,3 +336,71 @@ def test_distillation_config_validates_documents_and_is_checked_on_resume(tmp_pa
     changed = trainer_for(make_pair(), dataset, run, max_steps=4, save_strategy="steps", save_steps=2, alpha_kd=0.9)
     with pytest.raises(ValueError, match="alpha_kd: 0.7 in the checkpoint, 0.9 now"):
         changed.train(resume_from_checkpoint=True)
+
+
+def _ch_gradient_before_and_after(fixed: bool, steps: int = 1000):
+    """Tiny student (CE + CH) against fixed teacher features; the norm of CH's gradient on the student's image
+    features at the start and after `steps` AdamW updates. fixed=False is CH before the fix: the teacher-side
+    projection trains with the student and the raw projections go through the softmax."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    n, d_in, d_student, d_teacher, width = 64, 12, 16, 24, 32
+    inputs = torch.randn(n, d_in)
+    labels = (inputs[:, 0] > 0).long()
+    teacher_features = torch.relu(torch.randn(n, d_teacher))
+    student = nn.Sequential(nn.Linear(d_in, d_student), nn.LayerNorm(d_student), nn.ReLU())
+    head = nn.Linear(d_student, 2)
+    student_projection, teacher_projection = nn.Linear(d_student, width), nn.Linear(d_teacher, width)
+    for projection in (student_projection, teacher_projection):  # the pair's 0.02-std init
+        nn.init.normal_(projection.weight, std=0.02)
+        nn.init.zeros_(projection.bias)
+    teacher_projection.requires_grad_(not fixed)
+    modules = (student, head, student_projection, teacher_projection)
+    optimizer = torch.optim.AdamW([p for m in modules for p in m.parameters() if p.requires_grad], lr=1e-3)
+
+    def ch_gradient_norm():
+        features = student(inputs).detach().requires_grad_(True)
+        loss = ch_loss(teacher_projection(teacher_features), student_projection(features), 2.0, standardize=fixed)
+        return torch.autograd.grad(loss, features)[0].norm().item()
+
+    first = ch_gradient_norm()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        batch = torch.randint(0, n, (16,), generator=generator)
+        features = student(inputs[batch])
+        loss = torch.nn.functional.cross_entropy(head(features), labels[batch]) + ch_loss(
+            teacher_projection(teacher_features[batch]), student_projection(features), 2.0, standardize=fixed)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return first, ch_gradient_norm()
+
+
+def test_ch_gradient_on_the_student_features_does_not_vanish_over_1000_steps():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
+    try:
+        before_fix = _ch_gradient_before_and_after(fixed=False)
+        fixed = _ch_gradient_before_and_after(fixed=True)
+    finally:
+        torch.set_num_threads(threads)
+    # before the fix both projections drift towards uniform outputs and the gradient all but disappears
+    assert before_fix[1] < 0.05 * before_fix[0]
+    # fixed: a frozen, standardised target keeps CH's signal (measured: 0.0009 -> 0.0058)
+    assert fixed[1] > 0.5 * fixed[0] and fixed[0] > 50 * before_fix[0]
+
+
+def test_teacher_relation_projection_is_frozen_seeded_and_saved_with_the_pair(tmp_path):
+    pair, again = make_pair(), make_pair()
+    assert not pair.teacher_relation_projection.weight.requires_grad
+    assert pair.student_relation_projection.weight.requires_grad
+    assert torch.equal(pair.teacher_relation_projection.weight, again.teacher_relation_projection.weight)
+    other_seed = StepCoTDistillationPair.from_models(tiny_teacher(), tiny_student(), relation_dim=16, relation_seed=1)
+    assert not torch.equal(pair.teacher_relation_projection.weight, other_seed.teacher_relation_projection.weight)
+    out = pair(image_embeds=torch.randn(3, 24))
+    assert out.teacher_relation.shape == (3, 7, 16) and out.student_relation.shape == (3, 16)  # per-step targets
+    pair.save_pretrained(tmp_path)
+    loaded = StepCoTDistillationPair.from_pretrained(tmp_path)
+    assert torch.equal(loaded.teacher_relation_projection.weight, pair.teacher_relation_projection.weight)
+    assert not loaded.teacher_relation_projection.weight.requires_grad

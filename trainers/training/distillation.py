@@ -81,6 +81,13 @@ class StepCoTDistillationPair(PreTrainedModel):
         self._seed_teacher_relation_projection()
         self.teacher_relation_projection.requires_grad_(False)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        pair = super().from_pretrained(*args, **kwargs)
+        model = pair[0] if isinstance(pair, tuple) else pair
+        model.teacher_relation_projection.requires_grad_(False)  # loading re-creates the parameters
+        return pair
+
     def _seed_teacher_relation_projection(self):
         """The frozen teacher-side projection, reproducible from the seed (saved weights, when loaded, override it)."""
         generator = torch.Generator().manual_seed(self.config.relation_seed)
