@@ -61,7 +61,7 @@ class DataArguments:
     demo_image_size: int = field(default=224)
     demo_difficulty: str = field(
         default="easy", metadata={"help": "synthetic demo variant: 'easy' (default) or 'hard' (subtle lesions, "
-                                          "overlapping anatomy, 4% label noise)", "choices": ["easy", "hard"]}
+                                          "overlapping anatomy, 4 per cent label noise)", "choices": ["easy", "hard"]}
     )
     eval_split: str = field(default="test", metadata={"help": "split for the final evaluation"})
     feature_cache: bool = field(
