@@ -88,8 +88,9 @@ def main():
             output = work / "runs" / f"{variant.replace(' ', '_').replace('(', '').replace(')', '')}-seed{seed}"
             argv = ["--dataset", str(built), "--cache_dir", str(work / "cache"), "--output_dir", str(output),
                     "--num_train_epochs", str(args.epochs), "--teacher_pretrain_epochs", str(args.pretrain_epochs),
-                    "--seed", str(seed), "--image_size", str(args.image_size), "--num_bootstrap", "0", "--save_strategy", "no", "--logging_steps", "50",
-                    "--disable_tqdm", "True", *extra, *VARIANTS[variant]]
+                    "--seed", str(seed), "--image_size", str(args.image_size), "--num_bootstrap", "0",
+                    "--save_strategy", "no", "--logging_steps", "50", "--disable_tqdm", "True",
+                    *extra, *VARIANTS[variant]]
             started = time.perf_counter()
             run_distill.main(argv)
             result = json.loads((output / "results.json").read_text())["results"]
@@ -118,8 +119,8 @@ def main():
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "train_flags": extra, "majority": majority, "runs": runs,
-                                              "table": table}, indent=2), encoding="utf-8")
+        summary = {"args": vars(args), "train_flags": extra, "majority": majority, "runs": runs, "table": table}
+        Path(args.out).write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -454,6 +454,18 @@ def write_demo_release(out_dir, n: int = 1200, seed: int = 0, image_size: int = 
             "difficulty": difficulty}
 
 
+def demo_release_matches(out_dir, n: int, seed: int = 0, image_size: int = 224, difficulty: str = "easy") -> bool:
+    """Whether `out_dir` holds a complete demo release rendered with these settings (its README states them, and
+    it is written last)."""
+    out_dir = Path(out_dir)
+    try:
+        readme = (out_dir / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    expected = _DEMO_README.format(n=n, seed=seed, size=image_size, difficulty=difficulty)
+    return readme == expected and (out_dir / "data.json").is_file()
+
+
 def _write_split_files(out_dir: Path, records: list[dict], seed: int):
     import pandas as pd
 
@@ -480,6 +492,7 @@ __all__ = [
     "DIAGNOSIS_PRIOR",
     "DIFFICULTIES",
     "DEMO_ORIGIN",
+    "demo_release_matches",
     "diagnosis_from_findings",
     "lesion_sites",
     "make_demo_example",

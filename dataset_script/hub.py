@@ -4,29 +4,42 @@
     DIR/README.md                                card with YAML `configs` + `dataset_info`
     DIR/data/{split}-00000-of-0000N.parquet      image bytes inlined, features in the Parquet schema
     DIR/validation_report.json                   skipped records and notes (not uploaded)
+    DIR/build_info.json                          what the build was made from, its content digest (not uploaded)
+
+Shard names end in a digest of their bytes (`train-00000-of-00001-<sha256[:16]>.parquet`), so a rebuild with other
+content has other file names and `load_dataset` never serves the cached Arrow data of an earlier build.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 from datasets import Dataset, DatasetInfo, Features, Image, List, Value
 from datasets.info import DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
+from datasets.table import InMemoryTable
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dataset_script.demo import DEMO_ORIGIN
-from dataset_script.release import SPLITS, StepCoTRelease
+from dataset_script.release import SPLITS, StepCoTDataError, StepCoTRelease, release_fingerprint
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, StepCoTSchemaConfig
 from modeling_stepcot.processing_stepcot import image_to_8bit
 
 DEFAULT_REPO_ID = "fl-15o/Step-CoT"
 MAX_SHARD_BYTES = 500 * 2**20  # as push_to_hub
 REPORT_NAME = "validation_report.json"
+BUILD_INFO_NAME = "build_info.json"
+STAGING_PREFIX = ".stepcot-build-"
 UPLOAD_PATTERNS = ["README.md", "data/*.parquet"]
 
 
@@ -95,15 +108,71 @@ def _shard_plan(records: list[dict], max_shard_bytes: int) -> list[list[dict]]:
     return shards
 
 
-def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
-    """Write `release` as Parquet shards + dataset card into `out_dir`. Returns a summary dict."""
+class BuildOutputError(StepCoTDataError):
+    """An output folder that would overwrite or mix with the release it is built from."""
+
+
+def check_output_folder(source, out_dir) -> None:
+    """Refuse to build into the release folder, into a folder inside it, or into a folder that contains it: the
+    card would overwrite the release's README.md and the build would read or replace its own output."""
+    source, out = Path(source).resolve(), Path(out_dir).resolve()
+    if out == source:
+        raise BuildOutputError(f"the output folder {out_dir} is the release folder: the build would overwrite the "
+                               "release's README.md; choose an output folder outside the release")
+    if out.is_relative_to(source):
+        raise BuildOutputError(f"the output folder {out_dir} is inside the release folder {source}; choose an output "
+                               "folder outside the release")
+    if source.is_relative_to(out):
+        raise BuildOutputError(f"the output folder {out_dir} contains the release folder {source}; choose an output "
+                               "folder outside the release")
+
+
+def _write_shard(rows: list[dict], features: Features, folder: Path, stem: str) -> tuple[Path, int, str]:
+    """One Parquet shard named after its content (`STEM-<sha256[:16]>.parquet`); returns (path, bytes, sha256).
+
+    The rows go into Arrow as given: `Dataset.from_list` would keep only the path of an image whose base name
+    happens to exist in the current folder, and drop its bytes. A content-derived name gives every distinct build a
+    distinct identity, so `load_dataset` never serves the cached Arrow data of an earlier build."""
+    table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
+    dataset = Dataset(InMemoryTable(table))
+    partial = folder / f"{stem}.partial"
+    dataset.to_parquet(str(partial))
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    path = folder / f"{stem}-{digest[:16]}.parquet"
+    os.replace(partial, path)
+    return path, dataset.data.nbytes, digest
+
+
+def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = MAX_SHARD_BYTES,
+                      build_info: dict | None = None) -> dict:
+    """Write `release` as Parquet shards + dataset card into `out_dir`. Returns a summary dict.
+
+    Atomic: everything is written into a staging folder inside `out_dir` and moved into place only when complete,
+    so a failed or killed rebuild leaves the previous build readable (never a mix of old and new shards)."""
     out_dir = Path(out_dir)
-    data_dir = out_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for stale in data_dir.glob("*.parquet"):  # a rebuild must not mix with old shards
-        stale.unlink()
+    check_output_folder(release.root, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(f"{STAGING_PREFIX}*"):  # from a build that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    try:
+        summary = _write_build(release, staging, max_shard_bytes, build_info)
+        old = staging / "previous-data"
+        if (out_dir / "data").exists():
+            os.replace(out_dir / "data", old)
+        os.replace(staging / "data", out_dir / "data")
+        for name in (REPORT_NAME, BUILD_INFO_NAME, "README.md"):
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"out_dir": str(out_dir), **summary}
+
+
+def _write_build(release: StepCoTRelease, folder: Path, max_shard_bytes: int, build_info: dict | None) -> dict:
+    data_dir = folder / "data"
+    data_dir.mkdir()
     features = step_cot_features(release.config.num_steps)
-    split_infos, converted, files = {}, 0, []
+    split_infos, converted, files, digests = {}, 0, [], hashlib.sha256()
     for split, records in release.splits.items():
         shards = _shard_plan(records, max_shard_bytes)
         num_bytes = 0
@@ -113,33 +182,59 @@ def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = M
                 row, was_converted = _row(record)
                 converted += was_converted
                 rows.append(row)
-            dataset = Dataset.from_list(rows, features=features)
-            path = data_dir / f"{split}-{shard_index:05d}-of-{len(shards):05d}.parquet"
-            dataset.to_parquet(str(path))
-            num_bytes += dataset.data.nbytes
-            files.append(str(path.relative_to(out_dir)))
+            path, nbytes, digest = _write_shard(rows, features, data_dir,
+                                                f"{split}-{shard_index:05d}-of-{len(shards):05d}")
+            num_bytes += nbytes
+            files.append(f"data/{path.name}")
+            digests.update(f"{path.name}\n".encode())
         split_infos[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(records))
-    write_dataset_card(release, out_dir, features, split_infos)
-    release.write_report(out_dir / REPORT_NAME)
+    content_digest = digests.hexdigest()
+    shard_files = {split: [f for f in files if f.startswith(f"data/{split}-")] for split in split_infos}
+    write_dataset_card(release, folder, features, split_infos, content_digest=content_digest, shard_files=shard_files)
+    release.write_report(folder / REPORT_NAME)
+    (folder / BUILD_INFO_NAME).write_text(json.dumps(
+        {**(build_info or {}), "content_digest": content_digest, "files": files}, indent=2), encoding="utf-8")
     return {
-        "out_dir": str(out_dir),
         "files": files,
+        "content_digest": content_digest,
         "split_sizes": {split: info.num_examples for split, info in split_infos.items()},
         "images_converted_to_8bit": converted,
         "records_skipped": len(release.skipped),
+        "problems_reported": len(release.warnings),
     }
 
 
 def build_hub_dataset(source, out_dir, strict: bool = True, seed: int = 0, config: StepCoTSchemaConfig | None = None,
                       max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
-    """Read the release folder `source` (validating it) and export it to `out_dir` in the Hub layout."""
+    """Read the release folder `source` (validating it) and export it to `out_dir` in the Hub layout.
+
+    OUT/build_info.json records what the build was made from (release fingerprint, mode, seed, schema) so that
+    `dataset_script.sources` rebuilds exactly when the release or the settings change."""
     started = time.perf_counter()
+    check_output_folder(source, out_dir)
     report_path = Path(out_dir) / REPORT_NAME
+    build_info = build_settings(source, strict=strict, seed=seed, config=config)
     release = StepCoTRelease(source, config=config, strict=strict, seed=seed, report_path=report_path)
-    summary = export_hub_layout(release, out_dir, max_shard_bytes=max_shard_bytes)
+    summary = export_hub_layout(release, out_dir, max_shard_bytes=max_shard_bytes, build_info=build_info)
     summary["seconds"] = time.perf_counter() - started
     summary["report"] = str(report_path)
     return summary
+
+
+def build_settings(source, strict: bool, seed: int, config: StepCoTSchemaConfig | None = None) -> dict:
+    """What a build of `source` depends on: the release's fingerprint and the build settings."""
+    schema = (config or StepCoTSchemaConfig()).to_json_string(use_diff=False)
+    return {"source": str(Path(source).resolve()), "source_fingerprint": release_fingerprint(source),
+            "strict": bool(strict), "seed": int(seed), "schema_sha256": hashlib.sha256(schema.encode()).hexdigest()}
+
+
+def read_build_info(folder) -> dict | None:
+    """OUT/build_info.json of a build, or None (an older or foreign build)."""
+    path = Path(folder) / BUILD_INFO_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,8 +308,13 @@ def _card_body(release: StepCoTRelease, split_infos: dict) -> str:
     return "\n".join(lines)
 
 
-def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, split_infos: dict) -> Path:
-    """README.md with the YAML the Hub and `load_dataset` read (`configs`, `dataset_info`) and a readable body."""
+def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, split_infos: dict,
+                       content_digest: str | None = None, shard_files: dict | None = None) -> Path:
+    """README.md with the YAML the Hub and `load_dataset` read (`configs`, `dataset_info`) and a readable body.
+
+    `shard_files` (split -> content-named shard paths) are listed by name rather than by a `data/{split}-*`
+    pattern: `load_dataset` keys its cache on the card's configs and dataset_info, so only names that change with
+    the content keep two builds with equal metadata (e.g. labels swapped between records) apart."""
     synthetic = _is_synthetic(release)
     card_data = DatasetCardData(
         pretty_name="Step-CoT (synthetic demo)" if synthetic else "Step-CoT",
@@ -226,7 +326,8 @@ def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, spl
         size_categories=[_size_category(len(release))],
     )
     ordered = {split: split_infos[split] for split in SPLITS if split in split_infos}
-    MetadataConfigs({"default": {"data_files": [{"split": s, "path": f"data/{s}-*"} for s in ordered]}}) \
+    paths = {s: (shard_files[s] if shard_files else f"data/{s}-*") for s in ordered}
+    MetadataConfigs({"default": {"data_files": [{"split": s, "path": paths[s]} for s in ordered]}}) \
         .to_dataset_card_data(card_data)
     splits = SplitDict(dataset_name="step-cot")
     for split_info in ordered.values():
@@ -234,7 +335,10 @@ def write_dataset_card(release: StepCoTRelease, out_dir, features: Features, spl
     info = DatasetInfo(features=features, splits=splits)
     info.dataset_size = sum(s.num_bytes for s in ordered.values())
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{_card_body(release, ordered)}")
+    body = _card_body(release, ordered)
+    if content_digest:
+        body += f"Content digest (SHA-256 over the shard names, which carry their own SHA-256): `{content_digest}`.\n"
+    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = Path(out_dir) / "README.md"
     card.save(path)
     return path
@@ -277,7 +381,11 @@ def push_to_hub(folder, repo_id: str = DEFAULT_REPO_ID, private: bool = True, to
 __all__ = [
     "DEFAULT_REPO_ID",
     "FEATURES",
+    "BuildOutputError",
     "build_hub_dataset",
+    "build_settings",
+    "check_output_folder",
+    "read_build_info",
     "export_hub_layout",
     "image_bytes",
     "push_to_hub",

@@ -18,21 +18,23 @@ silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import unicodedata
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from modeling_stepcot.configuration_stepcot import NA_OPTION, StepCoTSchemaConfig
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 SPLITS = ("train", "validation", "test")
 # Split-list file stems as they appear in releases -> canonical split name.
 SPLIT_FILE_STEMS = {"train": "train", "val": "validation", "valid": "validation", "validation": "validation",
@@ -57,7 +59,7 @@ STEP_FIELD_ALIASES = {
     "answer": ("answer", "gt", "ground_truth", "gt_answer", "label", "a"),
     "reasoning": ("reasoning", "rationale", "explanation", "reason", "thought"),
 }
-NO_ANSWER_TEXTS = {"", "no answer", "noanswer", "unanswered", "unknown answer", "missing"}
+NO_ANSWER_TEXTS = {"", NO_ANSWER.lower(), "noanswer", "unanswered", "unknown answer", "missing"}
 NA_TEXTS = {"n/a", "na", "n.a.", "n.a", "not applicable"}
 # "B", "B.", "B)", "(B)", "B: Focal", "B. Focal" -> ("B", "Focal")
 _LETTER_ANSWER = re.compile(r"^\(?([A-Za-z])\s*(?:[.):\]]\s*(.*))?$", re.S)
@@ -195,26 +197,89 @@ def _is_lateral(view) -> bool:
 
 
 def resolve_image_path(image_path: str, image_root) -> Path | None:
-    """The image file for a record's `image_path`: tried as given, then under images/ and images_2/ (releases
-    store paths with or without the folder), then by file name. None when nothing exists."""
+    """The image file for a record's `image_path` (see `locate_image`); None when nothing exists."""
+    return locate_image(image_path, image_root)[0]
+
+
+def locate_image(image_path: str, image_root) -> tuple[Path | None, bool]:
+    """(the image file for `image_path`, whether it was found by file name only).
+
+    Tried as given under the root and its images/, images_2/ folders (releases store paths with or without the
+    folder); then, when the path names a folder that holds no such file, by file name in those folders. A file name
+    found in several folders is ambiguous (`AmbiguousImageError`): the reader never picks one of them. Whether a
+    by-name match is another record's image is checked over the whole release (`StepCoTRelease`)."""
     root = Path(image_root)
     relative = Path(str(image_path).replace("\\", "/"))
     if relative.is_absolute():
-        return relative if relative.is_file() else None
+        return (relative if relative.is_file() else None), False
     for folder in IMAGE_FOLDERS:
-        for candidate in (root / folder / relative, root / folder / relative.name):
-            if candidate.is_file():
-                return candidate
-    return None
+        if (root / folder / relative).is_file():
+            return root / folder / relative, False
+    if relative.parent == Path("."):
+        return None, False
+    by_name = [root / folder / relative.name for folder in IMAGE_FOLDERS if (root / folder / relative.name).is_file()]
+    if len(by_name) > 1:
+        raise AmbiguousImageError(
+            f"image file not found as given: {str(image_path)!r}; its file name matches several files "
+            f"({', '.join(str(p.relative_to(root)) for p in by_name)}), not guessing which"
+        )
+    return (by_name[0], True) if by_name else (None, False)
 
 
-def inspect_image(path) -> dict:
-    """Open an image header and verify the file; returns mode/size and whether it needs 8-bit conversion.
-    Raises OSError / UnidentifiedImageError for unreadable files."""
-    with Image.open(path) as image:
-        mode, size = image.mode, image.size
-        image.verify()
-    return {"mode": mode, "size": size, "needs_8bit": mode.startswith("I") or mode == "F"}
+# Decompression-bomb guard: images above this many pixels are rejected before decoding (a 10,000 x 10,000 chest
+# X-ray is larger than any real one; PIL's own guard alone would warn or raise mid-build).
+MAX_IMAGE_PIXELS = 10_000 * 10_000
+# Near-duplicate images: 256-bit perceptual hashes (imagehash.phash, hash_size 16) at most this many bits apart.
+# Measured: resized (0.5-1.5x) and JPEG re-saved (quality 50-90) copies differ by <= 8 bits; distinct real chest
+# X-rays (1,100 from ../shared/data) by >= 50, distinct synthetic demo images by >= 12.
+NEAR_DUPLICATE_HASH_SIZE = 16
+NEAR_DUPLICATE_MAX_DISTANCE = 10
+
+
+class ImageTooLargeError(OSError):
+    """An image whose pixel count exceeds `MAX_IMAGE_PIXELS` (a decompression-bomb guard)."""
+
+
+class AmbiguousImageError(OSError):
+    """A record's image path that could name several files."""
+
+
+def inspect_image(path, max_pixels: int = MAX_IMAGE_PIXELS, perceptual_hash: bool = False) -> dict:
+    """Open, verify and fully decode an image (a truncated JPEG passes `verify()` and fails only when decoded).
+    Returns mode/size, whether it needs 8-bit conversion and, with `perceptual_hash`, its 256-bit perceptual hash
+    as a bool array. Raises OSError (incl. `ImageTooLargeError`) / UnidentifiedImageError for unusable files."""
+    from PIL import ImageFile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below applies instead
+            image = Image.open(path)
+        with image:
+            mode, size = image.mode, image.size
+            if size[0] * size[1] > max_pixels:
+                raise ImageTooLargeError(f"{size[0]} x {size[1]} pixels is above the limit of {max_pixels:,} "
+                                         "(decompression-bomb guard, dataset_script.release.MAX_IMAGE_PIXELS)")
+            image.verify()
+        truncated_allowed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            with Image.open(path) as image:
+                image.load()
+                digest = _perceptual_hash(image) if perceptual_hash else None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = truncated_allowed
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(str(error)) from None
+    return {"mode": mode, "size": size, "needs_8bit": mode.startswith("I") or mode == "F", "phash": digest}
+
+
+def _perceptual_hash(image) -> np.ndarray:
+    import imagehash
+
+    from modeling_stepcot.processing_stepcot import image_to_8bit
+
+    gray = image_to_8bit(image).convert("L")
+    gray.thumbnail((256, 256))  # the hash looks at 64 x 64 anyway; shrinking first keeps large images fast
+    return imagehash.phash(gray, hash_size=NEAR_DUPLICATE_HASH_SIZE).hash.flatten()
 
 
 class _Problem(Exception):
@@ -249,24 +314,27 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
     if patient_id is None:
         problem("patient_id", "missing (needed to split by patient without leakage)")
     _, image_path = _get_field(record, RECORD_FIELD_ALIASES["image_path"])
-    resolved = None
+    resolved, by_name, perceptual_hash = None, False, None
     if image_path is None or str(image_path).strip() == "":
         problem("image_path", "missing")
-    elif image_root is not None and check_image:
-        resolved = resolve_image_path(image_path, image_root)
-        if resolved is None:
-            problem("image_path", f"image file not found: {image_path!r} (looked in {image_root} and its "
-                                  f"images/, images_2/ folders)")
-        else:
-            try:
-                info = inspect_image(resolved)
-                if info["needs_8bit"]:
-                    notes.append(dict(index=index, patient_id=patient_id, field="image_path",
-                                      message=f"{info['mode']} image {image_path!r} will be converted to 8-bit"))
-            except (OSError, UnidentifiedImageError, SyntaxError) as error:
-                problem("image_path", f"unreadable image {str(resolved)!r}: {error}")
     elif image_root is not None:
-        resolved = resolve_image_path(image_path, image_root)
+        try:
+            resolved, by_name = locate_image(image_path, image_root)
+        except AmbiguousImageError as error:
+            problem("image_path", str(error))
+        else:
+            if resolved is None and check_image:
+                problem("image_path", f"image file not found: {image_path!r} (looked in {image_root} and its "
+                                      f"images/, images_2/ folders)")
+            elif check_image:
+                try:
+                    info = inspect_image(resolved, perceptual_hash=True)
+                    perceptual_hash = info["phash"]
+                    if info["needs_8bit"]:
+                        notes.append(dict(index=index, patient_id=patient_id, field="image_path",
+                                          message=f"{info['mode']} image {image_path!r} will be converted to 8-bit"))
+                except Exception as error:  # any decoder failure is this record's problem, never the whole run's
+                    problem("image_path", f"unreadable image {str(resolved)!r}: {type(error).__name__}: {error}")
     _, view = _get_field(record, RECORD_FIELD_ALIASES["view"])
     if _is_lateral(view):
         problem("view", f"non-frontal view {view!r}: Step-CoT uses frontal chest X-rays only")
@@ -307,6 +375,8 @@ def parse_record(record, index=None, config: StepCoTSchemaConfig | None = None, 
         "patient_id": patient_id,
         "image_path": str(image_path),
         "resolved_image_path": None if resolved is None else str(resolved),
+        "image_found_by_name": by_name,
+        "perceptual_hash": perceptual_hash,
         "origin": "" if origin is None else str(origin),
         "report": "" if report is None else str(report),
         "view": None if view is None else str(view),
@@ -358,6 +428,11 @@ def format_problem(problem: dict) -> str:
     return f"{_describe(problem['index'], problem['patient_id'])}, field {problem['field']}: {problem['message']}"
 
 
+def _format_entry(entry: dict) -> str:
+    """A problem, warning or note as one line (release-level entries have no record index)."""
+    return format_problem(entry) if entry["index"] is not None else f"{entry['field']}: {entry['message']}"
+
+
 def validate_record(record, index=None, config=None, image_root=None) -> list[str]:
     """Every problem of one record as readable strings naming the record and field (empty list = valid).
 
@@ -391,7 +466,10 @@ def read_split_file(path, patient_ids: set[str], image_paths: set[str]) -> tuple
     import pandas as pd
 
     path = Path(path)
-    frame = pd.read_excel(path, dtype=str) if path.suffix.lower() == ".xlsx" else pd.read_csv(path, dtype=str)
+    try:
+        frame = pd.read_excel(path, dtype=str) if path.suffix.lower() == ".xlsx" else pd.read_csv(path, dtype=str)
+    except Exception as error:  # pandas raises many types (EmptyDataError, BadZipFile, ParserError, ...)
+        raise StepCoTDataError(f"{path.name}: unreadable split file ({type(error).__name__}: {error})") from None
     columns = {_key(column): column for column in frame.columns}
     for kind in ("image_path", "patient_id"):
         for alias in RECORD_FIELD_ALIASES[kind]:
@@ -413,6 +491,18 @@ def read_split_file(path, patient_ids: set[str], image_paths: set[str]) -> tuple
     values = [v for v in best[2] if v in patient_ids or v in image_paths or Path(v).name in
               {Path(p).name for p in image_paths}]
     return best[1], values
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 is a named error giving the first bad byte's offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise StepCoTDataError(
+            f"{path}: not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r}); "
+            "re-save it as UTF-8"
+        ) from None
 
 
 def _clean_values(series) -> list[str]:
@@ -457,6 +547,26 @@ def stratified_group_split(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def release_fingerprint(root) -> str:
+    """SHA-256 over a release folder: the bytes of data.json / data.jsonl and the split files, and the name, size
+    and modification time of every other file (the images), so that any change to the release changes it."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for directory, folders, files in os.walk(root):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in sorted(files):
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            digest.update(relative.encode() + b"\0")
+            if directory == str(root) and (name in ("data.json", "data.jsonl")
+                                           or path.suffix.lower() in SPLIT_FILE_EXTENSIONS):
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            else:
+                stat = path.stat()
+                digest.update(f"{stat.st_size} {stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def diagnosis_name(record: dict) -> str:
     """The final step's answer text ("Normal", "Nodule", ...; "unlabelled" when missing)."""
     last = record["vqa_chain"][-1]
@@ -484,27 +594,51 @@ class StepCoTRelease:
         self.seed = seed
         self.skipped: list[dict] = []
         self.notes: list[dict] = []
+        # Problems that lenient mode resolved without skipping a record (leakage kept in one split, options
+        # re-ordered, unreadable split files): strict mode raises on each.
+        self.warnings: list[dict] = []
+        self.near_duplicates: list[dict] = []
+        self._split_files: dict[str, Path] = {}
         if not self.root.is_dir():
             raise StepCoTDataError(f"release folder not found: {self.root}")
+        self._line_problems: dict[int, dict] = {}
         raw_records = self._load_raw_records()
         records = []
         for index, raw in enumerate(raw_records):
-            clean, problems, notes = parse_record(raw, index, self.config, self.root, check_image=check_images)
+            if index in self._line_problems:
+                self._reject([self._line_problems[index]])
+                continue
+            try:
+                clean, problems, notes = parse_record(raw, index, self.config, self.root, check_image=check_images)
+            except RecursionError:
+                clean, notes = None, []
+                problems = [dict(index=index, patient_id=None, field="record", message="nested too deeply to read")]
             self.notes.extend(notes)
             if problems:
                 self._reject(problems)
                 continue
             records.append(clean)
+        records = self._check_image_claims(records)
         self.split_source = self._assign_splits(records)
         self.records = [record for record in records if record.get("split") is not None]
         self._check_leakage()
-        self._check_option_vocabulary()
+        self._check_option_lists()
+        if check_images:
+            self._check_near_duplicates()
+        else:
+            self.notes.append(dict(index=None, patient_id=None, field="images",
+                                   message="images not checked: near-duplicates across splits not looked for"))
         self.report = self._build_report(len(raw_records))
         if report_path is not None:
             self.write_report(report_path)
-        if self.skipped:
-            logger.warning("%d of %d records skipped (see the report%s).", len(self.skipped), len(raw_records),
-                           f" in {report_path}" if report_path else "")
+        if not self.records:
+            raise StepCoTDataError(
+                f"{self.root}: no usable records ({len(raw_records)} in the release, {len(self.skipped)} skipped"
+                + (f": see {report_path}" if report_path is not None and self.skipped else "") + ")"
+            )
+        if self.skipped or self.warnings:
+            logger.warning("%d of %d records skipped, %d other problems (see the report%s).", len(self.skipped),
+                           len(raw_records), len(self.warnings), f" in {report_path}" if report_path else "")
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -512,30 +646,89 @@ class StepCoTRelease:
         json_path, jsonl_path = self.root / "data.json", self.root / "data.jsonl"
         if json_path.is_file():
             try:
-                data = json.loads(json_path.read_text(encoding="utf-8"))
+                data = json.loads(_read_utf8(json_path))
             except json.JSONDecodeError as error:
                 raise StepCoTDataError(f"{json_path}: not valid JSON ({error})") from None
+            except RecursionError:
+                raise StepCoTDataError(f"{json_path}: JSON nested too deeply to read") from None
             if isinstance(data, dict):  # {"data": [...]} or {"<id>": record, ...}
                 data = data.get("data", data.get("records", list(data.values())))
             if not isinstance(data, list):
                 raise StepCoTDataError(f"{json_path}: expected a list of records, got {type(data).__name__}")
+            if not data:
+                raise StepCoTDataError(f"{json_path}: the release has no records")
             return data
         if jsonl_path.is_file():
-            records = []
-            for line_number, line in enumerate(jsonl_path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise StepCoTDataError(f"{jsonl_path}:{line_number}: not valid JSON ({error})") from None
-            return records
+            return self._load_jsonl(jsonl_path)
         raise StepCoTDataError(f"{self.root}: no data.json (or data.jsonl) in the release folder")
+
+    def _load_jsonl(self, path: Path) -> list:
+        """One record per line; in lenient mode a bad line is skipped and listed (its record index is kept, so
+        later records keep their numbers)."""
+        records, offset = [], 0
+        for line_number, raw_line in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+            line_offset, offset = offset, offset + len(raw_line)
+            if not raw_line.strip():
+                continue
+            try:
+                records.append(json.loads(raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")))
+                continue
+            except UnicodeDecodeError as error:
+                message = f"not UTF-8 text (byte {line_offset + error.start} of the file)"
+            except json.JSONDecodeError as error:
+                message = f"not valid JSON ({error})"
+            except RecursionError:
+                message = "JSON nested too deeply to read"
+            problem = dict(index=len(records), patient_id=None, field=f"{path.name} line {line_number}",
+                           message=message)
+            if self.strict:
+                raise StepCoTDataError(f"{path}:{line_number}: {message}")
+            self._line_problems[len(records)] = problem
+            records.append(None)
+        if not records:
+            raise StepCoTDataError(f"{path}: the release has no records")
+        return records
 
     def _reject(self, problems: list[dict]):
         if self.strict:
             raise StepCoTDataError(format_problem(problems[0]))
         index = problems[0]["index"]
         self.skipped.append({"index": index, "patient_id": problems[0]["patient_id"], "problems": problems})
+
+    def _warn(self, problem: dict):
+        """A problem lenient mode resolved without skipping the record: strict mode raises."""
+        if self.strict:
+            raise StepCoTDataError(format_problem(problem) if problem["index"] is not None
+                                   else f"{problem['field']}: {problem['message']}")
+        self.warnings.append(problem)
+
+    def _check_image_claims(self, records: list[dict]) -> list[dict]:
+        """An image found only by its file name (`missing_subdir/x.png` -> `images/x.png`) must not be another
+        record's image: such a record is reported, never given the other record's image."""
+        claims = defaultdict(list)
+        for record in records:
+            if record.get("resolved_image_path"):
+                claims[Path(record["resolved_image_path"]).resolve()].append(record)
+        rejected, by_name = set(), 0
+        for path, owners in claims.items():
+            guessed = [record for record in owners if record["image_found_by_name"]]
+            by_name += len(guessed)
+            if not guessed or len(owners) == 1:
+                continue
+            for record in guessed:
+                others = [o for o in owners if o is not record]
+                relative = path.relative_to(self.root.resolve()) if path.is_relative_to(self.root.resolve()) else path
+                self._reject([dict(index=record["index"], patient_id=record["patient_id"], field="image_path",
+                                   message=f"image file not found as given: {record['image_path']!r}; "
+                                           f"the file of that name, {str(relative)!r}, is also the image of "
+                                           + ", ".join(_describe(o["index"], o["patient_id"]) for o in others)
+                                           + ": not guessing across records")])
+                rejected.add(id(record))
+        if by_name - len(rejected) > 0:
+            self.notes.append(dict(index=None, patient_id=None, field="image_path",
+                                   message=f"{by_name - len(rejected)} image paths name a folder that does not hold "
+                                           "the file; found by file name (unique, used by no other record)"))
+        return [record for record in records if id(record) not in rejected]
 
     # -- splits --------------------------------------------------------------------------------------------------
 
@@ -558,7 +751,12 @@ class StepCoTRelease:
         for split in SPLITS:
             if split not in split_files:
                 continue
-            kind, values = read_split_file(split_files[split], patient_ids, image_paths)
+            try:
+                kind, values = read_split_file(split_files[split], patient_ids, image_paths)
+            except StepCoTDataError as error:
+                self._warn(dict(index=None, patient_id=None, field=split_files[split].name,
+                                message=f"{error}; the file is ignored, so its records are in no split"))
+                continue
             unmatched = 0
             for value in values:
                 if kind == "patient_id":
@@ -567,13 +765,13 @@ class StepCoTRelease:
                     matched = [by_image[value]] if value in by_image else by_name.get(Path(value).name, [])
                 unmatched += not matched
                 for record in matched:
-                    if record.get("split") not in (None, split):
-                        record.setdefault("other_splits", set()).add(split)
-                    else:
+                    record.setdefault("listed_in", set()).add(split)
+                    if record.get("split") is None:
                         record["split"] = split
             if unmatched:
                 self.notes.append(dict(index=None, patient_id=None, field=split_files[split].name,
                                        message=f"{unmatched} entries match no record of data.json"))
+        self._split_files = split_files
         for record in records:
             if record.get("split") is None:
                 self._reject([dict(index=record["index"], patient_id=record["patient_id"], field="split",
@@ -582,15 +780,14 @@ class StepCoTRelease:
         return "split files: " + ", ".join(f"{split}={path.name}" for split, path in split_files.items())
 
     def _check_leakage(self):
-        """A patient in two splits leaks; lenient mode keeps the patient in its first split (train, validation,
-        test order) and skips its records elsewhere."""
+        """A patient in two splits leaks, whether its records are listed in different split files or one record
+        is listed in two. Strict mode raises; lenient mode keeps the patient in its first split (train, validation,
+        test order), skips its records elsewhere and reports a record listed in several split files."""
         splits_of = defaultdict(set)
         for record in self.records:
             splits_of[record["patient_id"]].add(record["split"])
-            splits_of[record["patient_id"]].update(record.pop("other_splits", ()))
+            splits_of[record["patient_id"]].update(record.get("listed_in", ()))
         leaking = {pid: splits for pid, splits in splits_of.items() if len(splits) > 1}
-        if not leaking:
-            return
         kept = []
         for record in self.records:
             splits = leaking.get(record["patient_id"])
@@ -598,26 +795,109 @@ class StepCoTRelease:
                 kept.append(record)
                 continue
             first = min(splits, key=SPLITS.index)
+            ordered = sorted(splits, key=SPLITS.index)
+            listed = sorted(record.get("listed_in", ()), key=SPLITS.index)
+            where = (f", this record listed in {', '.join(self._split_files[s].name for s in listed)}"
+                     if len(listed) > 1 else "")
             problem = dict(index=record["index"], patient_id=record["patient_id"], field="split",
-                           message=f"patient appears in several splits {sorted(splits, key=SPLITS.index)} "
-                                   f"(leakage); kept only in {first!r}")
+                           message=f"patient appears in several splits {ordered}{where} (leakage); "
+                                   f"kept only in {first!r}")
             if self.strict:
                 raise StepCoTDataError(format_problem(problem).replace("; kept only in", "; would keep only in"))
             if record["split"] == first:
                 kept.append(record)
+                if len(listed) > 1:
+                    self.warnings.append(problem)
             else:
                 self.skipped.append({"index": record["index"], "patient_id": record["patient_id"],
                                      "problems": [problem]})
         self.records = kept
 
-    def _check_option_vocabulary(self):
-        """Labels are option indices, so a step whose option list differs between records changes meaning."""
+    def _check_option_lists(self):
+        """Labels are option indices, so every record must list a step's options in the same order. A record
+        whose list differs from the most common one is an error in strict mode; lenient mode re-orders a record
+        with the same options in another order (labels follow, reported) and skips one with other options."""
+        kept = []
+        majority = []
         for step in range(self.config.num_steps):
-            variants = Counter(tuple(map(normalize_text, r["vqa_chain"][step]["options"])) for r in self.records)
-            if len(variants) > 1:
-                self.notes.append(dict(index=None, patient_id=None, field=f"vqa_chain[{step}].options",
-                                       message=f"{len(variants)} different option lists across records: "
-                                               f"{[list(v) for v, _ in variants.most_common(3)]}"))
+            counts = Counter(tuple(map(normalize_text, r["vqa_chain"][step]["options"])) for r in self.records)
+            common = counts.most_common(1)[0][0] if counts else ()
+            display = next((r["vqa_chain"][step]["options"] for r in self.records
+                            if tuple(map(normalize_text, r["vqa_chain"][step]["options"])) == common), [])
+            majority.append((common, list(display), counts[common] if counts else 0))
+        for record in self.records:
+            skip = None
+            for step, (common, display, count) in enumerate(majority):
+                options = record["vqa_chain"][step]["options"]
+                normalized = tuple(map(normalize_text, options))
+                if normalized == common:
+                    continue
+                field = f"vqa_chain[{step}].options"
+                same_set = sorted(normalized) == sorted(common)
+                problem = dict(index=record["index"], patient_id=record["patient_id"], field=field,
+                               message=f"{options} {'in another order than' if same_set else 'differ from'} the "
+                                       f"options of the other {count} records {display} (labels index the options)")
+                if self.strict:
+                    raise StepCoTDataError(format_problem(problem))
+                if not same_set:
+                    skip = problem
+                    break
+                label = record["labels"][step]
+                if label != IGNORE_INDEX:
+                    record["labels"][step] = common.index(normalized[label])
+                record["vqa_chain"][step] = dict(record["vqa_chain"][step], options=list(display))
+                self.warnings.append(dict(problem, message=problem["message"] + "; re-ordered, label follows"))
+            if skip is None:
+                kept.append(record)
+            else:
+                self.skipped.append({"index": record["index"], "patient_id": record["patient_id"],
+                                     "problems": [skip]})
+        self.records = kept
+
+    def _check_near_duplicates(self):
+        """Near-duplicate images (perceptual hash within `NEAR_DUPLICATE_MAX_DISTANCE` bits) in different splits
+        leak even across patient ids (sources re-use images). Strict mode raises; lenient mode keeps the image in
+        its first split and skips the later copies."""
+        hashed = [r for r in self.records if r.get("perceptual_hash") is not None]
+        packed = {split: (np.array([r for r in hashed if r["split"] == split], dtype=object),
+                          np.packbits(np.array([r["perceptual_hash"] for r in hashed if r["split"] == split],
+                                               dtype=bool).reshape(-1, NEAR_DUPLICATE_HASH_SIZE ** 2), axis=1)
+                          .view(np.uint64))
+                  for split in SPLITS}
+        dropped = set()
+        for later_index, later in enumerate(SPLITS):
+            later_records, later_hashes = packed[later]
+            for earlier in SPLITS[:later_index]:
+                earlier_records, earlier_hashes = packed[earlier]
+                if not len(later_records) or not len(earlier_records):
+                    continue
+                for start in range(0, len(later_records), 256):
+                    chunk = later_hashes[start:start + 256]
+                    distances = np.bitwise_count(chunk[:, None, :] ^ earlier_hashes[None, :, :]).sum(-1)
+                    for row, column in zip(*np.nonzero(distances <= NEAR_DUPLICATE_MAX_DISTANCE)):
+                        record, original = later_records[start + row], earlier_records[column]
+                        if id(record) in dropped or id(original) in dropped:
+                            continue
+                        distance = int(distances[row, column])
+                        self.near_duplicates.append({
+                            "distance_bits": distance,
+                            "kept": {"index": original["index"], "patient_id": original["patient_id"],
+                                     "split": earlier, "image_path": original["image_path"]},
+                            "skipped": {"index": record["index"], "patient_id": record["patient_id"],
+                                        "split": later, "image_path": record["image_path"]},
+                        })
+                        problem = dict(index=record["index"], patient_id=record["patient_id"], field="image_path",
+                                       message=f"{later} image {record['image_path']!r} is a near-duplicate of "
+                                               f"{_describe(original['index'], original['patient_id'])}'s {earlier} "
+                                               f"image {original['image_path']!r} (perceptual hash {distance} of "
+                                               f"{NEAR_DUPLICATE_HASH_SIZE ** 2} bits apart; leakage)")
+                        if self.strict:
+                            raise StepCoTDataError(format_problem(problem))
+                        dropped.add(id(record))
+                        self.skipped.append({"index": record["index"], "patient_id": record["patient_id"],
+                                             "problems": [dict(problem, message=problem["message"]
+                                                               + f"; kept only in {earlier!r}")]})
+        self.records = [record for record in self.records if id(record) not in dropped]
 
     # -- access --------------------------------------------------------------------------------------------------
 
@@ -662,13 +942,17 @@ class StepCoTRelease:
             "records_kept": len(self.records),
             "records_skipped": len(self.skipped),
             "split_source": self.split_source,
+            "near_duplicate_rule": f"perceptual hash (imagehash.phash, {NEAR_DUPLICATE_HASH_SIZE ** 2} bits) at most "
+                                   f"{NEAR_DUPLICATE_MAX_DISTANCE} bits apart",
+            "max_image_pixels": MAX_IMAGE_PIXELS,
             "split_sizes": {name: len(records) for name, records in self.splits.items()},
             "skipped": [
                 {**entry, "problems": [dict(p, text=format_problem(p)) for p in entry["problems"]]}
                 for entry in self.skipped
             ],
-            "notes": [dict(n, text=format_problem(n) if n["index"] is not None else f"{n['field']}: {n['message']}")
-                      for n in self.notes],
+            "warnings": [dict(w, text=_format_entry(w)) for w in self.warnings],
+            "near_duplicates": self.near_duplicates,
+            "notes": [dict(n, text=_format_entry(n)) for n in self.notes],
         }
 
     def write_report(self, path):
@@ -679,8 +963,9 @@ class StepCoTRelease:
 
 
 __all__ = [
-    "IGNORE_INDEX",
     "SPLITS",
+    "MAX_IMAGE_PIXELS",
+    "NEAR_DUPLICATE_MAX_DISTANCE",
     "StepCoTDataError",
     "StepCoTRelease",
     "UnknownAnswerError",
@@ -692,6 +977,9 @@ __all__ = [
     "normalize_text",
     "parse_record",
     "read_split_file",
+    "release_fingerprint",
+    "inspect_image",
+    "locate_image",
     "resolve_image_path",
     "stratified_group_split",
     "validate_record",

@@ -13,7 +13,9 @@ from .configuration_stepcot import (
     DEFAULT_STEP_NAMES,
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
+    IGNORE_INDEX,
     NA_OPTION,
+    NO_ANSWER,
     StepCoTConfig,
     StepCoTSchemaConfig,
     StepCoTStudentConfig,
@@ -44,13 +46,17 @@ AutoProcessor.register(StepCoTStudentConfig, StepCoTProcessor, exist_ok=True)
 StepCoTProcessor.register_for_auto_class()
 # `pipeline("stepcot-vqa", model=DIR)`; checkpoints can also carry it as remote code (custom_pipelines).
 if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
-    PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=StepCoTVQAPipeline, pt_model=AutoModel, type="image")
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=StepCoTVQAPipeline, pt_model=AutoModel, type="image"
+    )
 
 __all__ = [
     "DEFAULT_STEP_NAMES",
     "DEFAULT_STEP_OPTIONS",
     "DEFAULT_STEP_QUESTIONS",
+    "IGNORE_INDEX",
     "NA_OPTION",
+    "NO_ANSWER",
     "StepCoTConfig",
     "StepCoTDataCollator",
     "StepCoTOutput",

@@ -17,7 +17,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .configuration_stepcot import DEFAULT_STEP_NAMES, NA_OPTION
+from .configuration_stepcot import (
+    DEFAULT_STEP_NAMES,
+    DETECTION,
+    DIAGNOSIS,
+    DISTRIBUTION,
+    LOCATION,
+    MORPHOLOGY,
+    NA_OPTION,
+    PATTERN,
+    SECONDARY,
+)
 
 NO_ABNORMALITY = "No abnormality"
 ABNORMAL_DENSITIES = ("Increased opacity", "Decreased opacity", "Mixed")
@@ -27,9 +37,6 @@ LESION_LOCATIONS = ("Upper lung zone", "Middle lung zone", "Lower lung zone", "M
 LUNG_SECONDARY_SIGNS = ("Pleural effusion", "Pneumothorax", "Volume loss", "Mediastinal shift")
 NO_SECONDARY = ("None", NA_OPTION)
 NORMAL_DIAGNOSIS = "Normal"
-
-# The step names of the default schema, used by the rules below.
-DETECTION, DISTRIBUTION, PATTERN, LOCATION, MORPHOLOGY, SECONDARY, DIAGNOSIS = DEFAULT_STEP_NAMES
 
 ANY_BUT_NA = "any option but N/A"  # marker resolved against each step's own options
 ANY_BUT_NO_SECONDARY = "any option but None/N/A"
@@ -43,7 +50,9 @@ class ChainRule:
 
     name: str
     message: str
-    when: tuple  # ((step name, option texts or an ANY_BUT_* marker), ...)
+    # ((step, option texts or an ANY_BUT_* marker), ...); a step is a name, or an index into the default schema
+    # (`DETECTION` ...) that is matched by its name, so a reordered schema still gets the rule.
+    when: tuple
 
 
 # Each rule is a contradiction a reader would flag. The synthetic demo's ground-truth chains pass all of them
@@ -112,8 +121,8 @@ class ChainChecker:
         index = {name: i for i, name in enumerate(self.step_names)}
         for rule in rules:
             masks = {}
-            for step_name, marker in rule.when:
-                step = index.get(step_name)
+            for rule_step, marker in rule.when:
+                step = index.get(DEFAULT_STEP_NAMES[rule_step] if isinstance(rule_step, int) else rule_step)
                 if step is None:
                     break
                 wanted = _resolve_options(marker, self.step_options[step])

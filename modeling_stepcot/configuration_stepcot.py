@@ -8,6 +8,10 @@ from transformers.configuration_utils import SubConfigSpec
 # not public, so these are our reconstruction (each ending with "N/A", which makes the class counts
 # [4, 4, 6, 7, 5, 7, 9] fit). A real release's options are read from its records by the data layer.
 NA_OPTION = "N/A"
+# A missing answer: a release writes NO_ANSWER (or leaves the answer empty); its label is IGNORE_INDEX, which the
+# losses, metrics and calibration skip (PyTorch's cross-entropy default).
+NO_ANSWER = "No Answer"
+IGNORE_INDEX = -100
 
 DEFAULT_STEP_NAMES = [
     "Detection",
@@ -65,6 +69,9 @@ DEFAULT_STEP_OPTIONS = [
     ],
 ]
 
+# Positions of the steps in the default schema (`DEFAULT_STEP_NAMES[DIAGNOSIS] == "Diagnosis"`).
+DETECTION, DISTRIBUTION, PATTERN, LOCATION, MORPHOLOGY, SECONDARY, DIAGNOSIS = range(len(DEFAULT_STEP_NAMES))
+
 VISION_BACKBONES = ("clip", "efficientnet_lite0")
 
 
@@ -88,6 +95,10 @@ class StepCoTSchemaConfig(PreTrainedConfig):
         image_size (`int`): input resolution; for CLIP it always equals `vision_config.image_size`.
         freeze_vision_encoder (`bool`): keep the image encoder frozen (and in eval mode), as in the paper.
         vision_encoder_name_or_path (`str`, *optional*): where the pretrained image encoder came from (model cards).
+        calibration (`dict`, *optional*): per-step softmax temperatures fitted after training,
+            `{"method": "temperature", "temperatures": [...], "split": ...}` (written by
+            `trainers.evaluation.calibration.calibrate`); the `stepcot-vqa` pipeline divides each step's logits by
+            its temperature. None: uncalibrated.
     """
 
     model_type = "stepcot_schema"
@@ -102,6 +113,7 @@ class StepCoTSchemaConfig(PreTrainedConfig):
     freeze_vision_encoder: bool = True
     vision_encoder_name_or_path: str | None = None
     initializer_range: float = 0.02
+    calibration: dict | None = None
 
     def __post_init__(self, **kwargs):
         self.step_names = list(self.step_names or DEFAULT_STEP_NAMES)
@@ -253,7 +265,16 @@ __all__ = [
     "DEFAULT_STEP_NAMES",
     "DEFAULT_STEP_OPTIONS",
     "DEFAULT_STEP_QUESTIONS",
+    "DETECTION",
+    "DIAGNOSIS",
+    "DISTRIBUTION",
+    "IGNORE_INDEX",
+    "LOCATION",
+    "MORPHOLOGY",
     "NA_OPTION",
+    "NO_ANSWER",
+    "PATTERN",
+    "SECONDARY",
     "VISION_BACKBONES",
     "StepCoTConfig",
     "StepCoTSchemaConfig",

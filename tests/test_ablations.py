@@ -20,8 +20,8 @@ TINY_TRAIN = ["--image_size", "64", "--num_train_epochs", "1", "--teacher_pretra
 @pytest.fixture(scope="module")
 def ablation_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablations")
-    code = cli.main(["bench-ablations", "--dataset", "demo", "--out", str(out), "--demo_size", "120", "--demo_image_size", "64",
-                       "--", *TINY_TRAIN])
+    code = cli.main(["bench-ablations", "--dataset", "demo", "--out", str(out), "--demo_size", "120",
+                     "--demo_image_size", "64", "--", *TINY_TRAIN])
     assert code == 0
     return out
 

@@ -8,9 +8,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dataset_script.annotate.findings import DIAGNOSIS, LOCATION
 from dataset_script.annotate.llm import LLMAnnotator, LLMError, parse_reply, system_prompt
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS, NA_OPTION
+from modeling_stepcot.configuration_stepcot import (
+    DEFAULT_STEP_OPTIONS,
+    DEFAULT_STEP_QUESTIONS,
+    DIAGNOSIS,
+    LOCATION,
+    NA_OPTION,
+)
 from trainers.commands.annotate import add_arguments, run
 
 VALID_ANSWERS = ["Increased opacity", "Focal", NA_OPTION, "Pleura/Chest wall", NA_OPTION, "Pleural effusion",
@@ -18,7 +23,8 @@ VALID_ANSWERS = ["Increased opacity", "Focal", NA_OPTION, "Pleura/Chest wall", N
 
 
 def valid_content(answers=VALID_ANSWERS, laterality="right"):
-    steps = [{"step": f"Step {i + 1}", "answer": a, "reasoning": f"step {i + 1} reason"} for i, a in enumerate(answers)]
+    steps = [{"step": f"Step {i + 1}", "answer": answer, "reasoning": f"step {i + 1} reason"}
+             for i, answer in enumerate(answers)]
     steps[LOCATION]["laterality"] = laterality
     return json.dumps({"vqa_chain": steps})
 

@@ -9,19 +9,22 @@ from sklearn.metrics import f1_score
 from dataset_script import release
 from dataset_script.annotate.findings import (
     ABSENT,
-    DETECTION,
-    DIAGNOSIS,
-    DISTRIBUTION,
-    LOCATION,
-    NO_ANSWER,
     PRESENT,
-    SECONDARY,
     UNCERTAIN,
 )
 from dataset_script.annotate.mesh import UnknownMeshCode, parse_mesh
 from dataset_script.annotate.records import ReportError, read_reports, validate_record
 from dataset_script.annotate.rules import annotate_report, extract_findings, split_sentences
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, NA_OPTION
+from modeling_stepcot.configuration_stepcot import (
+    DEFAULT_STEP_OPTIONS,
+    DETECTION,
+    DIAGNOSIS,
+    DISTRIBUTION,
+    LOCATION,
+    NA_OPTION,
+    NO_ANSWER,
+    SECONDARY,
+)
 from trainers.commands.annotate import add_arguments as annotate_arguments
 from trainers.commands.annotate import run as annotate_run
 from trainers.evaluation.annotation_agreement import agreement, split_of

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers import cli
-from trainers.evaluation.metrics import IGNORE_INDEX, weighted_step_metrics
+from trainers.evaluation.metrics import weighted_step_metrics
 from trainers.evaluation.report import load_metrics
 from trainers.paper import baselines
 
@@ -232,8 +233,9 @@ def test_a_baseline_folder_runs_in_eval_transfer(baseline_run, tmp_path):
                                        f"{names[0]},Mass,1,2,3,4\n{names[1]},Infiltrate,1,2,3,4\n"
                                        f"{names[2]},Nodule,1,2,3,4\n")
     out = tmp_path / "transfer"
-    assert cli.main(["eval-transfer", "--model", str(folder / "with_stepcot"), "--nih-images", str(images_dir), "--bbox-csv",
-                          str(tmp_path / "bbox.csv"), "--out", str(out), "--num-bootstrap", "0", "--no-plots"]) == 0
+    assert cli.main(["eval-transfer", "--model", str(folder / "with_stepcot"), "--nih-images", str(images_dir),
+                     "--bbox-csv", str(tmp_path / "bbox.csv"), "--out", str(out), "--num-bootstrap", "0",
+                     "--no-plots"]) == 0
     model = baselines.load_baseline(folder / "with_stepcot")
     logits = model.step_logits([Image.open(images_dir / name) for name in names], step=6)
     rows = list(csv.DictReader(next(out.glob("*/predictions.csv")).open()))

@@ -1,5 +1,6 @@
 """The `stepcot` console command: version, info, dispatch errors."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -46,3 +47,55 @@ def test_every_registered_command_has_help(command, capsys):
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def _long_options(parser):
+    options = []
+    for action in parser._actions:
+        options += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):  # `data build|demo|push`
+            for sub in action.choices.values():
+                options += _long_options(sub)
+    return options
+
+
+@pytest.mark.parametrize("command", sorted(n for n, m in cli.COMMANDS.items() if hasattr(m, "add_arguments")))
+def test_every_flag_is_spelled_with_hyphens(command):
+    assert [o for o in _long_options(cli.command_parser(command)) if "_" in o] == []
+
+
+@pytest.mark.parametrize("command, hyphens, underscores", [
+    ("eval", ["--model", "m", "--dataset", "d", "--output-dir", "o", "--num-bootstrap", "5", "--batch-size", "3"],
+     ["--model", "m", "--dataset", "d", "--out", "o", "--num_bootstrap", "5", "--batch_size=3"]),
+    ("eval-transfer", ["--model", "m", "--nih-images", "i", "--bbox-csv", "b", "--output-dir", "o", "--no-plots"],
+     ["--model", "m", "--nih_images", "i", "--bbox_csv", "b", "--output_dir", "o", "--no_plots"]),
+    ("bench-ablations", ["--output-dir", "o", "--demo-size", "9", "--", "--num_train_epochs", "1"],
+     ["--out", "o", "--demo_size", "9", "--", "--num_train_epochs", "1"]),
+    ("data", ["build", "--source", "s", "--output-dir", "o"], ["build", "--source", "s", "--out", "o"]),
+])
+def test_old_flag_spellings_are_aliases(command, hyphens, underscores):
+    parser = cli.command_parser(command)
+    assert parser.parse_args(cli.hyphenate_flags(hyphens)) == parser.parse_args(cli.hyphenate_flags(underscores))
+
+
+def test_arguments_after_a_bare_double_dash_pass_through_unchanged():
+    assert cli.hyphenate_flags(["--num_bootstrap", "5", "--", "--output_dir", "x"]) == [
+        "--num-bootstrap", "5", "--", "--output_dir", "x"]
+
+
+def test_training_commands_accept_both_spellings():
+    from trainers.run_distill import DataArguments, TrainingArguments
+    from trainers.training.run_setup import parse_run_args
+
+    for flags in (["--output_dir", "o", "--num_bootstrap", "7"], ["--output-dir", "o", "--num-bootstrap", "7"]):
+        data_args, training_args = parse_run_args((DataArguments, TrainingArguments), flags)
+        assert (training_args.output_dir, data_args.num_bootstrap) == ("o", 7)
+
+
+@pytest.mark.parametrize("spelling", [["--output_dir", "x"], ["--output-dir", "x"], ["--output-dir=x"],
+                                      ["--output", "x"], ["--use-text", "False"], ["--cache_dir=c"]])
+def test_bench_ablations_refuses_reserved_train_flags_however_spelled(spelling, tmp_path, capsys):
+    code = cli.main(["bench-ablations", "--output-dir", str(tmp_path / "out"), "--", *spelling])
+    assert code == 2
+    assert "are set by this command" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before preparing any data

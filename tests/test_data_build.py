@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import shutil
 from collections import Counter
 
@@ -83,7 +84,8 @@ def test_build_then_load_dataset_round_trip(demo_release_dir, tmp_path):
     out = tmp_path / "hub"
     summary = build_hub_dataset(demo_release_dir, out)
     release = StepCoTRelease(demo_release_dir)
-    assert sorted(p.name for p in (out / "data").iterdir()) == [
+    names = sorted(p.name for p in (out / "data").iterdir())  # shard names end in their content digest
+    assert [re.sub(r"-[0-9a-f]{16}\.parquet$", ".parquet", name) for name in names] == [
         f"{split}-00000-of-00001.parquet" for split in ("test", "train", "validation")]
     dataset = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     assert set(dataset) == {"train", "validation", "test"}
@@ -97,7 +99,7 @@ def test_build_then_load_dataset_round_trip(demo_release_dir, tmp_path):
     assert len(example["vqa_chain"]) == 7 and set(example["vqa_chain"][0]) == {"question", "options", "answer",
                                                                                  "reasoning"}
     card = (out / "README.md").read_text()
-    for text in ("configs:", "dataset_info:", "path: data/train-*", "SYNTHETIC DATA", "## Licenses",
+    for text in ("configs:", "dataset_info:", f"- data/{names[1]}", "SYNTHETIC DATA", "## Licenses",
                  "| Normal |", "Lesion distribution"):
         assert text in card
 
@@ -106,11 +108,13 @@ def test_build_shards_and_converts_16_bit_images(demo_release_dir, tmp_path):
     release_dir = tmp_path / "release"
     shutil.copytree(demo_release_dir, release_dir)
     first = json.loads((release_dir / "data.json").read_text())[0]
-    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(release_dir / first["image_path"])
+    sixteen_bit = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(sixteen_bit).save(release_dir / first["image_path"])
     out = tmp_path / "hub"
     build_hub_dataset(release_dir, out, max_shard_bytes=20_000)
     shards = sorted(p.name for p in (out / "data").glob("train-*.parquet"))
-    assert len(shards) > 1 and all(name.endswith(f"-of-{len(shards):05d}.parquet") for name in shards)
+    assert len(shards) > 1 and all(re.fullmatch(rf"train-\d{{5}}-of-{len(shards):05d}-[0-9a-f]{{16}}\.parquet", name)
+                                   for name in shards)
     dataset = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     undecoded = [split.cast_column("image", ImageFeature(decode=False)) for split in dataset.values()]
     stored = [row["image"] for split in undecoded for row in split

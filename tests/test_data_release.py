@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from dataset_script.release import (
-    IGNORE_INDEX,
     StepCoTDataError,
     StepCoTRelease,
     UnknownAnswerError,
@@ -20,7 +19,7 @@ from dataset_script.release import (
     stratified_group_split,
     validate_record,
 )
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
+from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, IGNORE_INDEX
 
 DISTRIBUTION = DEFAULT_STEP_OPTIONS[1]  # Focal, Multifocal, Diffuse, N/A
 SECONDARY = DEFAULT_STEP_OPTIONS[5]  # None, ..., N/A

@@ -187,7 +187,9 @@ def test_separate_learning_rates_per_model(tmp_path):
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     rates = {(g["role"], round(g["lr"], 8)) for g in trainer.optimizer.param_groups}
     assert rates == {("teacher", 5e-5), ("student", 1e-4)}
-    student_group_params = {id(p) for g in trainer.optimizer.param_groups if g["role"] == "student" for p in g["params"]}
+    student_group_params = {
+        id(p) for g in trainer.optimizer.param_groups if g["role"] == "student" for p in g["params"]
+    }
     assert id(pair.student_relation_projection.weight) in student_group_params
     every_optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert id(pair.teacher_relation_projection.weight) not in every_optimised  # the CH target's projection is frozen
@@ -228,7 +230,8 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
     )
     full_state, resumed_state = full.state_dict(), resumed.state_dict()
     assert all(torch.allclose(full_state[k], resumed_state[k], atol=1e-6) for k in full_state)
-    assert not torch.allclose(full_state["student.step_heads.0.weight"], make_pair().state_dict()["student.step_heads.0.weight"])
+    fresh_state = make_pair().state_dict()
+    assert not torch.allclose(full_state["student.step_heads.0.weight"], fresh_state["student.step_heads.0.weight"])
 
 
 def test_short_run_learns_and_exports_best_models(tmp_path):

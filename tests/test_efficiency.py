@@ -72,8 +72,8 @@ def test_rows_and_table_in_process():
 
 def test_command_measures_in_a_subprocess_and_writes_json(tmp_path, capsys):
     out = tmp_path / "eff.json"
-    assert cli.main(["bench-efficiency", "--tiny", "--models", "student", "--repeats", "1", "--batch-size", "2", "--threads", "1",
-                            "--out", str(out)]) == 0
+    assert cli.main(["bench-efficiency", "--tiny", "--models", "student", "--repeats", "1", "--batch-size", "2",
+                     "--threads", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| student |" in printed and ", 1 threads, cpu" in printed
     saved = json.loads(out.read_text())

@@ -7,9 +7,10 @@ import pytest
 import torch
 from tiny_models import tiny_student, tiny_teacher
 
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers import cli
 from trainers.evaluation import report
-from trainers.evaluation.metrics import IGNORE_INDEX, METRIC_NAMES, compute_step_metrics
+from trainers.evaluation.metrics import METRIC_NAMES, compute_step_metrics
 
 
 @pytest.fixture(scope="module")
@@ -104,5 +105,8 @@ def test_eval_errors_name_the_problem(hub_dataset, saved_teacher, demo_release_d
     args = ["eval", "--model", str(saved_teacher), "--out", str(tmp_path / "x")]
     assert cli.main(args + ["--dataset", str(hub_dataset), "--split", "holdout"]) == 1
     assert "cannot load split 'holdout'" in capsys.readouterr().err
-    assert cli.main(args + ["--dataset", str(demo_release_dir)]) == 1
-    assert "stepcot data build" in capsys.readouterr().err
+    # A release folder is validated and built like `stepcot train` does (dataset_script.sources); a folder that is
+    # neither a release nor a build is named.
+    (tmp_path / "empty").mkdir()
+    assert cli.main(args + ["--dataset", str(tmp_path / "empty")]) == 1
+    assert "neither a Step-CoT release folder" in capsys.readouterr().err

@@ -14,7 +14,8 @@ def test_cache_hits_for_the_same_data_and_encoder_and_misses_otherwise(tmp_path)
     with torch.no_grad():
         assert torch.allclose(first[:3], model.encode_images(batches[0]), atol=1e-6)
 
-    again, same_path, hit = cached_image_embeds(model, [], "data-v1", tmp_path, encoder_digest=encoder_fingerprint(model))
+    digest = encoder_fingerprint(model)
+    again, same_path, hit = cached_image_embeds(model, [], "data-v1", tmp_path, encoder_digest=digest)
     assert hit and same_path == path and torch.equal(again, first)  # read back: no batch was encoded
 
     _, other_data_path, hit = cached_image_embeds(model, batches, "data-v2", tmp_path)

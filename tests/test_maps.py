@@ -111,7 +111,7 @@ def test_trained_model_maps_concentrate_on_the_rendered_lesion():
     merely highlights the lungs would score as well there."""
     from dataset_script.demo import DIAGNOSIS_PRIOR
     from modeling_stepcot import StepCoTStudent
-    from modeling_stepcot.processing_stepcot import BACKBONE_MEAN_STD
+    from modeling_stepcot.modeling_stepcot import StepCoTEfficientNetEncoder
 
     size, train_count, test_count = 160, 128, 24
     rng = np.random.default_rng(0)
@@ -124,7 +124,8 @@ def test_trained_model_maps_concentrate_on_the_rendered_lesion():
 
     torch.manual_seed(0)
     model = StepCoTStudent.from_pretrained_encoders(vision="efficientnet_lite0", hidden_size=128, image_size=size)
-    mean, std = (torch.tensor(v)[:, None, None] for v in BACKBONE_MEAN_STD["efficientnet_lite0"])
+    encoder = StepCoTEfficientNetEncoder
+    mean, std = (torch.tensor(v)[:, None, None] for v in (encoder.image_mean, encoder.image_std))
 
     def pixels(images):  # the processor's resize is a no-op at this size: normalise only
         array = torch.from_numpy(np.stack(images)).float().div(255)[:, None].expand(-1, 3, -1, -1)

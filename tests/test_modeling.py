@@ -47,7 +47,7 @@ def test_output_shapes_and_padding(factory):
     pixel_values, labels = random_batch(3)
     out = model(pixel_values=pixel_values, labels=labels)
     assert out.logits.shape == (3, 7, 9)
-    assert [tuple(l.shape) for l in out.step_logits] == [(3, n) for n in CLASSES]
+    assert [tuple(logits.shape) for logits in out.step_logits] == [(3, n) for n in CLASSES]
     for step, n in enumerate(CLASSES):
         assert torch.equal(out.logits[:, step, :n], out.step_logits[step])
         assert torch.all(out.logits[:, step, n:] == PADDED_LOGIT)
@@ -314,3 +314,31 @@ def test_parameter_count_at_paper_sizes_excludes_clip_text_tower():
     assert 10e6 < heads < 30e6  # projection, GAT, fusion, memory GRU and seven 2-layer step MLPs at H=768
     student_heads = sum(p.numel() for p in student.parameters()) - vision
     assert student_heads == 512 * 512 + 512 + 2 * 512 + sum(512 * n + n for n in CLASSES)
+
+
+@pytest.mark.parametrize("backbone", ["clip", "efficientnet_lite0"])
+def test_backbone_forward_features_then_head_is_the_encoder_embedding(backbone):
+    """The timm-style split that Grad-CAM differentiates through gives the same embedding as the backbone's own
+    forward pass, and the backbone class carries its facts."""
+    from modeling_stepcot.modeling_stepcot import VISION_ENCODERS
+
+    if backbone == "efficientnet_lite0":
+        pytest.importorskip("efficientnet_lite_pytorch")
+        model = tiny_student(vision_backbone=backbone, image_size=64)
+    else:
+        model = tiny_student()
+    encoder = model.vision_encoder.eval()
+    assert type(encoder) is VISION_ENCODERS[backbone] and encoder.backbone == backbone
+    assert len(encoder.image_mean) == len(encoder.image_std) == 3
+    pixel_values = torch.randn(2, 3, model.config.image_size, model.config.image_size)
+    with torch.no_grad():
+        features = encoder.forward_features(pixel_values)
+        embedding = encoder.forward_head(features)
+        grid = encoder.feature_grid(features)
+        if backbone == "clip":
+            reference = encoder.model(pixel_values=pixel_values).image_embeds
+        else:
+            reference = encoder.model.extract_features(pixel_values).mean(dim=(2, 3))
+    torch.testing.assert_close(embedding, reference)
+    assert embedding.shape == (2, encoder.output_dim)
+    assert grid.ndim == 4 and grid.shape[0] == 2 and grid.shape[2] == grid.shape[3] > 1

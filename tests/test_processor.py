@@ -21,7 +21,8 @@ from dataset_script.hub import build_hub_dataset
 from dataset_script.release import StepCoTRelease
 from modeling_stepcot import StepCoTDataCollator, StepCoTProcessor, StepCoTStudentConfig, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
-from modeling_stepcot.processing_stepcot import BACKBONE_MEAN_STD, image_to_8bit
+from modeling_stepcot.modeling_stepcot import VISION_ENCODERS
+from modeling_stepcot.processing_stepcot import image_to_8bit
 
 IMAGE_SIZE = 32  # the tiny CLIP's input size
 
@@ -69,7 +70,7 @@ def test_pixel_values_size_and_backbone_normalisation(backbone, tokenizer):
     gray = Image.new("L", (300, 200), 128)  # grayscale, not square: resized whole to 48x48
     pixel_values = processor(images=[gray, np.full((50, 70), 128 * 257, np.uint16)])["pixel_values"]
     assert pixel_values.shape == (2, 3, 48, 48) and pixel_values.dtype == torch.float32
-    mean, std = BACKBONE_MEAN_STD[backbone]
+    mean, std = VISION_ENCODERS[backbone].image_mean, VISION_ENCODERS[backbone].image_std
     expected = (128 / 255 - torch.tensor(mean)) / torch.tensor(std)
     torch.testing.assert_close(pixel_values[0, :, 10, 10], expected, atol=2e-2, rtol=0)
     assert torch.all(pixel_values[1] == pixel_values[1, :, :1, :1])  # a constant 16-bit image stays constant

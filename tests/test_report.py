@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pytest
 
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers import cli
 from trainers.commands import report as report_command
 from trainers.evaluation import report
-from trainers.evaluation.metrics import IGNORE_INDEX, METRIC_DISPLAY_NAMES, METRIC_NAMES, compute_step_metrics
+from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, compute_step_metrics
 
 STEP_NAMES = ["Detection", "Lesion distribution", "Diagnosis"]
 STEP_OPTIONS = [

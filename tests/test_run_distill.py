@@ -56,7 +56,8 @@ def test_run_exports_loadable_models_with_processor_metrics_and_card(demo_run, t
     for role in ("teacher", "student"):
         folder = demo_run / role
         names = {p.name for p in folder.iterdir()}
-        assert {"config.json", "model.safetensors", "modeling_stepcot.py", "processor_config.json", "README.md"} <= names
+        expected = {"config.json", "model.safetensors", "modeling_stepcot.py", "processor_config.json", "README.md"}
+        assert expected <= names
         card = (folder / "README.md").read_text()
         assert card.startswith("---\n") and "pipeline_tag: visual-question-answering" in card
         assert "synthetic" in card.lower() and "Mean over steps" in card
@@ -140,7 +141,8 @@ def test_lora_run_trains_on_images_and_exports_merged_models(tiny_clip_dir, tmp_
 
     out = tmp_path / "lora"
     args = ["--output_dir", str(out), "--vision_encoder", str(tiny_clip_dir), "--lora_r", "2",
-            "--demo_size", "60", "--demo_image_size", "32", "--num_train_epochs", "1", "--teacher_pretrain_epochs", "0",
+            "--demo_size", "60", "--demo_image_size", "32", "--num_train_epochs", "1",
+            "--teacher_pretrain_epochs", "0",
             *[a for a in SMALL_RUN if a not in ("--image_size", "128")]]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())

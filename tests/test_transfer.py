@@ -172,8 +172,9 @@ def test_eval_transfer_command_on_a_saved_teacher(nih, tmp_path):
     model_dir = tmp_path / "teacher"
     tiny_teacher(seed=2, use_memory=False).save_pretrained(model_dir)
     out = tmp_path / "transfer"
-    code = cli.main(["eval-transfer", "--model", str(model_dir), "--nih-images", str(root), "--bbox-csv", str(csv_path),
-                          "--out", str(out), "--multi-finding", "each", "--num-bootstrap", "30", "--no-plots"])
+    code = cli.main(["eval-transfer", "--model", str(model_dir), "--nih-images", str(root), "--bbox-csv",
+                     str(csv_path), "--out", str(out), "--multi-finding", "each", "--num-bootstrap", "30",
+                     "--no-plots"])
     assert code == 0
     result = load_metrics(out / "Teacher_w_o_Memory")
     assert result.metadata["subset"]["samples"] == 11 and result.num_examples == 9  # 2 samples lack images

@@ -1,4 +1,10 @@
-"""The `stepcot` command line: dispatches to the subcommand modules registered in `trainers.commands`."""
+"""The `stepcot` command line: dispatches to the subcommand modules registered in `trainers.commands`.
+
+Flag style: words joined by hyphens (`--num-bootstrap`, `--output-dir`), on every command; the underscore spelling
+of every flag (`--num_bootstrap`, `--output_dir`) works too. The training commands get both from
+`HfArgumentParser`; for the others the dispatcher rewrites underscores to hyphens before parsing. A command that
+writes a folder takes `--output-dir` (alias `--out`); one that writes a single file takes `--out FILE`.
+"""
 
 import argparse
 import sys
@@ -24,6 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hyphenate_flags(argv: list[str]) -> list[str]:
+    """`--num_bootstrap 5` -> `--num-bootstrap 5` (also `--flag_name=value`); values and everything after a bare
+    `--` (arguments passed on to another command) are left alone."""
+    out = list(argv)
+    for index, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg.startswith("--") and len(arg) > 2:
+            name, sep, value = arg[2:].partition("=")
+            out[index] = "--" + name.replace("_", "-") + sep + value
+    return out
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of an `add_arguments` command."""
+    parser = argparse.ArgumentParser(prog=f"stepcot {name}", description=COMMANDS[name].HELP)
+    COMMANDS[name].add_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -35,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     module = COMMANDS[name]
     if not hasattr(module, "add_arguments"):
         return int(module.main(rest) or 0)
-    sub = argparse.ArgumentParser(prog=f"stepcot {name}", description=module.HELP)
-    module.add_arguments(sub)
-    return int(module.run(sub.parse_args(rest)) or 0)
+    return int(module.run(command_parser(name).parse_args(hyphenate_flags(rest))) or 0)
 
 
 if __name__ == "__main__":

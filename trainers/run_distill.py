@@ -8,8 +8,8 @@
 The distillation recipe (`--alpha_kd`, `--alpha_ch`, `--temperature`, `--relation_dim`, `--teacher_learning_rate`,
 `--student_learning_rate`, `--teacher_pretrain_epochs`, ...) is a `StepCoTDistillationConfig`, a `TrainingArguments`
 subclass: it is written into every checkpoint, and a resume with other values fails. Every `TrainingArguments` flag
-works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`,
-...). `--num_train_epochs` counts the distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
+works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`, ...). `--num_train_epochs` counts the
+distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
 `metrics/{teacher,student}/` (metrics.json, Markdown table, plots for the evaluation split), `results.json`, and the

@@ -36,7 +36,9 @@ from trainers.training.run_setup import (
 )
 
 # Output fields that are not predictions (so EvalPrediction.predictions is the padded logits alone).
-NON_PREDICTION_KEYS = ["step_logits", "step_losses", "image_features", "image_embeds", "step_features", "gat_attentions"]
+NON_PREDICTION_KEYS = [
+    "step_logits", "step_losses", "image_features", "image_embeds", "step_features", "gat_attentions"
+]
 
 
 def parse_args(argv=None):

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
+    DETECTION,
+    DIAGNOSIS,
+    DISTRIBUTION,
+    LOCATION,
     NA_OPTION,
+    NO_ANSWER,
+    PATTERN,
+    SECONDARY,
 )
-
-NO_ANSWER = "No Answer"
-
-# Step indices (positions in the schema lists).
-DETECTION, DISTRIBUTION, PATTERN, LOCATION, MORPHOLOGY, SECONDARY, DIAGNOSIS = range(7)
 
 LEFT, RIGHT, BILATERAL = "left", "right", "bilateral"
 UPPER, MIDDLE, LOWER = "upper", "middle", "lower"
@@ -232,8 +234,8 @@ def build_chain(findings: list[Finding], negated_signs: list[Finding] | None = N
         answers.append((morphology, f"For the {_kind_text(primary)} ({pattern} pattern, Step 3): {why}."))
 
         signs = sorted(
-            ({FINDING_KINDS[f.kind].secondary_sign for f in lesions} | {SIGN_KINDS[f.kind] for f in findings
-                                                                        if f.kind in SIGN_KINDS and f.status != ABSENT})
+            ({FINDING_KINDS[f.kind].secondary_sign for f in lesions}
+             | {SIGN_KINDS[f.kind] for f in findings if f.kind in SIGN_KINDS and f.status != ABSENT})
             - {None},
             key=SECONDARY_ORDER.index,
         )

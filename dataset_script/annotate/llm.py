@@ -18,13 +18,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_script.annotate.findings import LOCATION, NO_ANSWER
 from dataset_script.annotate.records import validate_chain
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_NAMES,
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
+    LOCATION,
     NA_OPTION,
+    NO_ANSWER,
 )
 
 PROMPT_VERSION = "stepcot-annotate-prompt/1"  # part of the cache key: change it when the prompt changes

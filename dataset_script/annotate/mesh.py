@@ -23,18 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dataset_script.annotate.findings import (
-    DIAGNOSIS,
     LEFT,
-    LOCATION,
     LOWER,
     MIDDLE,
-    NO_ANSWER,
     PRESENT,
     RIGHT,
     UPPER,
     Finding,
     build_chain,
 )
+from modeling_stepcot.configuration_stepcot import DIAGNOSIS, LOCATION, NO_ANSWER
 
 MESH_NORMAL = "normal"
 MESH_NOT_INDEXED = "No Indexing"

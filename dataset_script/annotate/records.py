@@ -12,8 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_script.annotate.findings import LOCATION, NO_ANSWER
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS, NA_OPTION
+from modeling_stepcot.configuration_stepcot import (
+    DEFAULT_STEP_OPTIONS,
+    DEFAULT_STEP_QUESTIONS,
+    LOCATION,
+    NA_OPTION,
+    NO_ANSWER,
+)
 
 ID_FIELDS = ("patient_id", "uid", "id", "study_id")
 IMAGE_FIELDS = ("image_path", "image", "images")
@@ -130,7 +135,8 @@ def read_reports(path: str | Path, *, strict: bool = True, default_origin: str =
         try:
             row = _parse_row(raw, source, default_origin, image_path_template)
             if row.patient_id in seen:
-                raise ReportError(f"{source}: duplicate report id {row.patient_id!r} (first at {seen[row.patient_id]})")
+                first = seen[row.patient_id]
+                raise ReportError(f"{source}: duplicate report id {row.patient_id!r} (first at {first})")
         except ReportError as error:
             if strict:
                 raise

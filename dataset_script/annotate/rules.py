@@ -87,7 +87,8 @@ _TERM_PATTERNS = [(kind, re.compile(pattern, re.I)) for kind, pattern in FINDING
 # a post-negation covers what precedes it in the clause ("the effusion has resolved").
 _PSEUDO_NEGATION = re.compile(r"\bno (?:significant |interval |substantial )?(?:change|increase|decrease)\b"
                               r"|\bnot (?:only|necessarily)\b|\bwithout (?:significant )?change\b"
-                              r"|\b(?:almost|nearly|partially|incompletely|not (?:completely|fully))(?: \w+)? resolved\b",
+                              r"|\b(?:almost|nearly|partially|incompletely|not (?:completely|fully))"
+                              r"(?: \w+)? resolved\b",
                               re.I)
 _PRE_NEGATION = re.compile(
     r"\b(?:no|not|without|negative for|free of|clear of|absence of|resolution of|resolved|removal of"
@@ -412,7 +413,8 @@ def extract_findings(report_text: str) -> list[Finding]:
                     finding.sides = finding.sides or set(opacity.sides)
                     finding.zones = finding.zones or set(opacity.zones)
             sentence_findings = [f for f in sentence_findings if f not in generic]
-        elif len(specific) == 1 and not generic and not specific[0].sides and not specific[0].zones and previous_generic:
+        elif (len(specific) == 1 and not generic and not specific[0].sides and not specific[0].zones
+              and previous_generic):
             # "Bandlike opacities in the right lung. Appearance suggests atelectasis.": the sentence names what
             # the previous sentence's opacities are.
             for opacity in previous_generic:

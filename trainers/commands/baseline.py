@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Hub ids or folders of vision-language models (CLIP, SigLIP, BLIP, FLAVA, ...); "
                              "open_clip models as hf-hub:ORG/NAME (BiomedCLIP)")
     parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
+                        help="output folder")
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["with", "without"],
                         help="with: all seven steps; without: the diagnosis step only (default: both)")
     parser.add_argument("--epochs", type=int, default=50)
@@ -41,11 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainers.evaluation.metrics import softmax
     from trainers.evaluation.report import markdown_table
     from trainers.paper.baselines import (
         SETTING_LABELS,
         BaselineTrainingConfig,
-        _softmax,
         backbone_display_name,
         paired_difference,
         run_baseline,
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if "with" in results and "without" in results:
             (_, with_logits, with_labels), (_, without_logits, _) = results["with"], results["without"]
             table_rows.append({"kind": "difference", "model": model, "difference": paired_difference(
-                _softmax(with_logits[-1]), _softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
+                softmax(with_logits[-1]), softmax(without_logits[-1]), with_labels[:, -1], args.num_bootstrap,
                 args.seed, args.confidence)})
     args.out.mkdir(parents=True, exist_ok=True)
     table = table3_markdown(table_rows, args.confidence, args.num_bootstrap, args.seed)

@@ -17,11 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--dataset", default="demo",
                         help="'demo' (synthetic), a release folder (data.json), a built folder or a Hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
+                        help="output folder")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="which runs (default: all three)")
-    parser.add_argument("--demo_size", "--demo-size", type=int, default=1200, help="records of the synthetic demo")
-    parser.add_argument("--demo_image_size", "--demo-image-size", type=int, default=224)
+    parser.add_argument("--demo-size", type=int, default=1200, help="records of the synthetic demo")
+    parser.add_argument("--demo-image-size", type=int, default=224)
     parser.add_argument("--lenient", action="store_true", help="skip (and report) bad records of a release")
     parser.add_argument("--reuse", action="store_true",
                         help="keep a variant whose OUT/VARIANT/results.json exists instead of training it again")
@@ -30,26 +31,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataset_script.sources import prepare_source
     from trainers.evaluation.report import load_metrics, write_comparison
     from trainers.paper.ablations import (
-        RESERVED_TRAIN_FLAGS,
         TABLE6_ORDER,
         VARIANTS,
-        _option_value,
-        prepare_dataset,
+        reserved_flags_in,
         table6_markdown,
         train_variant,
     )
     train_args = list(args.train_args)
     if train_args[:1] == ["--"]:
         train_args = train_args[1:]
-    reserved = [flag for flag in RESERVED_TRAIN_FLAGS if _option_value(train_args, flag) is not None]
+    reserved = reserved_flags_in(train_args)
     if reserved:
-        print(f"stepcot bench-ablations: {', '.join(reserved)} are set by this command (use --dataset / --out / "
-              "--variants / --demo_size here, not after --).", file=sys.stderr)
+        print(f"stepcot bench-ablations: {', '.join(reserved)} are set by this command (use --dataset / "
+              "--output-dir / --variants / --demo-size here, not after --).", file=sys.stderr)
         return 2
     try:
-        dataset = prepare_dataset(args.dataset, args.out / "data", args.demo_size, args.demo_image_size, args.lenient)
+        dataset = prepare_source(args.dataset, args.out / "data", lenient=args.lenient, demo_size=args.demo_size,
+                                 demo_image_size=args.demo_image_size, log=print)
         for name in args.variants:
             if args.reuse and (args.out / name / "results.json").is_file():
                 print(f"reusing {args.out / name}")

@@ -19,14 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     build = commands.add_parser("build", help="release folder -> Parquet shards + dataset card (Hub layout)")
     build.add_argument("--source", required=True, help="release folder (data.json, split xlsx files, images/)")
-    build.add_argument("--out", required=True, help="output folder; `load_dataset(OUT)` reads it")
+    build.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True,
+                       help="output folder; `load_dataset(DIR)` reads it")
     build.add_argument("--lenient", action="store_true",
-                       help="skip bad records and list them in OUT/validation_report.json (default: stop at the first)")
+                       help="skip bad records and list them in OUT/validation_report.json "
+                            "(default: stop at the first)")
     build.add_argument("--seed", type=int, default=0, help="seed of the split when the release has no split files")
     build.add_argument("--max-shard-mb", type=int, default=500, help="largest Parquet shard, in MiB of images")
 
     demo = commands.add_parser("demo", help="render the synthetic demo release (release layout)")
-    demo.add_argument("--out", required=True, help="output release folder")
+    demo.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, help="output release folder")
     demo.add_argument("--n", type=int, default=1200, help="number of records")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--image-size", type=int, default=224)
@@ -96,9 +98,11 @@ def _validate(args) -> int:
     for entry in release.report["skipped"]:
         for problem in entry["problems"]:
             print(f"  problem: {problem['text']}")
+    for warning in release.report["warnings"]:
+        print(f"  problem: {warning['text']}")
     for note in release.report["notes"]:
         print(f"  note: {note['text']}")
-    return 1 if release.skipped else 0
+    return 1 if release.skipped or release.warnings else 0
 
 
 _COMMANDS = {"build": _build, "demo": _demo, "push": _push, "validate": _validate}

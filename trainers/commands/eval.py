@@ -15,8 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
     parser.add_argument("--dataset", required=True, help="dataset folder (`stepcot data build` output) or Hub id")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json, tables and plots")
-    parser.add_argument("--name", default=None, help="model name in the tables (default: Teacher / Student / ablation)")
+    parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
+                        help="output folder for metrics.json, tables and plots")
+    parser.add_argument("--name", default=None,
+                        help="model name in the tables (default: Teacher / Student / ablation)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals")

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the ChestX-ray8 PNGs (searched recursively by file name)")
     parser.add_argument("--bbox-csv", type=Path, required=True,
                         help="NIH BBox_List_2017.csv (e.g. ../shared/data/nih-chestxray8/BBox_List_2017.csv)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
+                        help="output folder")
     parser.add_argument("--names", nargs="+", default=None, help="model names in the tables, one per --model")
     parser.add_argument("--multi-finding", choices=MULTI_FINDING_POLICIES, default="exclude",
                         help="images with boxes of 2+ different findings: exclude them (default) or score each "

@@ -56,7 +56,8 @@ def run(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['class']} ({info['model_type']}) at {info['path']}")
-    print(f"  vision: {info['vision_backbone']} ({info['vision_encoder'] or 'random init'}), image size {info['image_size']}")
+    encoder = info["vision_encoder"] or "random init"
+    print(f"  vision: {info['vision_backbone']} ({encoder}), image size {info['image_size']}")
     if info["model_type"] == "stepcot":
         print(f"  text: {info['text_encoder'] or 'random init'}; ablations: {info['ablations']}")
     print(f"  hidden size {info['hidden_size']}; parameters {info['parameters'] / 1e6:.2f} M "

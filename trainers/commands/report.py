@@ -10,7 +10,6 @@ from pathlib import Path
 HELP = "collect several evaluation runs into one comparison table"
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="OUT_DIR",
                         help="run folders holding metrics.json (or metrics.json files themselves)")
@@ -54,10 +53,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     markdown_path, csv_path = write_comparison(runs, args.out, sources, args.decimals, include_mean)
     print(f"wrote {markdown_path} and {csv_path}")
-    return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table, encoding="utf-8")
-    csv_path = args.out.with_suffix(".csv")
-    csv_path.write_text(table_csv, encoding="utf-8")
-    print(f"wrote {args.out} and {csv_path}")
     return 0

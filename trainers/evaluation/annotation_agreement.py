@@ -17,7 +17,7 @@ Protocol (the MeSH -> answer mapping is documented in `annotate_mesh.py`):
   `--min-class-count` reference reports in the evaluated set;
 * reports are split into two halves by a hash of their uid (`dev` / `holdout`) so that rules developed on one half
   can be checked on the other; both halves and the whole set are reported;
-* 95% percentile-bootstrap intervals over reports (resampling helper of `trainers.evaluation.metrics`).
+* 95% percentile-bootstrap intervals over reports (`trainers.evaluation.bootstrap`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_script.annotate.findings import DETECTION, DIAGNOSIS, LOCATION
 from dataset_script.annotate.mesh import parse_mesh
-from trainers.evaluation.metrics import _interval, _resample_weights
+from modeling_stepcot.configuration_stepcot import DETECTION, DIAGNOSIS, LOCATION
+from trainers.evaluation.bootstrap import percentile_interval, resample_weights
 
 SPLITS = ("dev", "holdout", "all")
 NOT_STATED = "(not stated)"
@@ -94,14 +94,14 @@ def agreement(true: list[str], predicted: list[str], *, macro_classes: list[str]
         return accuracy, precision, recall, f1, macro
 
     point = evaluate(np.ones((1, len(true))))
-    resampled = [evaluate(block.astype(float)) for block in _resample_weights(len(true), num_bootstrap, seed)]
+    resampled = [evaluate(block.astype(float)) for block in resample_weights(len(true), num_bootstrap, seed)]
 
     def estimate(which: int, column: int | None = None) -> Estimate:
         values = point[which][0] if column is None else point[which][0, column]
         if not resampled:
             return Estimate(float(values), np.nan, np.nan)
         samples = np.concatenate([r[which] if column is None else r[which][:, column] for r in resampled])
-        low, high, _ = _interval(samples, level)
+        low, high, _ = percentile_interval(samples, level)
         return Estimate(float(values), low, high)
 
     support = {name: true.count(name) for name in classes}

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
+
 # Search range of the inverse temperature 1/T; NLL is convex in 1/T, so golden-section search finds the optimum.
 INVERSE_TEMPERATURE_RANGE = (0.02, 20.0)
 GOLDEN = (math.sqrt(5) - 1) / 2
@@ -31,7 +33,7 @@ def fit_temperature(logits, labels, iterations: int = 80) -> float:
     fewer than 2 labels are valid."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    valid = labels != -100
+    valid = labels != IGNORE_INDEX
     if valid.sum() < 2:
         return 1.0
     logits, labels = logits[valid], labels[valid]
@@ -54,7 +56,7 @@ def expected_calibration_error(logits, labels, temperature: float = 1.0, bins: i
     """ECE of the top-1 confidence over equal-width bins (valid labels only)."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    valid = labels != -100
+    valid = labels != IGNORE_INDEX
     logits, labels = logits[valid] / temperature, labels[valid]
     if not len(labels):
         return float("nan")
@@ -79,7 +81,7 @@ def fit_calibration(step_logits, labels, split: str | None = None) -> dict:
     for step, logits in enumerate(step_logits):
         target = labels[:, step]
         temperature = fit_temperature(logits, target)
-        valid = target != -100
+        valid = target != IGNORE_INDEX
         temperatures.append(round(temperature, 6))
         if valid.sum():
             nll_before.append(round(_nll(np.asarray(logits)[valid], target[valid], 1.0), 6))

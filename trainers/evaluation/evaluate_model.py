@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset_script.release import StepCoTDataError
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
 
@@ -64,17 +65,16 @@ class ImagePreprocessor:
 
 
 def load_split(dataset: str, split: str, max_examples: int | None = None):
-    """A `datasets` split from a local folder (`stepcot data build` output) or a Hub dataset id."""
-    from datasets import load_dataset
+    """One split of "demo", a release folder (validated and built under $STEPCOT_CACHE), a built folder
+    (`stepcot data build` output) or a Hub dataset id (`dataset_script.sources`)."""
+    from dataset_script.sources import load_source
 
-    path = Path(dataset)
-    if path.is_dir() and (path / "data.json").is_file() and not (path / "data").is_dir():
-        raise ValueError(f"{dataset} is a release folder; build the Hub layout first: "
-                         f"`stepcot data build --source {dataset} --out DIR`, then evaluate on DIR.")
     split = SPLIT_ALIASES.get(split, split)
     try:
-        data = load_dataset(dataset, split=split)
+        data = load_source(dataset, split=split)
     except ValueError as error:  # datasets says "Unknown split ..." and lists the splits
+        if isinstance(error, StepCoTDataError):
+            raise
         raise ValueError(f"cannot load split {split!r} of {dataset}: {error}") from error
     for column in ("image", "labels"):
         if column not in data.column_names:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
+from trainers.evaluation.bootstrap import percentile_interval, resample_weights
 
 METRIC_NAMES = ("accuracy", "auc", "sensitivity", "specificity", "f1", "precision")
 
@@ -76,9 +77,6 @@ CONFIDENCE_INTERVAL_DEFINITION = (
 
 # A padded class column holds a value at or below this (or -inf / NaN) in every example.
 PADDING_THRESHOLD = -1e4
-# Resamples are processed in blocks to bound memory at about block * N floats per array.
-_BOOTSTRAP_BLOCK = 256
-
 
 @dataclass
 class MetricEstimate:
@@ -239,7 +237,8 @@ def infer_num_classes(padded_scores: np.ndarray, threshold: float = PADDING_THRE
     return counts
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits (max-shifted, so large logits do not overflow)."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
@@ -301,7 +300,7 @@ def to_step_probabilities(
         if not np.all(np.isfinite(step)):
             raise ValueError(f"Step {index + 1} predictions contain NaN or infinite values.")
         if scores == "logits" or (scores == "auto" and not _looks_like_probabilities(step)):
-            step = _softmax(step)
+            step = softmax(step)
         probabilities.append(step)
     return probabilities
 
@@ -416,27 +415,6 @@ def _undefined_reason(name: str, count: int, present_classes: list[int], options
     return None
 
 
-def _interval(values: np.ndarray, confidence_level: float) -> tuple[float, float, int]:
-    valid = values[~np.isnan(values)]
-    if valid.size == 0:
-        return math.nan, math.nan, 0
-    tail = (1.0 - confidence_level) / 2.0 * 100.0
-    low, high = np.percentile(valid, [tail, 100.0 - tail])
-    return float(low), float(high), int(valid.size)
-
-
-def _resample_weights(num_examples: int, num_bootstrap: int, seed: int | None):
-    """Yield blocks of (b, N) multiplicities: each row counts how often each example was drawn in one resample."""
-    rng = np.random.default_rng(seed)
-    done = 0
-    while done < num_bootstrap:
-        block = min(_BOOTSTRAP_BLOCK, num_bootstrap - done)
-        drawn = rng.integers(0, num_examples, size=(block, num_examples))
-        offsets = np.arange(block)[:, None] * num_examples
-        yield np.bincount((drawn + offsets).ravel(), minlength=block * num_examples).reshape(block, num_examples)
-        done += block
-
-
 def compute_step_metrics(
     predictions: np.ndarray | Sequence[np.ndarray],
     labels: np.ndarray,
@@ -488,7 +466,7 @@ def compute_step_metrics(
             raise ValueError(f"Step {name!r} has {len(options)} options but {count} predicted classes.")
 
     point = np.ones((1, num_examples))
-    resampled_blocks = list(_resample_weights(num_examples, num_bootstrap, seed)) if num_examples else []
+    resampled_blocks = list(resample_weights(num_examples, num_bootstrap, seed)) if num_examples else []
     steps, resampled_per_step = [], []
     for step in range(num_steps):
         valid = labels[:, step] != IGNORE_INDEX
@@ -516,7 +494,7 @@ def compute_step_metrics(
 
         estimates = {}
         for name in METRIC_NAMES:
-            low, high, valid_resamples = _interval(resampled[name], confidence_level)
+            low, high, valid_resamples = percentile_interval(resampled[name], confidence_level)
             estimates[name] = MetricEstimate(
                 value=float(point_values[name][0]),
                 ci_low=low,
@@ -544,10 +522,10 @@ def compute_step_metrics(
             # Resamples are shared across steps, so the mean is recomputed per resample (over its defined steps).
             stacked = np.stack([resampled_per_step[s][name] for s in range(num_steps)])
             with warnings.catch_warnings():
-                # A resample in which every step is undefined has no mean: NaN, skipped by _interval.
+                # A resample in which every step is undefined has no mean: NaN, skipped by percentile_interval.
                 warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
                 resampled_mean = np.nanmean(stacked, axis=0)
-            low, high, valid_resamples = _interval(resampled_mean, confidence_level)
+            low, high, valid_resamples = percentile_interval(resampled_mean, confidence_level)
         else:
             low, high, valid_resamples = math.nan, math.nan, 0
         if defined.all():
@@ -646,7 +624,6 @@ def _float_or_nan(value: Any) -> float:
 
 __all__ = [
     "CONFIDENCE_INTERVAL_DEFINITION",
-    "IGNORE_INDEX",
     "METRIC_DEFINITIONS",
     "METRIC_DISPLAY_NAMES",
     "METRIC_NAMES",
@@ -656,6 +633,7 @@ __all__ = [
     "build_compute_metrics",
     "compute_step_metrics",
     "infer_num_classes",
+    "softmax",
     "to_step_probabilities",
     "weighted_step_metrics",
 ]

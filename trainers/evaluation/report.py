@@ -285,7 +285,9 @@ def write_report(result: EvaluationMetrics, out_dir: str | Path, model_name: str
     written["table"] = table
     if plots:
         written["step_plot"] = plot_step_metrics(result, out_dir / STEP_PLOT_FILENAME, title=model_name)
-        written["confusion_plot"] = plot_confusion_matrices(result, out_dir / CONFUSION_PLOT_FILENAME, title=model_name)
+        written["confusion_plot"] = plot_confusion_matrices(
+            result, out_dir / CONFUSION_PLOT_FILENAME, title=model_name
+        )
     return written
 
 

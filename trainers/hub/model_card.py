@@ -48,7 +48,8 @@ def _count(model_config, role) -> tuple[str, str]:
 def render_model_card(role: str, config, run_args: dict | None = None, metrics: dict | None = None,
                       table: str | None = None, repo_id: str | None = None, has_pipeline: bool = False) -> str:
     """The README.md of an exported teacher or student. `has_pipeline`: the folder carries the stepcot-vqa pipeline
-    as remote code (`trainers.inference.predict.add_pipeline_to_checkpoint`), so the card shows the package-free usage."""
+    as remote code (`trainers.inference.predict.add_pipeline_to_checkpoint`), so the card shows the package-free
+    usage."""
     from trainers.hub.card_metadata import metadata_problems
 
     if role not in ("teacher", "student"):

@@ -56,6 +56,14 @@ def _resize_map(saliency: np.ndarray, shape) -> np.ndarray:
     return np.clip(np.asarray(resized), 0, 1)
 
 
+def figure_and_maps(image, result: dict) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The radiograph resized for drawing (`figure_image`) and the result's per-step maps at that size."""
+    if "maps" not in result:
+        raise ValueError("the result has no maps: call the pipeline with maps=True")
+    picture = figure_image(image)
+    return picture, [_resize_map(m, picture.shape[:2]) for m in result["maps"]]
+
+
 def step_title(step: dict) -> str:
     title = f"{step['step']}. {step['name']}: {step['answer']} (p = {step['score']:.2f})"
     if step["is_na"]:
@@ -75,12 +83,9 @@ def save_step_maps(image, result: dict, out_dir, dpi: int = 100) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if "maps" not in result:
-        raise ValueError("the result has no maps: call the pipeline with maps=True")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    picture = figure_image(image)
-    maps = [_resize_map(m, picture.shape[:2]) for m in result["maps"]]
+    picture, maps = figure_and_maps(image, result)
     height, width = picture.shape[:2]
     paths = {"steps": []}
     for step, saliency in zip(result["steps"], maps):
@@ -116,4 +121,4 @@ def save_step_maps(image, result: dict, out_dir, dpi: int = 100) -> dict:
     return paths
 
 
-__all__ = ["figure_image", "overlay", "save_step_maps", "step_title"]
+__all__ = ["figure_and_maps", "figure_image", "overlay", "save_step_maps", "step_title"]

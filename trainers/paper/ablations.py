@@ -32,37 +32,17 @@ RESERVED_TRAIN_FLAGS = ("--output_dir", "--dataset", "--cache_dir", "--use_memor
 TABLE6_ORDER = ("w/o Memory", "w/o Text", "Teacher", "Student")
 
 
-def prepare_dataset(dataset: str, data_dir: Path, demo_size: int, demo_image_size: int, lenient: bool = False,
-                    log=print) -> str:
-    """A built (Parquet) dataset folder or Hub id that all variants read: the demo is rendered and a release folder
-    validated and built once, into `data_dir`."""
-    from dataset_script.hub import build_hub_dataset
-
-    source = Path(dataset)
-    built = data_dir / "dataset"
-    if dataset == "demo":
-        from dataset_script.demo import write_demo_release
-
-        source = data_dir / "demo-release"
-        if not (source / "data.json").is_file():
-            summary = write_demo_release(source, n=demo_size, image_size=demo_image_size)
-            log(f"rendered {summary['records']} synthetic records into {source}")
-    if (source / "data.json").is_file() or (source / "data.jsonl").is_file():
-        if not (built / "README.md").is_file():
-            summary = build_hub_dataset(source, built, strict=not lenient)
-            if summary.get("records_skipped"):
-                log(f"warning: {summary['records_skipped']} records skipped while building: see {summary['report']}")
-        return str(built)
-    return dataset
-
-
-def _option_value(args: list[str], flag: str) -> str | None:
-    for index, arg in enumerate(args):
-        if arg == flag and index + 1 < len(args):
-            return args[index + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+def reserved_flags_in(train_args: list[str]) -> list[str]:
+    """The RESERVED_TRAIN_FLAGS that `train_args` sets, however spelled: `stepcot train` (HfArgumentParser)
+    accepts `--output_dir`, `--output-dir`, `--output-dir=X` and any unambiguous abbreviation (`--output`)."""
+    reserved = {flag[2:]: flag for flag in RESERVED_TRAIN_FLAGS}
+    found = []
+    for arg in train_args:
+        if not arg.startswith("--") or arg == "--":
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        found += [flag for full, flag in reserved.items() if name and full.startswith(name) and flag not in found]
+    return found
 
 
 def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> Path:

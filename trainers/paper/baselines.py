@@ -16,8 +16,8 @@ rate and weight decay did not survive extraction: defaults here are 1e-4 and 0.0
   probability and zero gradient). The question embedding tells the MLP which step it answers.
 - "without Step-CoT": the same MLP trained on the final diagnosis step only.
 Both are selected by validation accuracy (mean over the trained steps, checked after every epoch) and evaluated on
-the test split with `trainers.evaluation.metrics` (bootstrap CIs); `table3.md` sets the diagnosis rows side by side with the
-paired-bootstrap difference (with - without), the "(+x)" of the paper's Table 3.
+the test split with `trainers.evaluation.metrics` (bootstrap CIs); `table3.md` sets the diagnosis rows side by side
+with the paired-bootstrap difference (with - without), the "(+x)" of the paper's Table 3.
 
 Embeddings are computed once per dataset split and backbone and cached (safetensors, keyed by the dataset
 fingerprint, the backbone's weights and its preprocessing); only the small MLP trains.
@@ -45,11 +45,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, StepCoTSchemaConfig
+from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, IGNORE_INDEX, StepCoTSchemaConfig
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 from modeling_stepcot.processing_stepcot import image_to_rgb
+from trainers.evaluation.bootstrap import percentile_interval, resample_weights
 from trainers.evaluation.metrics import (
-    IGNORE_INDEX,
     METRIC_DISPLAY_NAMES,
     METRIC_NAMES,
     compute_step_metrics,
@@ -280,7 +280,9 @@ class StepBaselineHead(nn.Module):
     def __init__(self, image_dim: int, text_dim: int, num_classes_per_step: list[int], hidden_size: int = 768):
         super().__init__()
         width = max(num_classes_per_step)
-        self.mlp = nn.Sequential(nn.Linear(image_dim + text_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(image_dim + text_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, width)
+        )
         mask = torch.zeros(len(num_classes_per_step), width, dtype=torch.bool)
         for step, count in enumerate(num_classes_per_step):
             mask[step, :count] = True
@@ -489,30 +491,19 @@ def paired_difference(probabilities_a: np.ndarray, probabilities_b: np.ndarray, 
     point = np.ones((1, labels.size))
     value_a = weighted_step_metrics(probabilities_a, labels, point)
     value_b = weighted_step_metrics(probabilities_b, labels, point)
-    rng = np.random.default_rng(seed)
     differences = {name: [] for name in METRIC_NAMES}
-    for start in range(0, num_bootstrap, 256):
-        block = min(256, num_bootstrap - start)
-        drawn = rng.integers(0, labels.size, size=(block, labels.size))
-        weights = np.stack([np.bincount(row, minlength=labels.size) for row in drawn]).astype(float)
-        resampled_a = weighted_step_metrics(probabilities_a, labels, weights)
-        resampled_b = weighted_step_metrics(probabilities_b, labels, weights)
+    for weights in resample_weights(labels.size, num_bootstrap, seed):
+        resampled_a = weighted_step_metrics(probabilities_a, labels, weights.astype(float))
+        resampled_b = weighted_step_metrics(probabilities_b, labels, weights.astype(float))
         for name in METRIC_NAMES:
             differences[name].append(resampled_a[name] - resampled_b[name])
-    tail = (1 - confidence_level) / 2 * 100
     result = {}
     for name in METRIC_NAMES:
         values = np.concatenate(differences[name]) if differences[name] else np.empty(0)
-        values = values[~np.isnan(values)]
-        low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
-        result[name] = {"value": float(value_a[name][0] - value_b[name][0]), "ci_low": float(low),
-                        "ci_high": float(high), "valid_resamples": int(values.size)}
+        low, high, valid_resamples = percentile_interval(values, confidence_level)
+        result[name] = {"value": float(value_a[name][0] - value_b[name][0]), "ci_low": low,
+                        "ci_high": high, "valid_resamples": valid_resamples}
     return result
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _signed(value: float, low: float, high: float) -> str:

@@ -103,10 +103,14 @@ def _backbone_config(name: str, tiny: bool):
     from transformers import BlipConfig, CLIPConfig, FlavaConfig
 
     if name == "clip":
-        return CLIPConfig(text_config=TINY_TEXT, vision_config=TINY_VISION, projection_dim=16) if tiny else CLIPConfig()
+        if not tiny:
+            return CLIPConfig()
+        return CLIPConfig(text_config=TINY_TEXT, vision_config=TINY_VISION, projection_dim=16)
     if name == "blip":
         tiny_text = dict(TINY_TEXT, encoder_hidden_size=32, sep_token_id=3)
-        return BlipConfig(text_config=tiny_text, vision_config=TINY_VISION, projection_dim=16) if tiny else BlipConfig()
+        if not tiny:
+            return BlipConfig()
+        return BlipConfig(text_config=tiny_text, vision_config=TINY_VISION, projection_dim=16)
     layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
     return (FlavaConfig(image_config=dict(layers, image_size=32, patch_size=8),
                         text_config=dict(layers, vocab_size=100, max_position_embeddings=32),
@@ -252,8 +256,9 @@ def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cp
 
 def measure_in_subprocess(name: str, batch_size: int, repeats: int, device: str, tiny: bool = False,
                           threads: int | None = None) -> dict:
-    command = [sys.executable, "-m", "trainers.cli", "bench-efficiency", "--only", name, "--batch-size", str(batch_size),
-               "--repeats", str(repeats), "--device", device] + (["--tiny"] if tiny else [])
+    command = [sys.executable, "-m", "trainers.cli", "bench-efficiency", "--only", name,
+               "--batch-size", str(batch_size), "--repeats", str(repeats), "--device", device]
+    command += ["--tiny"] if tiny else []
     command += ["--threads", str(threads)] if threads else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -275,7 +280,10 @@ def measure_all(models, batch_size: int = 32, repeats: int = 5, device: str = "c
 
 
 def environment(device: str, threads: int | None = None) -> str:
-    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else (platform.processor() or platform.machine())
+    if device.startswith("cuda"):
+        where = torch.cuda.get_device_name(0)
+    else:
+        where = platform.processor() or platform.machine()
     return f"torch {torch.__version__}, {threads or torch.get_num_threads()} threads, {device}: {where}"
 
 

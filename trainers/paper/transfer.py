@@ -18,10 +18,10 @@ boxes over 880 images, 8 findings; default path ../shared/data/nih-chestxray8/BB
 
 Prediction: the argmax over all the model's diagnosis classes (9 for Step-CoT: Normal + the 8 findings). A
 "Normal" prediction is wrong for every sample (each has a finding). Accuracy, sensitivity, specificity, F1 and
-precision are macro averages over the 8 findings (trainers/evaluation/metrics.py), computed from that 9-way argmax. AUC ranks
-the probabilities of the softmax restricted to the 8 finding logits (Normal's logit dropped): a one-vs-rest AUC
-needs a score per finding, and Normal is no class of this set. Every number has a percentile-bootstrap CI over
-samples (the same resamples for all metrics).
+precision are macro averages over the 8 findings (trainers/evaluation/metrics.py), computed from that 9-way argmax.
+AUC ranks the probabilities of the softmax restricted to the 8 finding logits (Normal's logit dropped): a
+one-vs-rest AUC needs a score per finding, and Normal is no class of this set. Every number has a
+percentile-bootstrap CI over samples (the same resamples for all metrics).
 
 Writes OUT/<model>/ (metrics.json, metrics.md, plots, predictions.csv, missing/unreadable/multi-finding lists,
 subset.json) and OUT/table4.md + table4.csv with one row per model. A model is a saved Step-CoT teacher/student

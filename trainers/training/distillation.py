@@ -282,7 +282,8 @@ class StepCoTDistillationTrainer(Trainer):
             for with_decay in (True, False):
                 params = [
                     p for n, p in model.named_parameters()
-                    if p.requires_grad and n.startswith("teacher.") == (role == "teacher") and (n in decay) == with_decay
+                    if p.requires_grad and n.startswith("teacher.") == (role == "teacher")
+                    and (n in decay) == with_decay
                 ]
                 if params:
                     groups.append({

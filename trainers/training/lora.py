@@ -8,12 +8,7 @@ remote code without peft.
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
-# Which layers get adapters, per backbone (full-match regexes on names inside `model.vision_encoder`).
-# EfficientNet-Lite0 has none: its convolutions are a custom "same padding" Conv2d subclass that peft cannot
-# wrap; fine-tune it fully (`--freeze_encoders False`) instead.
-LORA_TARGETS = {
-    "clip": r"model\.vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
-}
+from modeling_stepcot.modeling_stepcot import VISION_ENCODERS
 
 
 def add_vision_lora(model, r: int, alpha: int | None = None, dropout: float = 0.0):
@@ -21,17 +16,20 @@ def add_vision_lora(model, r: int, alpha: int | None = None, dropout: float = 0.
     if r <= 0:
         raise ValueError(f"LoRA rank must be positive, got {r}.")
     backbone = model.config.vision_backbone
-    if backbone not in LORA_TARGETS:
+    # Which layers get adapters is the backbone's fact (a full-match regex on names inside `model.vision_encoder`).
+    targets = model.vision_encoder.lora_target_modules
+    if targets is None:
+        supported = sorted(name for name, encoder in VISION_ENCODERS.items() if encoder.lora_target_modules)
         raise ValueError(
-            f"LoRA adapters are available for the {sorted(LORA_TARGETS)} backbone(s), not {backbone!r}; "
+            f"LoRA adapters are available for the {supported} backbone(s), not {backbone!r}; "
             "use --freeze_encoders False to fine-tune it fully."
         )
-    config = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=LORA_TARGETS[backbone])
+    config = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=targets)
     model.vision_encoder.requires_grad_(False)
     inject_adapter_in_model(config, model.vision_encoder)
     adapters = [p for n, p in model.vision_encoder.named_parameters() if "lora_" in n]
     if not adapters:
-        raise ValueError(f"No {backbone} layer matched the LoRA targets {LORA_TARGETS[backbone]!r}.")
+        raise ValueError(f"No {backbone} layer matched the LoRA targets {targets!r}.")
     for parameter in adapters:
         parameter.requires_grad_(True)
     return sum(p.numel() for p in adapters)

@@ -18,7 +18,7 @@
 import torch
 import torch.nn.functional as F
 
-from modeling_stepcot import masked_step_cross_entropy
+from modeling_stepcot import IGNORE_INDEX, masked_step_cross_entropy
 
 
 def kd_loss(student_logits, teacher_logits, temperature):
@@ -72,7 +72,7 @@ def inverse_frequency_class_weights(labels, num_classes_per_step):
     weights = []
     for step, num_classes in enumerate(num_classes_per_step):
         column = labels[:, step]
-        column = column[column != -100]
+        column = column[column != IGNORE_INDEX]
         counts = torch.bincount(column, minlength=num_classes).float()
         weight = torch.where(counts > 0, column.numel() / (num_classes * counts.clamp(min=1)), torch.ones_like(counts))
         weights.append(weight)
@@ -100,7 +100,7 @@ def distillation_losses(
     student_ce = masked_step_cross_entropy(student_step_logits, labels, class_weights).sum()
     kd_terms, ch_terms = [], []
     for step, (teacher_logits, student_logits) in enumerate(zip(teacher_step_logits, student_step_logits)):
-        valid = labels[:, step] != -100
+        valid = labels[:, step] != IGNORE_INDEX
         kd_terms.append(kd_loss(student_logits[valid], teacher_logits[valid], temperature))
         teacher_features = teacher_projected[:, step] if teacher_projected.dim() == 3 else teacher_projected
         ch_terms.append(ch_loss(teacher_features[valid], student_projected[valid], temperature, ch_standardize))

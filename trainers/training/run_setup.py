@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import load_dataset
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
-from dataset_script.demo import write_demo_release
-from dataset_script.hub import build_hub_dataset
+from dataset_script.sources import load_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.evaluation.metrics import compute_step_metrics
@@ -47,7 +45,8 @@ class ModelArguments:
         default=0, metadata={"help": "rank of LoRA adapters on both image encoders (0: none); merged at export"}
     )
     image_size: int | None = field(
-        default=None, metadata={"help": "input size for the efficientnet_lite0 backbone (CLIP fixes its own); default 224"}
+        default=None,
+        metadata={"help": "input size for the efficientnet_lite0 backbone (CLIP fixes its own); default 224"},
     )
 
 
@@ -55,7 +54,9 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="demo",
-        metadata={"help": "'demo' (render the synthetic set), a release folder (data.json), a built folder, or a Hub id"},
+        metadata={
+            "help": "'demo' (render the synthetic set), a release folder (data.json), a built folder, or a Hub id"
+        },
     )
     demo_size: int = field(default=1200, metadata={"help": "records in the synthetic demo"})
     demo_image_size: int = field(default=224)
@@ -69,7 +70,9 @@ class DataArguments:
     )
     cache_dir: str | None = field(default=None, metadata={"help": "feature cache folder (default OUTPUT_DIR/cache)"})
     max_train_samples: int | None = field(default=None)
-    num_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"})
+    num_bootstrap: int = field(
+        default=1000, metadata={"help": "bootstrap resamples for the final confidence intervals"}
+    )
     lenient: bool = field(default=False, metadata={"help": "skip (and report) bad records instead of failing"})
 
 
@@ -121,26 +124,11 @@ def start_run(training_args) -> Path:
 
 
 def load_splits(data_args, output_dir: Path):
-    """A `DatasetDict` with `image` and `labels` columns from the demo, a release folder, a built folder or the Hub."""
-    source = data_args.dataset
-    if source == "demo":
-        release = output_dir / ("demo-release" if data_args.demo_difficulty == "easy" else
-                                f"demo-release-{data_args.demo_difficulty}")
-        if not (release / "data.json").is_file():
-            summary = write_demo_release(release, n=data_args.demo_size, image_size=data_args.demo_image_size,
-                                         difficulty=data_args.demo_difficulty)
-            logger.info("rendered %d synthetic records in %.1f s", summary["records"], summary["seconds"])
-        source = str(release)
-    path = Path(source)
-    if (path / "data.json").is_file() or (path / "data.jsonl").is_file():  # a release: validate and build
-        built = output_dir / "dataset"
-        if not (built / "README.md").is_file():
-            summary = build_hub_dataset(path, built, strict=not data_args.lenient)
-            logger.info("built %s from the release %s", built, path)
-            if summary.get("records_skipped"):
-                logger.warning("%s records skipped: see %s", summary["records_skipped"], summary["report"])
-        source = str(built)
-    return load_dataset(source)
+    """A `DatasetDict` with `image` and `labels` columns from the demo, a release folder, a built folder or the Hub
+    (`dataset_script.sources`: a release is built into OUTPUT_DIR/dataset, rebuilt when it changed)."""
+    return load_source(data_args.dataset, output_dir, lenient=data_args.lenient, demo_size=data_args.demo_size,
+                       demo_image_size=data_args.demo_image_size, demo_difficulty=data_args.demo_difficulty,
+                       log=logger.info)
 
 
 def _image_size_kwargs(model_args):

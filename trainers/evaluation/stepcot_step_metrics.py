@@ -1,0 +1,65 @@
+"""Step-CoT per-step metrics as an `evaluate` metric module.
+
+    >>> import evaluate
+    >>> from trainers.evaluation.metric_module import METRIC_SCRIPT  # or a folder from export_metric_module
+    >>> metric = evaluate.load(METRIC_SCRIPT)
+    >>> metric.compute(predictions=logits, references=labels)        # logits (N, 7, C_max), labels (N, 7)
+    {'step1_accuracy': ..., 'step1_auc': ..., ..., 'mean_precision': ...}
+
+Per step: accuracy, AUC, sensitivity, specificity, F1 and precision (macro over the classes present in the labels;
+definitions in `metrics.METRIC_DEFINITIONS`), and their unweighted mean over the steps where they are defined.
+Labels of -100 are missing answers and leave that step's metrics only; a step without labels, or AUC/specificity
+with a single class present, is NaN. The numbers are those `stepcot eval` writes to metrics.json (same function).
+
+This script computes through its sibling `metrics.py` (a relative import: `evaluate` copies the sibling into its
+modules cache with the script, so the module needs neither this package installed nor a second copy of the code).
+"""
+
+import datasets
+import evaluate
+import numpy as np
+
+from .metrics import METRIC_DEFINITIONS, compute_step_metrics
+
+_DESCRIPTION = __doc__
+_CITATION = """@article{stepcot2026,
+  title = {Step-CoT: Stepwise Visual Chain-of-Thought for Medical Visual Question Answering},
+  journal = {arXiv preprint arXiv:2603.13878},
+  year = {2026}
+}"""
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: per example, a (steps, C_max) list of scores; step s uses its first C_s columns (pad the rest with
+        anything, e.g. NaN or -inf).
+    references: per example, the (steps,) option indices; -100 marks a missing answer.
+    num_classes_per_step: class count per step (default: inferred from padding that is NaN, -inf or <= -1e4).
+    scores: "logits" (softmax per step; default), "probabilities" or "auto".
+Returns:
+    `step{n}_{metric}` and `mean_{metric}` for metric in accuracy, auc, sensitivity, specificity, f1, precision
+    (floats; NaN where undefined).
+Definitions:
+""" + "\n".join(f"    {name}: {text}" for name, text in METRIC_DEFINITIONS.items())
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class StepcotStepMetrics(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({
+                "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("float64"))),
+                "references": datasets.Sequence(datasets.Value("int64")),
+            }),
+        )
+
+    def _compute(self, predictions, references, num_classes_per_step=None, scores="logits"):
+        result = compute_step_metrics(
+            np.asarray(predictions, dtype=np.float64),
+            np.asarray(references, dtype=np.int64),
+            num_classes_per_step=num_classes_per_step,
+            scores=scores,
+            num_bootstrap=0,
+        )
+        return result.flat()
