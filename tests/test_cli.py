@@ -84,12 +84,13 @@ def test_arguments_after_a_bare_double_dash_pass_through_unchanged():
 
 
 def test_training_commands_accept_both_spellings():
-    from trainers.run_distill import DataArguments, TrainingArguments
+    from trainers.run_distill import DataArguments, StepCoTDistillationConfig
     from trainers.training.run_setup import parse_run_args
 
-    for flags in (["--output_dir", "o", "--num_bootstrap", "7"], ["--output-dir", "o", "--num-bootstrap", "7"]):
-        data_args, training_args = parse_run_args((DataArguments, TrainingArguments), flags)
-        assert (training_args.output_dir, data_args.num_bootstrap) == ("o", 7)
+    for flags in (["--output_dir", "o", "--num_bootstrap", "7", "--alpha_kd", "0.3"],
+                  ["--output-dir", "o", "--num-bootstrap", "7", "--alpha-kd", "0.3"]):
+        data_args, training_args = parse_run_args((DataArguments, StepCoTDistillationConfig), flags)
+        assert (training_args.output_dir, data_args.num_bootstrap, training_args.alpha_kd) == ("o", 7, 0.3)
 
 
 @pytest.mark.parametrize("spelling", [["--output_dir", "x"], ["--output-dir", "x"], ["--output-dir=x"],
