@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=None, help="write all per-run results as JSON here")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: tabulate the runs already finished under --work")
     args, extra = parser.parse_known_args()  # anything else goes to every `stepcot train` run
 
     from trainers import run_distill
@@ -83,8 +85,8 @@ def main():
     built = prepare_data(work, args.n, args.image_size)
     majority = majority_rates(built)
     runs = []
-    for variant in args.variants:
-        for seed in args.seeds:
+    for seed in args.seeds:  # every variant of a seed before the next seed: an interrupted study stays comparable
+        for variant in args.variants:
             output = work / "runs" / f"{variant.replace(' ', '_').replace('(', '').replace(')', '')}-seed{seed}"
             argv = ["--dataset", str(built), "--cache_dir", str(work / "cache"), "--output_dir", str(output),
                     "--num_train_epochs", str(args.epochs), "--teacher_pretrain_epochs", str(args.pretrain_epochs),
@@ -92,7 +94,10 @@ def main():
                     "--save_strategy", "no", "--logging_steps", "50", "--disable_tqdm", "True",
                     *extra, *VARIANTS[variant]]
             started = time.perf_counter()
-            run_distill.main(argv)
+            if not (args.collect and (output / "results.json").is_file()):
+                if args.collect:
+                    continue
+                run_distill.main(argv)
             result = json.loads((output / "results.json").read_text())["results"]
             student = result["student"]
             steps = [student[f"step{i}_accuracy"] for i in range(1, 8)]
@@ -109,6 +114,8 @@ def main():
              + f" | {statistics.fmean(majority):.3f} | |"]
     for variant in args.variants:
         chosen = [r for r in runs if r["variant"] == variant]
+        if not chosen:
+            continue
         cells = []
         for step in range(7):
             mean, ci = mean_ci([r["student_step_accuracy"][step] for r in chosen])
