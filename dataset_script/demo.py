@@ -5,10 +5,14 @@ Every record first gets a diagnosis (about 45% Normal), then findings for steps 
 is rendered from those findings (density, distribution, pattern, zone, margin, secondary signs) and the diagnosis
 is re-derived from them by fixed rules (`diagnosis_from_findings`), so the answers are in the image and the last
 step depends on the earlier ones. Lesions are large and high-contrast so that a frozen ImageNet CNN with linear
-heads can learn them. The output has the release layout (data.json, images/, images_2/, train/val/test.xlsx),
+heads can learn them (`difficulty="easy"`, the default). `difficulty="hard"` makes a set where the recipe matters:
+subtle low-contrast lesions (a third of the contrast), stronger overlapping anatomy (ribs, a heart that hides more of
+what lies behind it, coarser lung texture), more quantum noise, and 4 % label noise (a record's chain is replaced
+by the chain of another diagnosis while its image still shows the first). The output has the release layout
+(data.json, images/, images_2/, train/val/test.xlsx),
 so it exercises exactly the code paths of the real data. It is SYNTHETIC: not for any clinical or research claim.
 
-    stepcot data demo --output-dir demo_release --n 1200 --seed 0 --image-size 224
+    stepcot data demo --output-dir demo_release --n 1200 --seed 0 --image-size 224 [--difficulty hard]
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ DIAGNOSIS_PRIOR = {
 SECOND_STUDY_SHARE = 0.1  # some patients have two studies (stored in images_2/), to exercise patient grouping
 SPLIT_FILE_NAMES = {"train": "train.xlsx", "validation": "val.xlsx", "test": "test.xlsx"}
 ZONES = ("Upper lung zone", "Middle lung zone", "Lower lung zone")
+# Rendering knobs per difficulty. "easy" is the historical demo (its images are unchanged).
+DIFFICULTIES = {
+    "easy": dict(lesion_contrast=1.0, heart_occlusion=0.7, rib_contrast=0.06, texture=0.03, noise=0.012,
+                 label_noise=0.0),
+    "hard": dict(lesion_contrast=0.33, heart_occlusion=0.9, rib_contrast=0.14, texture=0.07, noise=0.035,
+                 label_noise=0.04),
+}
 ZONE_DEPTH = {"Upper lung zone": 0.24, "Middle lung zone": 0.5, "Lower lung zone": 0.74}  # fraction of lung height
 
 
@@ -182,8 +193,10 @@ def _site_center(lung: dict, zone: str, rng) -> tuple[float, float]:
     return cx, cy
 
 
-def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.random.Generator) -> np.ndarray:
+def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.random.Generator,
+                 difficulty: str = "easy") -> np.ndarray:
     """An 8-bit (size, size) chest-radiograph-like image showing the findings of `answers` at `sites`."""
+    knobs = DIFFICULTIES[difficulty]
     x, y = _grid(size)
     pixel = 1.0 / size
     pattern, secondary = answers[2], answers[5]
@@ -207,7 +220,7 @@ def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.rand
     density = 0.06 + 0.5 * body
     # Ribs: curved bands over the thorax.
     ribs = np.sin(2 * np.pi * (y + 0.9 * (x - cx) ** 2) * rng.uniform(10, 12) + rng.uniform(0, 6.3))
-    density += 0.06 * body * np.clip(ribs - 0.3, 0, None)
+    density += knobs["rib_contrast"] * body * np.clip(ribs - 0.3, 0, None)
 
     lung_masks, markings = [], []
     texture = _smooth_noise(rng, size, 24)
@@ -220,7 +233,7 @@ def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.rand
         markings.append(mask * np.exp(-hilum_distance / 0.16) * (0.10 + 0.04 * texture))
         lung_masks.append(mask)
     lung_mask = np.maximum(*lung_masks)
-    lung_density = 0.16 + 0.03 * texture
+    lung_density = 0.16 + knobs["texture"] * texture
 
     # Pneumothorax: air crescent without markings along the apex / lateral wall, with the visceral pleural line.
     air = np.zeros_like(lung_mask)
@@ -255,7 +268,7 @@ def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.rand
 
     # Lesions behind the heart are partly hidden by it, as on a real frontal film.
     lesions = _draw_lesions(x, y, pixel, answers, sites, lungs, lung_masks, rng)
-    density += lesions * (1 - 0.7 * np.maximum(heart, mediastinum))
+    density += knobs["lesion_contrast"] * lesions * (1 - knobs["heart_occlusion"] * np.maximum(heart, mediastinum))
     if secondary == "Pleural effusion":
         for (side,) in sites:
             lung = lungs[side]
@@ -269,7 +282,7 @@ def render_image(answers: list[str], sites: list[tuple], size: int, rng: np.rand
     # Exposure differences, then quantum noise.
     density = np.clip(density, 0, 1) ** rng.uniform(0.85, 1.15)
     density = density * rng.uniform(0.9, 1.05) + rng.uniform(-0.03, 0.04)
-    density += rng.normal(0, 0.012, density.shape)
+    density += rng.normal(0, knobs["noise"], density.shape)
     return (np.clip(density, 0, 1) * 255).astype(np.uint8)
 
 
@@ -360,8 +373,11 @@ def _report(answers: list[str], diagnosis: str, sites) -> str:
     return f"FINDINGS: {where.capitalize()}: {finding}. IMPRESSION: {diagnosis}."
 
 
-def make_demo_example(index: int, seed: int, image_size: int, patient_id: str, diagnosis: str):
-    """One record (release format) and its rendered 8-bit image; deterministic in (seed, index)."""
+def make_demo_example(index: int, seed: int, image_size: int, patient_id: str, diagnosis: str,
+                      difficulty: str = "easy"):
+    """One record (release format) and its rendered 8-bit image; deterministic in (seed, index, difficulty)."""
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
     rng = np.random.default_rng([seed, index])
     answers = sample_findings(diagnosis, rng)
     derived = diagnosis_from_findings(answers)
@@ -369,7 +385,12 @@ def make_demo_example(index: int, seed: int, image_size: int, patient_id: str, d
         raise AssertionError(f"findings {answers} give {derived}, sampled {diagnosis}")
     answers = answers + [diagnosis]
     sites = lesion_sites(answers, rng)
-    image = render_image(answers, sites, image_size, rng)
+    image = render_image(answers, sites, image_size, rng, difficulty)
+    noise_rng = np.random.default_rng([seed, index, 1])  # its own stream: the image does not depend on it
+    if noise_rng.random() < DIFFICULTIES[difficulty]["label_noise"]:  # label noise: another diagnosis's chain
+        others = [name for name in DIAGNOSIS_PRIOR if name != diagnosis]
+        diagnosis = others[noise_rng.integers(len(others))]
+        answers = sample_findings(diagnosis, noise_rng) + [diagnosis]
     chain = [
         {"step": f"Step {step + 1}", "question": DEFAULT_STEP_QUESTIONS[step],
          "options": list(DEFAULT_STEP_OPTIONS[step]), "answer": answers[step],
@@ -396,8 +417,8 @@ def _plan(n: int, seed: int):
 
 
 def _render_one(job):
-    index, seed, image_size, patient_id, diagnosis, study, out_dir = job
-    record, image = make_demo_example(index, seed, image_size, patient_id, diagnosis)
+    index, seed, image_size, patient_id, diagnosis, study, out_dir, difficulty = job
+    record, image = make_demo_example(index, seed, image_size, patient_id, diagnosis, difficulty)
     folder = "images" if study == 0 else "images_2"  # the release keeps a second image folder
     relative = f"{folder}/{patient_id}-{study}.png"
     Image.fromarray(image, mode="L").save(Path(out_dir) / relative, compress_level=1)
@@ -405,15 +426,19 @@ def _render_one(job):
     return record
 
 
-def write_demo_release(out_dir, n: int = 1200, seed: int = 0, image_size: int = 224, workers: int = 1) -> dict:
+def write_demo_release(out_dir, n: int = 1200, seed: int = 0, image_size: int = 224, workers: int = 1,
+                       difficulty: str = "easy") -> dict:
     """Render `n` synthetic records into `out_dir` in the release layout. Returns a summary dict."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     for folder in ("images", "images_2"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    jobs = [(i, seed, image_size, pid, dx, study, str(out_dir)) for i, (pid, dx, study) in enumerate(_plan(n, seed))]
+    jobs = [(i, seed, image_size, pid, dx, study, str(out_dir), difficulty)
+            for i, (pid, dx, study) in enumerate(_plan(n, seed))]
     if workers > 1:
         # fork: workers need only numpy and PIL, and skip re-importing the package (seconds under spawn).
         context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -423,11 +448,13 @@ def write_demo_release(out_dir, n: int = 1200, seed: int = 0, image_size: int = 
         records = [_render_one(job) for job in jobs]
     (out_dir / "data.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     _write_split_files(out_dir, records, seed)
-    (out_dir / "README.md").write_text(_DEMO_README.format(n=n, seed=seed, size=image_size), encoding="utf-8")
-    return {"out_dir": str(out_dir), "records": len(records), "seconds": time.perf_counter() - started}
+    (out_dir / "README.md").write_text(_DEMO_README.format(n=n, seed=seed, size=image_size, difficulty=difficulty),
+                                       encoding="utf-8")
+    return {"out_dir": str(out_dir), "records": len(records), "seconds": time.perf_counter() - started,
+            "difficulty": difficulty}
 
 
-def demo_release_matches(out_dir, n: int, seed: int = 0, image_size: int = 224) -> bool:
+def demo_release_matches(out_dir, n: int, seed: int = 0, image_size: int = 224, difficulty: str = "easy") -> bool:
     """Whether `out_dir` holds a complete demo release rendered with these settings (its README states them, and
     it is written last)."""
     out_dir = Path(out_dir)
@@ -435,7 +462,8 @@ def demo_release_matches(out_dir, n: int, seed: int = 0, image_size: int = 224) 
         readme = (out_dir / "README.md").read_text(encoding="utf-8")
     except OSError:
         return False
-    return readme == _DEMO_README.format(n=n, seed=seed, size=image_size) and (out_dir / "data.json").is_file()
+    expected = _DEMO_README.format(n=n, seed=seed, size=image_size, difficulty=difficulty)
+    return readme == expected and (out_dir / "data.json").is_file()
 
 
 def _write_split_files(out_dir: Path, records: list[dict], seed: int):
@@ -453,7 +481,8 @@ def _write_split_files(out_dir: Path, records: list[dict], seed: int):
 
 _DEMO_README = """# Step-CoT synthetic demo release (SYNTHETIC DATA)
 
-{n} computer-generated chest-radiograph-like images ({size} px, seed {seed}) with seven-step Step-CoT chains, in the
+{n} computer-generated chest-radiograph-like images ({size} px, seed {seed}, difficulty {difficulty}) with
+seven-step Step-CoT chains, in the
 layout of the Step-CoT release (data.json, images/, images_2/, train/val/test.xlsx). Each image is drawn from its
 record's answers; the diagnosis follows from the earlier steps by fixed rules. Not real patients, not real
 radiology: for software tests, tutorials and smoke training only. Made by `stepcot data demo`.
@@ -461,6 +490,7 @@ radiology: for software tests, tutorials and smoke training only. Made by `stepc
 
 __all__ = [
     "DIAGNOSIS_PRIOR",
+    "DIFFICULTIES",
     "DEMO_ORIGIN",
     "demo_release_matches",
     "diagnosis_from_findings",

@@ -76,7 +76,7 @@ def default_work_dir(source: str) -> Path:
 
 
 def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: int = 0, demo_size: int = 1200,
-                   demo_image_size: int = 224, log=logger.info) -> str:
+                   demo_image_size: int = 224, demo_difficulty: str = "easy", log=logger.info) -> str:
     """What `load_dataset` should read for `source`: a built folder (rendering and building as needed) or a Hub id.
 
     A release is built into WORK/dataset, reusing an earlier build only when it was made from the same, unchanged
@@ -89,7 +89,7 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(source)
     release = Path(source).expanduser()
     if kind == "demo":
-        release = _demo_release(work_dir, demo_size, demo_image_size, log)
+        release = _demo_release(work_dir, demo_size, demo_image_size, log, demo_difficulty)
     built = work_dir / "dataset"
     settings = build_settings(release, strict=not lenient, seed=seed)
     existing = read_build_info(built)
@@ -106,12 +106,12 @@ def prepare_source(source: str, work_dir=None, *, lenient: bool = False, seed: i
     return str(built)
 
 
-def _demo_release(work_dir: Path, size: int, image_size: int, log) -> Path:
+def _demo_release(work_dir: Path, size: int, image_size: int, log, difficulty: str = "easy") -> Path:
     release = work_dir / "demo-release"
-    if not demo_release_matches(release, n=size, image_size=image_size):
+    if not demo_release_matches(release, n=size, image_size=image_size, difficulty=difficulty):
         if release.exists():
             shutil.rmtree(release)
-        summary = write_demo_release(release, n=size, image_size=image_size)
+        summary = write_demo_release(release, n=size, image_size=image_size, difficulty=difficulty)
         log(f"rendered {summary['records']} synthetic records into {release} in {summary['seconds']:.1f} s")
     return release
 
@@ -129,10 +129,11 @@ def load_built(source: str, split: str | None = None):
 
 
 def load_source(source: str, work_dir=None, *, split: str | None = None, lenient: bool = False, seed: int = 0,
-                demo_size: int = 1200, demo_image_size: int = 224, log=logger.info):
+                demo_size: int = 1200, demo_image_size: int = 224, demo_difficulty: str = "easy", log=logger.info):
     """The `DatasetDict` (or one split) of `source`: "demo", a release folder, a built folder or a Hub id."""
     return load_built(prepare_source(source, work_dir, lenient=lenient, seed=seed, demo_size=demo_size,
-                                     demo_image_size=demo_image_size, log=log), split=split)
+                                     demo_image_size=demo_image_size, demo_difficulty=demo_difficulty, log=log),
+                      split=split)
 
 
 __all__ = [

@@ -194,7 +194,11 @@ class StepCoTConfig(StepCoTSchemaConfig):
         gat_attention_dropout (`float`): dropout on the GAT attention weights.
         gat_negative_slope (`float`): LeakyReLU slope of the GAT scores.
         fusion_dropout (`float`): dropout after the step/memory fusion.
-        image_projection_dropout (`float`): dropout after the image projection.
+        image_projection_dropout (`float`): dropout after the image projections.
+        per_step_image_projection (`bool`): one image projection per step, as in the paper (its step heads are
+            step-specific, image projection included; the encoder still runs once per image). False: one projection
+            shared by all steps, the layout of teacher checkpoints saved before this option existed (load those with
+            `from_pretrained(path, per_step_image_projection=False)`).
         classifier_dropout (`float`): dropout inside each step's MLP head.
         use_memory (`bool`): ablation "w/o Memory" when False (no memory node, no GRU write-back).
         use_text (`bool`): ablation "w/o Text" when False (learned step embeddings replace the encoded questions).
@@ -227,6 +231,7 @@ class StepCoTConfig(StepCoTSchemaConfig):
     gat_negative_slope: float = 0.2
     fusion_dropout: float = 0.2
     image_projection_dropout: float = 0.3
+    per_step_image_projection: bool = True
     classifier_dropout: float = 0.2
     use_memory: bool = True
     use_text: bool = True

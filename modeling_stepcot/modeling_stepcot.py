@@ -56,9 +56,10 @@ class StepCoTOutput(ModelOutput):
         step_logits (`tuple(torch.FloatTensor)`, one `(batch, num_classes_of_step)` per step):
             The unpadded per-step logits.
         step_losses (`torch.FloatTensor` of shape `(num_steps,)`, *optional*): each step's cross-entropy.
-        image_features (`torch.FloatTensor` of shape `(batch, hidden_size)`):
-            The projected image embedding (teacher: input of every step head; student: the chain's start),
-            used by the channel/relation distillation loss.
+        image_features (`torch.FloatTensor`):
+            The projected image embedding, used by the channel/relation distillation loss. Teacher:
+            `(batch, num_steps, hidden_size)`, each step head's own projection of the one image embedding; student:
+            `(batch, hidden_size)`, the chain's start.
         image_embeds (`torch.FloatTensor` of shape `(batch, image_embed_dim)`):
             The frozen encoder's pooled image embedding (what a feature cache stores).
         step_features (`torch.FloatTensor` of shape `(batch, num_steps, hidden_size)`, *optional*):
@@ -409,12 +410,22 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
         super().__init__(config)
         hidden = config.hidden_size
         self.vision_encoder = VISION_ENCODERS[config.vision_backbone](config)
-        self.image_projection = nn.Sequential(
-            nn.Linear(self.vision_encoder.output_dim, hidden),
-            nn.LayerNorm(hidden),
-            nn.ReLU(),
-            nn.Dropout(config.image_projection_dropout),
-        )
+
+        def image_projection():
+            return nn.Sequential(
+                nn.Linear(self.vision_encoder.output_dim, hidden),
+                nn.LayerNorm(hidden),
+                nn.ReLU(),
+                nn.Dropout(config.image_projection_dropout),
+            )
+
+        # The paper's step heads each project the (one, shared) image embedding with their own projection.
+        if config.per_step_image_projection:
+            self.image_projections = nn.ModuleList(image_projection() for _ in range(config.num_steps))
+            self.image_projection = None
+        else:  # layout of older checkpoints: one projection for all steps
+            self.image_projections = None
+            self.image_projection = image_projection()
         if config.use_text:
             self.text_encoder = BertModel._from_config(config.text_config, add_pooling_layer=False)
             text_hidden = config.text_config.hidden_size
@@ -507,6 +518,29 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
 
     # -- forward ---------------------------------------------------------------------------------------------
 
+    def project_image(self, image_embeds):
+        """Each step's projected image feature, (B, steps, H), from one pooled embedding per image."""
+        if self.image_projections is None:
+            shared = self.image_projection(image_embeds)
+            return shared.unsqueeze(1).expand(-1, self.config.num_steps, -1)
+        return torch.stack([projection(image_embeds) for projection in self.image_projections], dim=1)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose image-projection layout differs from the
+        config's (older teachers had one shared projection): loading it would silently re-initialise the heads."""
+        wants_info = kwargs.get("output_loading_info", False)
+        kwargs["output_loading_info"] = True
+        model, info = super().from_pretrained(*args, **kwargs)
+        unexpected = [key for key in info.get("unexpected_keys", ()) if key.split(".")[0] == "image_projection"]
+        if unexpected and model.config.per_step_image_projection:
+            raise ValueError(
+                f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')} is a teacher saved with one "
+                "image projection shared by all steps (before per-step projections, the paper's layout). Load it "
+                "as saved with `from_pretrained(path, per_step_image_projection=False)`, or retrain."
+            )
+        return (model, info) if wants_info else model
+
     def _run_gat(self, nodes, collect):
         layer_attentions = []
         for layer in self.gat_layers:
@@ -534,7 +568,7 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
         """
         output_attentions = bool(output_attentions)
         image_embeds = self._image_embeds(pixel_values, image_embeds)
-        image_features = self.image_projection(image_embeds)  # shared by all steps
+        image_features = self.project_image(image_embeds)  # (B, steps, H): the encoder ran once
         batch = image_features.shape[0]
 
         if self.config.use_text:
@@ -555,7 +589,7 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
                 context = self.fusion_norm(self.fusion(torch.cat([nodes[:, step], memory], dim=-1)))
             else:
                 context = self.fusion_norm(self.fusion(nodes[:, step]))
-            logits = head(image_features, context)
+            logits = head(image_features[:, step], context)
             step_logits.append(logits)
             if self.config.use_memory:
                 prediction_embedding = logits.softmax(-1) @ head.classifier.weight  # (B, hidden)

@@ -28,6 +28,8 @@ def test_info_describes_a_saved_model(tmp_path, capsys):
     assert info["class"] == "StepCoTTeacher" and info["ablations"] == {"use_memory": False, "use_text": True}
     assert [len(s["options"]) for s in info["steps"]] == [4, 4, 6, 7, 5, 7, 9]
     assert 0 < info["trainable_parameters"] < info["parameters"]
+    # + CLIP's unused text tower and BERT's unused pooler, as Table 11 counts
+    assert info["paper_comparable_parameters"] > info["parameters"]
     assert "model.safetensors" in info["files"]
 
 
@@ -87,12 +89,13 @@ def test_arguments_after_a_bare_double_dash_pass_through_unchanged():
 
 
 def test_training_commands_accept_both_spellings():
-    from trainers.run_distill import DataArguments, TrainingArguments
+    from trainers.run_distill import DataArguments, StepCoTDistillationConfig
     from trainers.training.run_setup import parse_run_args
 
-    for flags in (["--output_dir", "o", "--num_bootstrap", "7"], ["--output-dir", "o", "--num-bootstrap", "7"]):
-        data_args, training_args = parse_run_args((DataArguments, TrainingArguments), flags)
-        assert (training_args.output_dir, data_args.num_bootstrap) == ("o", 7)
+    for flags in (["--output_dir", "o", "--num_bootstrap", "7", "--alpha_kd", "0.3"],
+                  ["--output-dir", "o", "--num-bootstrap", "7", "--alpha-kd", "0.3"]):
+        data_args, training_args = parse_run_args((DataArguments, StepCoTDistillationConfig), flags)
+        assert (training_args.output_dir, data_args.num_bootstrap, training_args.alpha_kd) == ("o", 7, 0.3)
 
 
 @pytest.mark.parametrize("spelling", [["--output_dir", "x"], ["--output-dir", "x"], ["--output-dir=x"],

@@ -67,7 +67,7 @@ def test_rows_and_table_in_process():
         assert row["ms_per_sample_in_batch"] == pytest.approx(row["ms_per_batch2"] / 2, abs=0.06)
         assert row["x_vision_encoder"] == pytest.approx(row["ms_per_batch2"] / rows[0]["ms_per_batch2"], abs=1e-3)
     table = efficiency.markdown(rows, 2, "cpu")
-    assert table.startswith("| Model | Params (M) | ms/sample (batch 1) | ms/batch (2) |")
+    assert table.startswith("| Model | Params (M) | Params as Table 11 (M) | ms/sample (batch 1) | ms/batch (2) |")
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 4 and "× encoder (batch)" in table
 
 
@@ -107,7 +107,21 @@ def test_benchmarks_inference_wrapper_keeps_its_output(monkeypatch, capsys, tmp_
     module.main()
     output = capsys.readouterr().out.splitlines()
     assert calls[0][0] == ("vision_encoder", "teacher", "student") and calls[0][1]["device"] == "cpu"
-    assert output[1] == ("| model | parameters_M | ms_per_sample_batch1 | ms_per_batch2 | ms_per_sample_in_batch | "
+    assert output[1] == ("| model | parameters_M | paper_parameters_M | ms_per_sample_batch1 | ms_per_batch2 | "
+                         "ms_per_sample_in_batch | "
                          "peak_rss_MB | x_vision_encoder |")
     assert output[-1].startswith("teacher ") and "(target <= 1.3)" in output[-1] and "(target <= 1.05)" in output[-1]
     assert [row["model"] for row in json.loads((tmp_path / "r.json").read_text())["rows"]] == list(module.MODELS)
+
+
+def test_paper_comparable_parameter_counts_are_table_11s():
+    """ViT-B/32 + BERT-base at the paper's widths with seven image projections: exactly Table 11's counts."""
+    from modeling_stepcot import StepCoTConfig, StepCoTStudentConfig
+
+    teacher = efficiency.paper_comparable_parameters(StepCoTConfig())
+    student = efficiency.paper_comparable_parameters(StepCoTStudentConfig())
+    assert round(teacher["paper_comparable"] / 1e6, 2) == 283.66
+    assert round(student["paper_comparable"] / 1e6, 2) == 151.56
+    assert teacher["unused_clip_text_tower"] == student["unused_clip_text_tower"] > 60e6
+    shared = efficiency.paper_comparable_parameters(StepCoTConfig(per_step_image_projection=False))
+    assert teacher["paper_comparable"] - shared["paper_comparable"] == 6 * 395_520  # six more 512->768 projections

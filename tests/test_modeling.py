@@ -1,5 +1,7 @@
 """Teacher and student: shapes, masking, each equation of the spec, ablations, encoder calls, gradients."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,9 +102,9 @@ def test_gat_layer_matches_hand_computation():
 
 def _teacher_by_the_equations(model, pixel_values):
     """The spec's teacher, written out step by step from the model's own modules."""
-    image = model.image_projection(model.encode_images(pixel_values))
+    embeds = model.encode_images(pixel_values)  # the encoder runs once; each step projects it with its own head
     questions = model.question_projection(model.encode_questions())
-    batch = image.shape[0]
+    batch = embeds.shape[0]
     nodes = torch.cat([questions.expand(batch, -1, -1), model.memory_init.expand(batch, 1, -1)], 1)
     all_logits = []
     for step, head in enumerate(model.step_heads):
@@ -110,6 +112,7 @@ def _teacher_by_the_equations(model, pixel_values):
             nodes, _ = layer(nodes)
         memory = nodes[:, -1]
         context = model.fusion_norm(model.fusion(torch.cat([nodes[:, step], memory], -1)))
+        image = model.image_projections[step](embeds)
         logits = head.classifier(head.mlp(torch.cat([image, context], -1)))
         all_logits.append(logits)
         p = logits.softmax(-1)
@@ -127,6 +130,32 @@ def test_teacher_forward_follows_the_equations_including_memory_write_back():
         out = model(pixel_values=pixel_values)
     for got, want in zip(out.step_logits, expected):
         assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_teacher_has_one_image_projection_per_step_and_encodes_each_image_once():
+    model = tiny_teacher().eval()
+    assert len(model.image_projections) == model.num_steps
+    calls = []
+    model.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        out = model(pixel_values=random_batch(3)[0])
+    assert len(calls) == 1
+    assert out.image_features.shape == (3, model.num_steps, model.config.hidden_size)
+    assert not torch.allclose(out.image_features[:, 0], out.image_features[:, 1])  # step-specific projections
+
+
+def test_teacher_saved_with_a_shared_projection_loads_only_when_asked(tmp_path):
+    old = tiny_teacher(per_step_image_projection=False).eval()
+    old.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("per_step_image_projection")  # as written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="per_step_image_projection=False"):
+        StepCoTTeacher.from_pretrained(tmp_path)
+    loaded = StepCoTTeacher.from_pretrained(tmp_path, per_step_image_projection=False).eval()
+    pixel_values = random_batch(2)[0]
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=pixel_values).logits, old(pixel_values=pixel_values).logits)
 
 
 def test_student_residual_chain_follows_the_equation():

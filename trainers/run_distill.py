@@ -6,9 +6,11 @@
         --vision_encoder openai/clip-vit-base-patch32 --text_encoder bert-base-uncased --output_dir outputs/paper
     torchrun --nproc_per_node 2 trainers/run_distill.py ...          # multi-process on CPU (gloo)
 
-Every `transformers.TrainingArguments` flag works (`--per_device_train_batch_size`, `--bf16`,
-`--resume_from_checkpoint`, ...). `--num_train_epochs` counts the distillation epochs;
-`--teacher_pretrain_epochs` teacher-only epochs come first.
+The distillation recipe (`--alpha_kd`, `--alpha_ch`, `--temperature`, `--relation_dim`, `--teacher_learning_rate`,
+`--student_learning_rate`, `--teacher_pretrain_epochs`, ...) is a `StepCoTDistillationConfig`, a `TrainingArguments`
+subclass: it is written into every checkpoint, and a resume with other values fails. Every `TrainingArguments` flag
+works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`, ...). `--num_train_epochs` counts the
+distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
 `metrics/{teacher,student}/` (metrics.json, Markdown table, plots for the evaluation split), `results.json`, and the
@@ -21,7 +23,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
 
 if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_distill.py`): find the project
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,18 +37,19 @@ from trainers.training.distillation import (
     StepCoTDistillationTrainer,
     build_pair_compute_metrics,
 )
+from trainers.training.distillation_config import StepCoTDistillationConfig
 from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
 from trainers.training.run_folder import built_from
 from trainers.training.run_setup import (
     DIFFERENCES_FILENAME,
     DataArguments,
-    DistillationArguments,
     ModelArguments,
     build_processor,
     build_student,
     build_teacher,
     feature_baselines,
+    dataset_schema,
     load_best,
     paired_differences_text,
     parse_run_args,
@@ -63,26 +65,27 @@ logger = logging.getLogger("stepcot.train")
 
 
 def parse_args(argv=None):
-    return parse_run_args((ModelArguments, DataArguments, DistillationArguments, TrainingArguments), argv,
-                          help_text=__doc__)
+def parse_args(argv=None):
+    return parse_run_args((ModelArguments, DataArguments, StepCoTDistillationConfig), argv, help_text=__doc__)
 
 
 def main(argv=None) -> int:
     return train(*parse_args(argv))
 
 
-def train(model_args, data_args, distill_args, training_args) -> int:
-    """One distillation run from parsed arguments: the library entry behind `stepcot train` (and the ablation
-    bench, which sets its variant on the parsed dataclasses)."""
+def train(model_args, data_args, training_args) -> int:
+    """One distillation run from parsed arguments (`training_args` is a `StepCoTDistillationConfig`): the library
+    entry behind `stepcot train` and the ablation bench, which sets its variant on the parsed dataclasses."""
     distillation_epochs = training_args.num_train_epochs
-    training_args.num_train_epochs = distillation_epochs + distill_args.teacher_pretrain_epochs
+    training_args.num_train_epochs = distillation_epochs + training_args.teacher_pretrain_epochs
     inputs = built_from("run_distill", model_args, data_args)
     output_dir = start_run(training_args, inputs, overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    teacher, student = build_teacher(model_args), build_student(model_args)
+    schema = dataset_schema(splits["train"])  # the release's own questions and options
+    teacher, student = build_teacher(model_args, schema), build_student(model_args, schema)
     processor = build_processor(teacher)
-    pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=model_args.relation_dim)
+    pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=training_args.relation_dim)
     if model_args.lora_r:
         for role in ("teacher", "student"):
             count = add_vision_lora(getattr(pair, role), model_args.lora_r)
@@ -93,7 +96,7 @@ def train(model_args, data_args, distill_args, training_args) -> int:
     )
 
     class_weights = None
-    if distill_args.class_weights:
+    if training_args.class_weights:
         labels = torch.as_tensor(splits["train"]["labels"], dtype=torch.long)
         class_weights = inverse_frequency_class_weights(labels, teacher.config.num_classes_per_step)
 
@@ -105,12 +108,6 @@ def train(model_args, data_args, distill_args, training_args) -> int:
         data_collator=data_collator,
         compute_metrics=build_pair_compute_metrics(teacher.config.num_classes_per_step),
         callbacks=[BestModelExportCallback(str(output_dir))],
-        temperature=distill_args.temperature,
-        alpha_kd=distill_args.alpha_kd,
-        alpha_ch=distill_args.alpha_ch,
-        teacher_learning_rate=distill_args.teacher_learning_rate,
-        student_learning_rate=distill_args.student_learning_rate,
-        teacher_pretrain_epochs=distill_args.teacher_pretrain_epochs,
         class_weights=class_weights,
     )
     quiet_progress(trainer)
@@ -138,7 +135,7 @@ def train(model_args, data_args, distill_args, training_args) -> int:
     record_training_facts({"teacher": pair.teacher, "student": pair.student}, splits,
                           datasets_by_split if use_cache else None, share_encoder=pair.shares_image_encoder())
     run_args = {
-        "model": asdict(model_args), "data": asdict(data_args), "distillation": asdict(distill_args),
+        "model": asdict(model_args), "data": asdict(data_args), "distillation": training_args.distillation_values(),
         "training": {k: getattr(training_args, k) for k in (
             "per_device_train_batch_size", "num_train_epochs", "seed", "max_grad_norm", "lr_scheduler_type")},
         "distillation_epochs": distillation_epochs, "eval_split": eval_split,

@@ -28,6 +28,7 @@ from trainers.training.run_setup import (
     ModelArguments,
     build_processor,
     build_teacher,
+    dataset_schema,
     parse_run_args,
     prepare_splits,
     print_summary,
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
                            overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    teacher = build_teacher(model_args)
+    teacher = build_teacher(model_args, dataset_schema(splits["train"]))  # the release's questions and options
     if model_args.lora_r:
         add_vision_lora(teacher, model_args.lora_r)
     processor = build_processor(teacher)

@@ -1,6 +1,6 @@
 """`stepcot data ...`: build, validate and publish Step-CoT datasets, render the synthetic demo.
 
-    stepcot data demo --output-dir demo_release --n 1200
+    stepcot data demo --output-dir demo_release --n 1200 [--difficulty hard]
     stepcot data validate --source demo_release
     stepcot data build --source demo_release --output-dir step_cot_hub      # then load_dataset("step_cot_hub")
     stepcot data build --source fl-15o/Step-CoT --output-dir step_cot_hub  # download the Hub release, unpack, build
@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--workers", type=int, default=1, help="rendering processes")
+    demo.add_argument("--difficulty", choices=("easy", "hard"), default="easy",
+                      help="easy (default): large high-contrast lesions; hard: subtle low-contrast lesions, "
+                           "overlapping anatomy, more noise and 4%% label noise")
 
     imports = commands.add_parser(
         "import", help="your own images + labels or reports -> a release folder (data.json, images/, schema.json)",
@@ -120,7 +123,8 @@ def _build(args) -> int:
 def _demo(args) -> int:
     from dataset_script.demo import write_demo_release
 
-    summary = write_demo_release(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers)
+    summary = write_demo_release(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers,
+                                 difficulty=args.difficulty)
     print(f"wrote {summary['records']} synthetic records to {summary['out_dir']} in {summary['seconds']:.1f} s")
     return 0
 

@@ -32,6 +32,7 @@ def describe(model_dir: str) -> dict:
         stepcot_config_from_dict,
         stored_tensors,
     )
+    from trainers.paper.efficiency import paper_comparable_parameters
 
     config_dict = read_config(model_dir)
     model_type = model_type_of(config_dict, model_dir)
@@ -42,6 +43,7 @@ def describe(model_dir: str) -> dict:
     with torch.device("meta"):  # this package's class, no weights allocated: which parameters train
         model = model_class(config)
     total = sum(p.numel() for p in model.parameters())
+    paper_count = paper_comparable_parameters(config)["paper_comparable"]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tensors = stored_tensors(model_dir)
     stored = 0
@@ -66,6 +68,7 @@ def describe(model_dir: str) -> dict:
         "stored_tensors": len(tensors),
         "stored_values": stored,
         "calibration": getattr(config, "calibration", None),
+        "paper_comparable_parameters": paper_count,
         "steps": [
             {"name": name, "question": question, "options": options}
             for name, question, options in zip(config.step_names, config.step_questions, config.step_options)
@@ -91,7 +94,9 @@ def run(args) -> int:
     if info["model_type"] == "stepcot":
         print(f"  text: {info['text_encoder'] or 'random init'}; ablations: {info['ablations']}")
     print(f"  hidden size {info['hidden_size']}; parameters {info['parameters'] / 1e6:.2f} M "
-          f"({info['trainable_parameters'] / 1e6:.2f} M trainable); {info['stored_tensors']} stored tensors")
+          f"({info['trainable_parameters'] / 1e6:.2f} M trainable; {info['paper_comparable_parameters'] / 1e6:.2f} M "
+          "counted as the paper's Table 11, with CLIP's unused text tower and BERT's unused pooler); "
+          f"{info['stored_tensors']} stored tensors")
     for number, step in enumerate(info["steps"], 1):
         print(f"  step {number} {step['name']}: {step['question']}  [{' | '.join(step['options'])}]")
     if info["files"]:

@@ -81,23 +81,37 @@ def load_split(dataset: str, split: str, max_examples: int | None = None):
     return data, split
 
 
+def chain_schema(data, num_steps: int):
+    """The step questions and option lists of a dataset's records (`vqa_chain`), the most common per step, and how
+    many different option lists each step has. None when the data has no `vqa_chain` column."""
+    if "vqa_chain" not in data.column_names:
+        return None
+    options_seen = [Counter() for _ in range(num_steps)]
+    questions_seen = [Counter() for _ in range(num_steps)]
+    for chain in data.select_columns(["vqa_chain"])["vqa_chain"]:
+        for step, entry in enumerate(chain[:num_steps]):
+            options_seen[step][tuple(entry["options"])] += 1
+            questions_seen[step][entry.get("question") or ""] += 1
+    return {
+        "step_questions": [c.most_common(1)[0][0] if c else None for c in questions_seen],
+        "step_options": [list(c.most_common(1)[0][0]) if c else None for c in options_seen],
+        "variants": [len(c) for c in options_seen],
+    }
+
+
 def dataset_step_options(data, config) -> tuple[list[list[str]], list[str]]:
     """The option texts that the labels index, taken from the records' `vqa_chain` (most common list per step), and
     notes where they differ from the model's config. A different class count is an error: labels would be misread."""
-    if "vqa_chain" not in data.column_names:
+    schema = chain_schema(data, config.num_steps)
+    if schema is None:
         model_options = [list(options) for options in config.step_options]
         return model_options, ["dataset has no vqa_chain: option names from the model config"]
-    per_step = [Counter() for _ in range(config.num_steps)]
-    for chain in data.select_columns(["vqa_chain"])["vqa_chain"]:
-        for step, entry in enumerate(chain[: config.num_steps]):
-            per_step[step][tuple(entry["options"])] += 1
     options, notes = [], []
-    for step, counter in enumerate(per_step):
+    for step, (most_common, variants) in enumerate(zip(schema["step_options"], schema["variants"])):
         model_options = list(config.step_options[step])
-        if not counter:
+        if most_common is None:
             options.append(model_options)
             continue
-        (most_common, _), variants = counter.most_common(1)[0], len(counter)
         if len(most_common) != len(model_options):
             raise ValueError(f"Step {step + 1} ({config.step_names[step]!r}) has {len(most_common)} options in the "
                              f"dataset but {len(model_options)} classes in the model: {list(most_common)}.")

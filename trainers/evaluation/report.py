@@ -156,7 +156,8 @@ def markdown_table(
     sources: Sequence[str] | None = None,
 ) -> str:
     """The paper's Table 8/9 layout (Model | Step | six metrics), one block of rows per model, followed by notes:
-    the interval method, per-step example counts, undefined values with their reasons and short definitions."""
+    the interval method, per-step example counts, undefined values with their reasons and short definitions.
+    The paper's Table 3 (Teacher / Student rows) is the Diagnosis row of Table 9: read it off this table."""
     header = ["Model", "Step"] + [METRIC_DISPLAY_NAMES[name] for name in METRIC_NAMES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, result in runs:

@@ -48,11 +48,11 @@ def train_variant(name: str, dataset: str, out: Path, train_args: list[str]) -> 
     arguments (the output folder goes through the parser: TrainingArguments derives other fields from it)."""
     ablation, _ = VARIANTS[name]
     output_dir = out / name
-    model_args, data_args, distill_args, training_args = parse_args(["--output_dir", str(output_dir), *train_args])
+    model_args, data_args, training_args = parse_args(["--output_dir", str(output_dir), *train_args])
     data_args.dataset, data_args.cache_dir = dataset, str(out / "cache")
     for field_name, value in ablation.items():
         setattr(model_args, field_name, value)
-    code = train(model_args, data_args, distill_args, training_args)
+    code = train(model_args, data_args, training_args)
     if code:
         raise RuntimeError(f"stepcot train for the {name!r} variant exited with {code}.")
     return output_dir

@@ -150,6 +150,48 @@ def build_model(name: str, tiny: bool = False) -> tuple[nn.Module, int]:
     raise ValueError(f"unknown model {name!r}: use one of {PRESETS}, hf:NAME or dir:PATH.")
 
 
+def _count_on_meta(build) -> int:
+    with torch.device("meta"):  # shapes only: no weights are allocated
+        return sum(p.numel() for p in build().parameters())
+
+
+def paper_comparable_parameters(config) -> dict:
+    """Parameters of a Step-CoT teacher or student as the paper's Table 11 counts them, from its config alone (on the
+    meta device): the model itself, plus, with a CLIP backbone, CLIP's text tower (which the paper's models load
+    with the image tower but never run), plus, for the teacher, BERT's pooler (loaded, unused). The text tower is
+    CLIP's default (ViT-B/32's) unless the model came with a different one, which its config does not record.
+
+    Paper, ViT-B/32 + BERT-base, seven steps: teacher 283.66 M, student 151.56 M."""
+    from transformers import BertModel, CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
+
+    from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTTeacher
+
+    model_class = StepCoTTeacher if isinstance(config, StepCoTConfig) else StepCoTStudent
+    model = _count_on_meta(lambda: model_class(config))
+    unused_text_tower = pooler = 0
+    if config.vision_backbone == "clip":
+        vision = config.vision_config
+        clip = CLIPConfig(vision_config=vision.to_dict(), projection_dim=vision.projection_dim)
+        unused_text_tower = _count_on_meta(lambda: CLIPModel(clip)) - _count_on_meta(
+            lambda: CLIPVisionModelWithProjection(clip.vision_config))
+    if model_class is StepCoTTeacher and config.use_text:
+        text = config.text_config
+        pooler = _count_on_meta(lambda: BertModel(text)) - _count_on_meta(
+            lambda: BertModel(text, add_pooling_layer=False))
+    return {"model": model, "unused_clip_text_tower": unused_text_tower, "unused_bert_pooler": pooler,
+            "paper_comparable": model + unused_text_tower + pooler}
+
+
+def _paper_parameters_M(model: nn.Module):
+    """Table 11's count for a Step-CoT teacher or student; for a baseline (text tower already included) its own."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", "") in ("stepcot", "stepcot_student"):
+        return round(paper_comparable_parameters(config)["paper_comparable"] / 1e6, 2)
+    if isinstance(model, BaselineInference):
+        return round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+    return None
+
+
 def _synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -189,6 +231,7 @@ def measure(name: str, batch_size: int = 32, repeats: int = 5, device: str = "cp
     row = {
         "model": name,
         "parameters_M": round(parameters / 1e6, 2),
+        "paper_parameters_M": _paper_parameters_M(model),
         "ms_per_sample_batch1": round(ms_single, 2),
         f"ms_per_batch{batch_size}": round(ms_batch, 1),
         "ms_per_sample_in_batch": round(ms_batch / batch_size, 2),
@@ -237,7 +280,8 @@ def environment(device: str, threads: int | None = None) -> str:
 
 
 def markdown(rows: list[dict], batch_size: int, device: str, threads: int | None = None) -> str:
-    columns = [("model", "Model"), ("parameters_M", "Params (M)"), ("ms_per_sample_batch1", "ms/sample (batch 1)"),
+    columns = [("model", "Model"), ("parameters_M", "Params (M)"), ("paper_parameters_M", "Params as Table 11 (M)"),
+               ("ms_per_sample_batch1", "ms/sample (batch 1)"),
                (f"ms_per_batch{batch_size}", f"ms/batch ({batch_size})"),
                ("ms_per_sample_in_batch", "ms/sample in batch"), ("peak_rss_MB", "Peak RSS (MB)")]
     if any("peak_cuda_MB" in row for row in rows):
@@ -251,6 +295,8 @@ def markdown(rows: list[dict], batch_size: int, device: str, threads: int | None
         f"{environment(device, threads)}. Random weights at the paper's shapes (no Hub). Median of repeated calls "
         "after two warm-ups. Peak RSS: the measuring process's peak resident memory (Python + torch + weights); "
         "Peak CUDA: torch.cuda.max_memory_allocated. Baseline rows run the image tower + MLP per image (question "
-        "embeddings precomputed); their parameter counts include the text tower.",
+        "embeddings precomputed); their parameter counts include the text tower. 'Params as Table 11': the Step-CoT "
+        "models counted as the paper counts them (plus CLIP's unused text tower and, for the teacher, BERT's unused "
+        "pooler; paper: teacher 283.66 M, student 151.56 M).",
     ]
     return "\n".join(lines) + "\n"

@@ -16,19 +16,23 @@ import os
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import ModelOutput
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.training.checkpoints import LeanCheckpointMixin, raise_if_not_finite
+from trainers.training.distillation_config import StepCoTDistillationConfig
 from trainers.training.losses import distillation_losses
 
 
 class StepCoTPairConfig(PreTrainedConfig):
-    r"""Teacher and student configs plus the width of the CH (channel/relation) projections (256 in the paper)."""
+    r"""Teacher and student configs plus the width of the CH (channel/relation) projections (256 in the paper) and
+    the seed of the frozen teacher-side projection."""
 
     model_type = "stepcot_pair"
     sub_configs_defaults = {"teacher_config": StepCoTConfig, "student_config": StepCoTStudentConfig}
@@ -36,6 +40,7 @@ class StepCoTPairConfig(PreTrainedConfig):
     teacher_config: dict | StepCoTConfig | None = None
     student_config: dict | StepCoTStudentConfig | None = None
     relation_dim: int = 256
+    relation_seed: int = 0
 
 
 @dataclass
@@ -43,8 +48,8 @@ class StepCoTPairOutput(ModelOutput):
     r"""
     teacher_logits / student_logits (`(batch, steps, max_classes)`): padded per-step logits.
     teacher_step_logits / student_step_logits: the unpadded per-step logits.
-    teacher_relation / student_relation (`(batch, relation_dim)`): the CH projections of the image features
-        (teacher features detached first).
+    teacher_relation (`(batch, steps, relation_dim)`): the frozen CH projection of each step's (detached) teacher
+        image feature. student_relation (`(batch, relation_dim)`): the trainable CH projection of the student's.
     """
 
     teacher_logits: torch.FloatTensor | None = None
@@ -56,7 +61,11 @@ class StepCoTPairOutput(ModelOutput):
 
 
 class StepCoTDistillationPair(PreTrainedModel):
-    """Teacher + student + CH projections, trained together. Export each model with `pair.teacher.save_pretrained`."""
+    """Teacher + student + CH projections, trained together. Export each model with `pair.teacher.save_pretrained`.
+
+    The teacher-side CH projection is frozen (paper D.5 (3b): the CH targets come from a no-grad teacher forward; the
+    reference never trains it): initialised from `config.relation_seed`, saved with the pair. Only the student-side
+    projection learns."""
 
     config: StepCoTPairConfig
     base_model_prefix = "pair"
@@ -71,14 +80,33 @@ class StepCoTDistillationPair(PreTrainedModel):
         self.student_relation_projection = nn.Linear(config.student_config.hidden_size, config.relation_dim)
         self._shares_image_encoder = None  # decided on first use, once the weights are loaded
         self.post_init()
+        self._seed_teacher_relation_projection()
+        self.teacher_relation_projection.requires_grad_(False)
 
     @classmethod
-    def from_models(cls, teacher: StepCoTTeacher, student: StepCoTStudent, relation_dim: int = 256):
+    def from_pretrained(cls, *args, **kwargs):
+        pair = super().from_pretrained(*args, **kwargs)
+        model = pair[0] if isinstance(pair, tuple) else pair
+        model.teacher_relation_projection.requires_grad_(False)  # loading re-creates the parameters
+        return pair
+
+    def _seed_teacher_relation_projection(self):
+        """The frozen teacher-side projection, reproducible from the seed (saved weights, when loaded, override it)."""
+        generator = torch.Generator().manual_seed(self.config.relation_seed)
+        weight = self.teacher_relation_projection.weight
+        std = self.config.teacher_config.initializer_range
+        with torch.no_grad():
+            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+            self.teacher_relation_projection.bias.zero_()
+
+    @classmethod
+    def from_models(cls, teacher: StepCoTTeacher, student: StepCoTStudent, relation_dim: int = 256,
+                    relation_seed: int = 0):
         """Start from two built (e.g. pretrained-encoder) models; their weights, buffers and freezing are kept."""
         if teacher.config.step_options != student.config.step_options:
             raise ValueError("Teacher and student must answer the same steps with the same options.")
         pair = cls(StepCoTPairConfig(teacher_config=teacher.config, student_config=student.config,
-                                     relation_dim=relation_dim))
+                                     relation_dim=relation_dim, relation_seed=relation_seed))
         pair.teacher.load_state_dict(teacher.state_dict())
         pair.student.load_state_dict(student.state_dict())
         pair.teacher._apply_freezing()
@@ -180,42 +208,65 @@ class BestModelExportCallback(TrainerCallback):
                 getattr(model, role).save_pretrained(os.path.join(self.output_dir, "best", role))
 
 
+class DistillationConfigCheckpointCallback(TrainerCallback):
+    """Writes the run's distillation settings (JSON) into every checkpoint folder the Trainer saves."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if os.path.isdir(folder):
+                args.save_distillation_values(folder)
+
+
 class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
     """`Trainer` whose `compute_loss` is the Step-CoT joint objective:
 
     loss = teacher CE + [student CE + alpha_kd * KD + alpha_ch * CH]   (each summed over steps)
 
-    The bracket is switched off for the first `teacher_pretrain_epochs` epochs (teacher-only pre-training; the
-    student's learning rate is 0 then too). Teacher and student get separate learning rates through parameter
-    groups (defaults 5e-5 / 1e-4; the CH projections train with the student). Each term is logged separately.
-    Per-epoch checkpoints are lean (trainable weights + a digest of the frozen encoders, see `checkpoints.py`).
+    `args` must be a [`StepCoTDistillationConfig`] (the recipe: weights, temperature, rates, pre-training epochs);
+    it is written into each checkpoint and checked on resume. The bracket is switched off for the first
+    `teacher_pretrain_epochs` epochs (teacher-only pre-training), and the student's parameters then get no gradient
+    at all, so its AdamW state starts fresh when distillation begins. Teacher and student get separate learning
+    rates through parameter groups and their gradients are clipped separately (each to `max_grad_norm`), so the KD
+    and CH weights cannot change the teacher's trajectory. Each term is logged separately. Per-epoch checkpoints
+    are lean (trainable weights + a digest of the frozen encoders, see `checkpoints.py`).
     """
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by accumulation steps
 
-    def __init__(
-        self,
-        *args,
-        temperature: float = 2.0,
-        alpha_kd: float = 0.5,
-        alpha_ch: float = 1.0,
-        teacher_learning_rate: float = 5e-5,
-        student_learning_rate: float = 1e-4,
-        teacher_pretrain_epochs: int = 2,
-        class_weights=None,
-        **kwargs,
-    ):
+    def __init__(self, *args, class_weights=None, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if not isinstance(training_args, StepCoTDistillationConfig):
+            raise TypeError(
+                "StepCoTDistillationTrainer needs args=StepCoTDistillationConfig(...) (the distillation recipe), "
+                f"got {type(training_args).__name__}."
+            )
         super().__init__(*args, **kwargs)
-        self.temperature = temperature
-        self.alpha_kd = alpha_kd
-        self.alpha_ch = alpha_ch
-        self.teacher_learning_rate = teacher_learning_rate
-        self.student_learning_rate = student_learning_rate
-        self.teacher_pretrain_epochs = teacher_pretrain_epochs
+        config = self.args
+        self.temperature = config.temperature
+        self.alpha_kd = config.alpha_kd
+        self.alpha_ch = config.alpha_ch
+        self.teacher_learning_rate = config.teacher_learning_rate
+        self.student_learning_rate = config.student_learning_rate
+        self.teacher_pretrain_epochs = config.teacher_pretrain_epochs
         self.class_weights = class_weights
+        pair = self.model
+        if pair.config.relation_dim != config.relation_dim:
+            raise ValueError(f"The pair's CH projections are {pair.config.relation_dim} wide but the distillation "
+                             f"config says relation_dim={config.relation_dim}.")
+        pair.teacher_relation_projection.requires_grad_(config.ch_train_teacher_projection)
+        self.add_callback(DistillationConfigCheckpointCallback())
         self._teacher_pretrain_steps = None
         self._term_sums = {}
         self._term_count = 0
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if checkpoint:
+            self.args.check_matches_checkpoint(checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- schedule ------------------------------------------------------------------------------------------
 
@@ -252,7 +303,32 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self.optimizer.register_step_pre_hook(self._skip_student_in_pretraining)
         return self.optimizer
+
+    def _role_parameters(self, role):
+        return [p for group in self.optimizer.param_groups if group["role"] == role for p in group["params"]]
+
+    def _skip_student_in_pretraining(self, optimizer, args, kwargs):
+        """During teacher-only epochs the student's (zero) gradients are dropped before the optimizer step: AdamW
+        then skips those parameters entirely instead of counting steps with empty moments."""
+        if self.in_teacher_pretraining():
+            for group in optimizer.param_groups:
+                if group["role"] == "student":
+                    for parameter in group["params"]:
+                        parameter.grad = None
+
+    def _clip_grad_norm(self, model):
+        """Clip the teacher's and the student's gradients separately, each to `max_grad_norm` (the reference clips each
+        model on its own); returns the norm of both together, before clipping, for the logs."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED or self.is_fsdp_enabled:
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()  # mixed precision (fp16): once, before both clips
+        norms = [
+            torch.nn.utils.clip_grad_norm_(self._role_parameters(role), self.args.max_grad_norm)
+            for role in ("teacher", "student")
+        ]
+        return torch.linalg.vector_norm(torch.stack([norm.float() for norm in norms]))
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """The configured schedule for every group, with the student's groups held at 0 during pre-training."""
@@ -287,6 +363,7 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
             alpha_kd=self.alpha_kd,
             alpha_ch=self.alpha_ch,
             class_weights=class_weights,
+            ch_standardize=self.args.ch_standardize,
         )
         student_weight = 0.0 if self.in_teacher_pretraining() else 1.0
         loss = terms["teacher_ce"] + student_weight * terms["student"]
@@ -337,7 +414,9 @@ def build_pair_compute_metrics(num_classes_per_step, num_bootstrap=0, per_step="
 
 __all__ = [
     "BestModelExportCallback",
+    "DistillationConfigCheckpointCallback",
     "StepCoTDistillationPair",
+    "StepCoTDistillationConfig",
     "StepCoTDistillationTrainer",
     "StepCoTPairConfig",
     "StepCoTPairOutput",

@@ -5,7 +5,14 @@
 - CH: teacher and student features projected to a common width, softmax over the feature dimension (temperature
   T), Gram matrices K = F F^T, centred HSIC h(A, B) = sum((HAH) * (HBH)) with H = I - 11^T/n, weight
   w = h(K_t, K_s) / sqrt(h(K_t, K_t) h(K_s, K_s)), CH = w * KL(k_t || k_s) batch mean. w is treated as a weight
-  (no gradient through it), so the student cannot lower the loss by making the two similarity structures differ.
+  (no gradient through it, as an importance weight: otherwise the student could lower the loss by making the two
+  similarity structures *differ*, the opposite of the term's intent). The teacher side is a fixed target: its
+  features are detached and its projection is frozen (see `StepCoTDistillationPair`).
+  Documented deviation (within the paper's latitude, which leaves the projections' scale open): by default each
+  projected vector is standardised (zero mean, unit variance over its features; a LayerNorm without parameters)
+  before the softmax. Without it, a 256-wide projection from a 0.02-std init gives a softmax at T = 2 that is
+  ~99.7 % of the maximum entropy: a near-uniform target that carries almost no information, and a gradient that
+  shrinks with the projections' scale. `standardize=False` is the paper as written.
 """
 
 import torch
@@ -42,12 +49,19 @@ def hsic_weight(teacher_soft, student_soft, eps=1e-12):
     return centred_hsic(gram_t, gram_s) / denominator
 
 
-def ch_loss(teacher_projected, student_projected, temperature):
+def relation_distribution(projected, temperature, standardize=True):
+    """Per-example distribution over the projected features: softmax(z / T), z standardised first by default."""
+    if standardize:
+        projected = F.layer_norm(projected, projected.shape[-1:])
+    return F.softmax(projected / temperature, dim=-1)
+
+
+def ch_loss(teacher_projected, student_projected, temperature, standardize=True):
     """Channel/relation loss for one step on already projected features (n, d). Needs >= 2 examples, else 0."""
     if teacher_projected.shape[0] < 2:
         return student_projected.sum() * 0.0
-    teacher_soft = F.softmax(teacher_projected / temperature, dim=-1)
-    student_soft = F.softmax(student_projected / temperature, dim=-1)
+    teacher_soft = relation_distribution(teacher_projected, temperature, standardize)
+    student_soft = relation_distribution(student_projected, temperature, standardize)
     weight = hsic_weight(teacher_soft.detach(), student_soft.detach())
     kl = F.kl_div(torch.log(student_soft + 1e-12), teacher_soft, reduction="batchmean")
     return weight * kl
@@ -76,17 +90,20 @@ def distillation_losses(
     alpha_kd=0.5,
     alpha_ch=1.0,
     class_weights=None,
+    ch_standardize=True,
 ):
     """All loss terms of one batch. Returns a dict of scalars: `teacher_ce`, `student_ce`, `kd`, `ch` (each summed
-    over steps), and `student` = student_ce + alpha_kd * kd + alpha_ch * ch. Teacher logits are detached; the
-    caller projects *detached* teacher features, so CH trains both projections but never the teacher."""
+    over steps), and `student` = student_ce + alpha_kd * kd + alpha_ch * ch. Teacher logits and teacher features
+    are targets (detached). `teacher_projected` is (n, d), or (n, steps, d) with one teacher feature per step (the
+    teacher's step-specific image projections); `student_projected` is (n, d)."""
     teacher_ce = masked_step_cross_entropy(teacher_step_logits, labels, class_weights).sum()
     student_ce = masked_step_cross_entropy(student_step_logits, labels, class_weights).sum()
     kd_terms, ch_terms = [], []
     for step, (teacher_logits, student_logits) in enumerate(zip(teacher_step_logits, student_step_logits)):
         valid = labels[:, step] != IGNORE_INDEX
         kd_terms.append(kd_loss(student_logits[valid], teacher_logits[valid], temperature))
-        ch_terms.append(ch_loss(teacher_projected[valid], student_projected[valid], temperature))
+        teacher_features = teacher_projected[:, step] if teacher_projected.dim() == 3 else teacher_projected
+        ch_terms.append(ch_loss(teacher_features[valid], student_projected[valid], temperature, ch_standardize))
     kd = torch.stack(kd_terms).sum()
     ch = torch.stack(ch_terms).sum()
     return {

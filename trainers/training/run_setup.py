@@ -52,7 +52,6 @@ class ModelArguments:
     freeze_encoders: bool = field(default=True, metadata={"help": "keep image and text encoders frozen (paper)"})
     teacher_model: str | None = field(default=None, metadata={"help": "start from a saved teacher folder"})
     student_model: str | None = field(default=None, metadata={"help": "start from a saved student folder"})
-    relation_dim: int = field(default=256, metadata={"help": "width of the CH projections"})
     lora_r: int = field(
         default=0, metadata={"help": "rank of LoRA adapters on both image encoders (0: none); merged at export"}
     )
@@ -72,6 +71,10 @@ class DataArguments:
     )
     demo_size: int = field(default=1200, metadata={"help": "records in the synthetic demo"})
     demo_image_size: int = field(default=224)
+    demo_difficulty: str = field(
+        default="easy", metadata={"help": "synthetic demo variant: 'easy' (default) or 'hard' (subtle lesions, "
+                                          "overlapping anatomy, 4 per cent label noise)", "choices": ["easy", "hard"]}
+    )
     eval_split: str = field(default="test", metadata={"help": "split for the final evaluation"})
     feature_cache: bool = field(
         default=True, metadata={"help": "with frozen encoders, encode every image once and train on cached features"}
@@ -91,17 +94,6 @@ class DataArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "remove an earlier run's outputs from OUTPUT_DIR and start over"}
     )
-
-
-@dataclass
-class DistillationArguments:
-    alpha_kd: float = field(default=0.5)
-    alpha_ch: float = field(default=1.0)
-    temperature: float = field(default=2.0)
-    teacher_learning_rate: float = field(default=5e-5)
-    student_learning_rate: float = field(default=1e-4)
-    teacher_pretrain_epochs: int = field(default=2)
-    class_weights: bool = field(default=False, metadata={"help": "inverse-frequency class weights in the CE terms"})
 
 
 TRAINING_DEFAULTS = dict(
@@ -191,7 +183,8 @@ def load_splits(data_args, output_dir: Path):
     """A `DatasetDict` with `image` and `labels` columns from the demo, a release folder, a built folder or the Hub
     (`dataset_script.sources`: a release is built into OUTPUT_DIR/dataset, rebuilt when it changed)."""
     return load_source(data_args.dataset, output_dir, lenient=data_args.lenient, demo_size=data_args.demo_size,
-                       demo_image_size=data_args.demo_image_size, log=logger.info)
+                       demo_image_size=data_args.demo_image_size, demo_difficulty=data_args.demo_difficulty,
+                       log=logger.info)
 
 
 def _image_size_kwargs(model_args):
@@ -202,23 +195,67 @@ def _image_size_kwargs(model_args):
     return {"image_size": model_args.image_size}
 
 
-def build_teacher(model_args):
+def dataset_schema(train_split) -> dict:
+    """The step questions and options of the training data (its records' `vqa_chain`, the most common per step), so
+    the model asks the release's questions and names the release's options; {} when the data carries no chains (the
+    package defaults apply). Steps a release leaves empty keep the defaults."""
+    from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
+    from trainers.evaluation.evaluate_model import chain_schema
+
+    schema = chain_schema(train_split, len(DEFAULT_STEP_NAMES))
+    if schema is None:
+        return {}
+    questions = [q or default for q, default in zip(schema["step_questions"], DEFAULT_STEP_QUESTIONS)]
+    options = [o or list(default) for o, default in zip(schema["step_options"], DEFAULT_STEP_OPTIONS)]
+    for step, variants in enumerate(schema["variants"]):
+        if variants > 1:
+            logger.warning("step %d: %d different option lists in the training data; the model uses the most "
+                           "common, %s", step + 1, variants, options[step])
+    return {"step_questions": questions, "step_options": options}
+
+
+def _adopt_schema(model, schema: dict, source: str):
+    """A saved model trained on the same classes takes the data's questions / option names; other class counts fail."""
+    if not schema:
+        return model
+    config = model.config
+    counts = [len(options) for options in schema["step_options"]]
+    if counts != config.num_classes_per_step:
+        raise ValueError(f"{source} has {config.num_classes_per_step} classes per step but the training data has "
+                         f"{counts}: its heads cannot be trained on these labels.")
+    if schema["step_options"] != config.step_options:
+        logger.warning("%s: option names taken from the training data (%s differ from the model's)", source,
+                       [i + 1 for i, (a, b) in enumerate(zip(schema["step_options"], config.step_options)) if a != b])
+        config.step_options = [list(options) for options in schema["step_options"]]
+    if isinstance(model, StepCoTTeacher) and schema["step_questions"] != config.step_questions:
+        raise ValueError(f"{source} was trained with other step questions than the training data's; its question "
+                         "encodings would not match. Train the teacher from the encoders instead.")
+    return model
+
+
+def build_teacher(model_args, schema: dict | None = None):
+    """The teacher: a saved one (`--teacher_model`), or built around the encoders with the data's `schema`
+    (`dataset_schema`: step questions and options)."""
+    schema = schema or {}
     if model_args.teacher_model:
-        return StepCoTTeacher.from_pretrained(model_args.teacher_model)
+        return _adopt_schema(StepCoTTeacher.from_pretrained(model_args.teacher_model), schema,
+                             model_args.teacher_model)
     text = offline_text_encoder_path() if model_args.text_encoder == OFFLINE_TEXT else model_args.text_encoder
     return StepCoTTeacher.from_pretrained_encoders(
         vision=model_args.vision_encoder, text=text, freeze_encoders=model_args.freeze_encoders,
         hidden_size=model_args.teacher_hidden_size, use_memory=model_args.use_memory, use_text=model_args.use_text,
-        **_image_size_kwargs(model_args),
+        **_image_size_kwargs(model_args), **schema,
     )
 
 
-def build_student(model_args):
+def build_student(model_args, schema: dict | None = None):
+    schema = {k: v for k, v in (schema or {}).items()}
     if model_args.student_model:
-        return StepCoTStudent.from_pretrained(model_args.student_model)
+        return _adopt_schema(StepCoTStudent.from_pretrained(model_args.student_model), schema,
+                             model_args.student_model)
     return StepCoTStudent.from_pretrained_encoders(
         vision=model_args.vision_encoder, freeze_encoders=model_args.freeze_encoders,
-        hidden_size=model_args.student_hidden_size, **_image_size_kwargs(model_args),
+        hidden_size=model_args.student_hidden_size, **_image_size_kwargs(model_args), **schema,
     )
 
 
@@ -270,7 +307,13 @@ def prepare_splits(data_args, training_args, output_dir: Path):
     for required in ("train", "validation"):
         if required not in splits:
             raise ValueError(f"The dataset {data_args.dataset} has no {required!r} split (splits: {list(splits)}).")
-    eval_split = data_args.eval_split if data_args.eval_split in splits else "validation"
+    eval_split = data_args.eval_split
+    if eval_split not in splits:
+        raise ValueError(
+            f"The dataset {data_args.dataset} has no {eval_split!r} split for the final evaluation (splits: "
+            f"{list(splits)}). Validation selects the best checkpoint, so scoring on it is optimistic: pass "
+            "--eval_split validation to do so knowingly."
+        )
     if data_args.max_train_samples is not None:
         splits["train"] = splits["train"].select(range(min(data_args.max_train_samples, len(splits["train"]))))
     return splits, eval_split

@@ -57,7 +57,8 @@ TABLE3_METRICS = ("accuracy", "auc", "sensitivity", "specificity", "f1", "precis
 
 def table3_markdown(rows: list[dict], confidence_level: float, num_bootstrap: int, seed) -> str:
     """Diagnosis-level summary (paper Table 3): one line per backbone and setting; the "Δ" line under a backbone
-    is with - without on the same test examples with its paired bootstrap CI."""
+    is with - without on the same test examples with its paired bootstrap CI. Table 3's Teacher / Student rows are
+    not made here: they are the Diagnosis row of Table 9 (`stepcot eval` / `stepcot train` metrics.md)."""
     header = ["Model", "Setting"] + [METRIC_DISPLAY_NAMES[name] for name in TABLE3_METRICS] + ["n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
