@@ -48,8 +48,8 @@ from trainers.training.run_setup import (
     build_processor,
     build_student,
     build_teacher,
-    feature_baselines,
     dataset_schema,
+    feature_baselines,
     load_best,
     paired_differences_text,
     parse_run_args,
@@ -64,7 +64,6 @@ from trainers.training.run_setup import (
 logger = logging.getLogger("stepcot.train")
 
 
-def parse_args(argv=None):
 def parse_args(argv=None):
     return parse_run_args((ModelArguments, DataArguments, StepCoTDistillationConfig), argv, help_text=__doc__)
 

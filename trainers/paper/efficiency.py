@@ -164,7 +164,6 @@ def paper_comparable_parameters(config) -> dict:
     Paper, ViT-B/32 + BERT-base, seven steps: teacher 283.66 M, student 151.56 M."""
     from transformers import BertModel, CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
 
-    from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTTeacher
 
     model_class = StepCoTTeacher if isinstance(config, StepCoTConfig) else StepCoTStudent
     model = _count_on_meta(lambda: model_class(config))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
+from trainers.training.checkpoints import TrainingError
+
 DISTILLATION_CONFIG_NAME = "distillation_config.json"
 
 
@@ -63,18 +65,13 @@ class StepCoTDistillationConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("alpha_kd", "alpha_ch"):
+        bounds = [(name, 0, False) for name in ("alpha_kd", "alpha_ch", "teacher_pretrain_epochs")]
+        bounds += [(name, 0, True) for name in ("temperature", "teacher_learning_rate", "student_learning_rate")]
+        bounds += [("relation_dim", 2, False)]
+        for name, bound, strict in bounds:
             value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
-        for name in ("temperature", "teacher_learning_rate", "student_learning_rate"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}.")
-        if self.relation_dim < 2:
-            raise ValueError(f"relation_dim must be >= 2, got {self.relation_dim}.")
-        if self.teacher_pretrain_epochs < 0:
-            raise ValueError(f"teacher_pretrain_epochs must be >= 0, got {self.teacher_pretrain_epochs}.")
+            if not (value > bound if strict else value >= bound):  # also catches NaN
+                raise TrainingError(f"--{name} {value}: must be {'>' if strict else '>='} {bound}")
 
     def distillation_values(self) -> dict:
         """The fields this class adds to `TrainingArguments` (what a checkpoint records and a resume must match)."""

@@ -14,10 +14,15 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from dataset_script.sources import load_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
+from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
+from modeling_stepcot.pipeline_stepcot import embedding_statistics
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.console import configure_console, pop_verbose_flag
-from trainers.evaluation.metrics import compute_step_metrics
+from trainers.evaluation.evaluate_model import chain_schema
+from trainers.evaluation.linear_probe import baseline_scores
+from trainers.evaluation.metrics import compute_step_metrics, to_step_probabilities
 from trainers.evaluation.report import markdown_table, write_report
+from trainers.paper.baselines import paired_difference
 from trainers.training.checkpoints import TrainingError
 from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import (
@@ -135,12 +140,12 @@ def parse_run_args(argument_classes, argv=None, *, help_text: str | None = None,
 
 
 # (field, smallest allowed value, strictly greater?) checked on whichever argument objects have the field
+# The distillation recipe's own fields are checked by `StepCoTDistillationConfig.__post_init__`.
 _ARGUMENT_BOUNDS = (
-    ("temperature", 0, True), ("per_device_train_batch_size", 1, False), ("per_device_eval_batch_size", 1, False),
+    ("per_device_train_batch_size", 1, False), ("per_device_eval_batch_size", 1, False),
     ("gradient_accumulation_steps", 1, False), ("max_train_samples", 1, False), ("demo_size", 1, False),
-    ("num_train_epochs", 0, True), ("teacher_pretrain_epochs", 0, False), ("alpha_kd", 0, False),
-    ("alpha_ch", 0, False), ("teacher_learning_rate", 0, False), ("student_learning_rate", 0, False),
-    ("learning_rate", 0, False), ("lora_r", 0, False), ("extraction_workers", 0, False),
+    ("num_train_epochs", 0, True), ("learning_rate", 0, False), ("lora_r", 0, False),
+    ("extraction_workers", 0, False),
 )
 
 
@@ -199,8 +204,6 @@ def dataset_schema(train_split) -> dict:
     """The step questions and options of the training data (its records' `vqa_chain`, the most common per step), so
     the model asks the release's questions and names the release's options; {} when the data carries no chains (the
     package defaults apply). Steps a release leaves empty keep the defaults."""
-    from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
-    from trainers.evaluation.evaluate_model import chain_schema
 
     schema = chain_schema(train_split, len(DEFAULT_STEP_NAMES))
     if schema is None:
@@ -360,7 +363,6 @@ def score_and_report(role_logits: dict, labels, split, output_dir, num_bootstrap
 def feature_baselines(datasets_by_split, eval_split, config, num_bootstrap, output_dir, write=True, seed=0):
     """Majority class and linear probe on the cached (frozen) image features the heads trained on, scored like
     the models. Returns ({name: flat metrics}, [(name, EvaluationMetrics)], {name: per-step probabilities})."""
-    from trainers.evaluation.linear_probe import baseline_scores
 
     train, validation, evaluation = (datasets_by_split[s] for s in ("train", "validation", eval_split))
     scores = baseline_scores(train.image_embeds.numpy(), train.labels.numpy(), validation.image_embeds.numpy(),
@@ -382,8 +384,6 @@ def feature_baselines(datasets_by_split, eval_split, config, num_bootstrap, outp
 
 def paired_differences_text(role_logits: dict, baseline_probabilities, labels, config, num_bootstrap, seed=0) -> str:
     """Lines 'Teacher − Linear probe, Diagnosis: accuracy -2.8 pp [-8.3, +1.4]' for every labelled step."""
-    from trainers.evaluation.metrics import to_step_probabilities
-    from trainers.paper.baselines import paired_difference
 
     labels = np.asarray(labels)
     lines = []
@@ -404,7 +404,6 @@ def record_training_facts(models: dict, splits, datasets_by_split=None, share_en
     """Store in each model's config what predict needs to know about its training: per step, how many training
     labels it had (`step_training_counts`), and with cached features, the training embeddings' statistics for the
     out-of-distribution check (`embedding_statistics`, threshold from the validation split)."""
-    from modeling_stepcot.pipeline_stepcot import embedding_statistics
 
     labels = np.asarray(splits["train"]["labels"])
     counts = [int(c) for c in (labels != -100).sum(0)]

@@ -39,6 +39,7 @@ import torch
 
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, StepCoTSchemaConfig
 from trainers.evaluation.evaluate_model import dataset_step_options, load_split
+from trainers.evaluation.linear_probe import baseline_scores
 from trainers.evaluation.metrics import compute_step_metrics, softmax
 from trainers.evaluation.report import markdown_table, write_report
 from trainers.paper.baselines.backbones import (
@@ -77,7 +78,6 @@ PREDICTIONS_FILENAME = "predictions.npz"
 def _feature_baselines(settings, embeddings, splits, schema, step_options, backbone_name, out, metadata,
                        num_bootstrap, confidence_level, seed, plots) -> dict:
     """The majority class and the linear probe (C chosen on validation) on the image embeddings, every step."""
-    from trainers.evaluation.linear_probe import baseline_scores
 
     train, validation, evaluation = (embeddings[split] for split in splits)
     num_classes = [len(options) for options in step_options]

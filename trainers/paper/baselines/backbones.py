@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modeling_stepcot import StepCoTStudent
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS
-from modeling_stepcot.processing_stepcot import image_to_rgb
-from trainers.training.feature_cache import module_fingerprint
+from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
+from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, module_fingerprint, split_identity
+from trainers.training.offline_encoders import offline_text_encoder_path
 
 QUESTION_PREFIX = "Question: "
 # The paper tokenizes questions to 128 tokens; CLIP-style text towers accept fewer (77), so the smaller wins.
@@ -155,9 +157,6 @@ class OfflineBackbone(_Backbone):
     def __init__(self, name_or_path: str = "efficientnet_lite0", device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
-        from modeling_stepcot import StepCoTStudent
-        from modeling_stepcot.processing_stepcot import image_processor_for_config
-        from trainers.training.offline_encoders import offline_text_encoder_path
 
         self.name = name_or_path
         self.model = StepCoTStudent.from_pretrained_encoders(vision=name_or_path).to(device).eval()
@@ -177,7 +176,6 @@ class OfflineBackbone(_Backbone):
 
     def training_cache_file(self, data, split: str, cache_dir) -> Path:
         """Where `stepcot train` stores this split's features (its OUTPUT_DIR/cache): read, not encoded twice."""
-        from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, split_identity
 
         if getattr(self, "_encoder_digest", None) is None:
             self._encoder_digest = encoder_fingerprint(self.model)
