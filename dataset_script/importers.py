@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -252,7 +253,10 @@ def table_rows(path, images_dir=None, separator: str = "|", image_column: str | 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _copy_image(image: Path, images_out: Path, taken: set[str]) -> str:
+def _copy_image(image: Path, images_out: Path, taken: set[str], link: bool = False) -> str:
+    """The image under OUT/images (a unique name) as a path relative to the release: a release never points
+    outside its folder (`dataset_script.safe_paths`). `link`: a hard link instead of a copy where the file system
+    allows one (no second copy of a large image set), else a copy."""
     name = image.name
     if name in taken:  # same file name in two class folders
         name = f"{image.parent.name}-{image.name}"
@@ -261,6 +265,12 @@ def _copy_image(image: Path, images_out: Path, taken: set[str]) -> str:
         number += 1
         name = f"{stem}-{number}{image.suffix}"
     taken.add(name)
+    if link:
+        try:
+            os.link(image, images_out / name)
+            return f"images/{name}"
+        except OSError:  # another file system, or links not allowed: copy
+            pass
     shutil.copyfile(image, images_out / name)
     return f"images/{name}"
 
@@ -290,8 +300,7 @@ def write_release(rows: list[dict], mapping: LabelMapping, out_dir, origin: str,
         patient, from_key = mapping.patient_of(Path(row["image"]), row.get("row"))
         grouped += from_key
         record = {"patient_id": patient,
-                  "image_path": _copy_image(Path(row["image"]), images_out, taken) if copy_images
-                  else str(Path(row["image"]).resolve()),
+                  "image_path": _copy_image(Path(row["image"]), images_out, taken, link=not copy_images),
                   "origin": origin, "source_labels": row["labels"], "vqa_chain": chain}
         for name, aliases in KEPT_COLUMNS.items():
             value = _column(row.get("row") or {}, aliases)
@@ -366,7 +375,7 @@ def import_reports(reports, out_dir, images_dir=None, strict=False, copy_images=
         if not source.is_file():
             skipped.append({"patient_id": record["patient_id"], "reason": f"image file not found: {source}"})
             continue
-        record["image_path"] = _copy_image(source, images_out, taken) if copy_images else str(source.resolve())
+        record["image_path"] = _copy_image(source, images_out, taken, link=not copy_images)
         kept.append(record)
     if not kept:
         raise StepCoTDataError(f"{reports}: no report could be imported ({len(read.skipped) + len(skipped)} left out)")

@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imports.add_argument("--image-column", default=None, help="table column holding the image path")
     imports.add_argument("--label-column", default=None, help="table column holding the label(s)")
     imports.add_argument("--no-copy", action="store_true",
-                         help="record absolute image paths instead of copying the images into OUT/images")
+                         help="hard-link the images into OUT/images instead of copying them (a copy where the "
+                              "file system cannot link); a release never points outside its folder")
 
     push = commands.add_parser("push", help="upload a built folder to a Hub dataset repo")
     push.add_argument("folder", help="folder made by `stepcot data build`")
