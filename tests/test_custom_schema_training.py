@@ -43,6 +43,14 @@ def test_dataset_schema_takes_the_builds_step_names(folder_release, tmp_path):
     assert dataset_schema(train)["step_names"] == ["Step 1"]  # a build that recorded no names: numbered steps
 
 
+def test_chain_rules_do_not_apply_to_a_schema_of_other_steps():
+    from modeling_stepcot.chain_stepcot import ChainChecker
+
+    checker = ChainChecker(["Diagnosis"], [["Normal", "Bacterial pneumonia", "Viral pneumonia"]])
+    assert checker.rules == [] and checker.skipped_rules  # every Step-CoT rule needs a step this schema lacks
+    assert checker.violations([1]) == [] and checker.most_probable_consistent([[-1.0, -0.5, -2.0]])[0] == [1]
+
+
 @pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
 def test_train_predict_and_eval_on_a_one_step_release(folder_release, tmp_path):
     from transformers import AutoModel
@@ -80,3 +88,18 @@ def test_train_predict_and_eval_on_a_one_step_release(folder_release, tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert len(metrics["steps"]) == 1 and sorted(metrics["steps"][0]["options"]) == sorted(CLASSES)
     assert metrics["steps"][0]["count"] == metrics["num_examples"] > 0
+
+
+@pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
+def test_train_teacher_on_a_one_step_release(folder_release, tmp_path):
+    from transformers import AutoModel
+
+    import modeling_stepcot  # noqa: F401
+    from trainers.run_teacher import main as train_teacher
+
+    out = tmp_path / "teacher_run"
+    assert train_teacher(["--dataset", str(folder_release), "--output_dir", str(out), "--image_size", "32",
+                          "--teacher_hidden_size", "16", "--num_train_epochs", "1", "--save_strategy", "no",
+                          "--num_bootstrap", "0", "--disable_tqdm", "true"]) == 0
+    config = AutoModel.from_pretrained(out / "teacher").config
+    assert config.step_names == ["Diagnosis"] and sorted(config.step_options[0]) == sorted(CLASSES)
