@@ -193,8 +193,12 @@ def _write_build(release: StepCoTRelease, folder: Path, max_shard_bytes: int, bu
     write_dataset_card(release, folder, features, split_infos, content_digest=content_digest, shard_files=shard_files,
                        hub_source=(build_info or {}).get("hub_source"))
     release.write_report(folder / REPORT_NAME)
+    config = release.config  # the step schema, so that training names the data's steps (`built_step_schema`)
+    schema = [{"name": name, "question": question, "options": list(options)}
+              for name, question, options in zip(config.step_names, config.step_questions, config.step_options)]
     (folder / BUILD_INFO_NAME).write_text(json.dumps(
-        {**(build_info or {}), "content_digest": content_digest, "files": files}, indent=2), encoding="utf-8")
+        {**(build_info or {}), "content_digest": content_digest, "files": files, "schema": schema}, indent=2),
+        encoding="utf-8")
     return {
         "files": files,
         "content_digest": content_digest,
@@ -239,6 +243,13 @@ def read_build_info(folder) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def built_step_schema(folder) -> list[dict] | None:
+    """The step schema a build recorded in its build_info.json (`[{"name", "question", "options"}, ...]`), or None
+    (a build from before it was recorded, or a dataset loaded from the Hub)."""
+    schema = (read_build_info(folder) or {}).get("schema")
+    return schema if isinstance(schema, list) and all(isinstance(step, dict) for step in schema) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,5 +411,6 @@ __all__ = [
     "image_bytes",
     "push_to_hub",
     "step_cot_features",
+    "built_step_schema",
     "write_dataset_card",
 ]

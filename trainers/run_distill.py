@@ -81,7 +81,8 @@ def train(model_args, data_args, training_args) -> int:
     output_dir = start_run(training_args, inputs, overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    schema = dataset_schema(splits["train"])  # the release's own questions and options
+    # the release's own steps: names (as the build recorded them), questions and options
+    schema = dataset_schema(splits["train"], getattr(splits, "step_names", None))
     teacher, student = build_teacher(model_args, schema), build_student(model_args, schema)
     processor = build_processor(teacher)
     pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=training_args.relation_dim)

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
                            overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    teacher = build_teacher(model_args, dataset_schema(splits["train"]))  # the release's questions and options
+    # the release's own steps: names (as the build recorded them), questions and options
+    teacher = build_teacher(model_args, dataset_schema(splits["train"], getattr(splits, "step_names", None)))
     if model_args.lora_r:
         add_vision_lora(teacher, model_args.lora_r)
     processor = build_processor(teacher)

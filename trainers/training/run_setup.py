@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
-from dataset_script.sources import load_source
+from dataset_script.hub import built_step_schema
+from dataset_script.sources import load_built, prepare_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
 from modeling_stepcot.pipeline_stepcot import embedding_statistics
@@ -187,9 +188,14 @@ def start_run(training_args, inputs: dict | None = None, overwrite: bool = False
 def load_splits(data_args, output_dir: Path):
     """A `DatasetDict` with `image` and `labels` columns from the demo, a release folder, a built folder or the Hub
     (`dataset_script.sources`: a release is built into OUTPUT_DIR/dataset, rebuilt when it changed)."""
-    return load_source(data_args.dataset, output_dir, lenient=data_args.lenient, demo_size=data_args.demo_size,
-                       demo_image_size=data_args.demo_image_size, demo_difficulty=data_args.demo_difficulty,
-                       log=logger.info)
+    built = prepare_source(data_args.dataset, output_dir, lenient=data_args.lenient, demo_size=data_args.demo_size,
+                           demo_image_size=data_args.demo_image_size, demo_difficulty=data_args.demo_difficulty,
+                           log=logger.info)
+    splits = load_built(built)
+    # The step names the build recorded (the records' chains carry questions and options, not names): read by
+    # `dataset_schema` so that a release with its own steps trains and exports a model that names them.
+    splits.step_names = [step.get("name") for step in built_step_schema(built) or []] or None
+    return splits
 
 
 def _image_size_kwargs(model_args):
@@ -200,21 +206,55 @@ def _image_size_kwargs(model_args):
     return {"image_size": model_args.image_size}
 
 
-def dataset_schema(train_split) -> dict:
-    """The step questions and options of the training data (its records' `vqa_chain`, the most common per step), so
-    the model asks the release's questions and names the release's options; {} when the data carries no chains (the
-    package defaults apply). Steps a release leaves empty keep the defaults."""
+def _label_count(train_split) -> int:
+    """Steps per record: the fixed length of the `labels` feature, else the first record's."""
+    length = getattr(train_split.features.get("labels"), "length", -1)
+    if length is not None and length > 0:
+        return int(length)
+    if len(train_split) == 0:
+        raise ValueError("the training split is empty: cannot tell how many steps the data has.")
+    return len(train_split[0]["labels"])
 
-    schema = chain_schema(train_split, len(DEFAULT_STEP_NAMES))
+
+def dataset_schema(train_split, step_names: list[str] | None = None) -> dict:
+    """The step schema of the training data: its step names (`step_names`, as the build recorded them), questions
+    and options (its records' `vqa_chain`, the most common per step), so the model asks the release's questions and
+    names the release's steps and options; {} when the data carries no chains (the package defaults apply).
+
+    Seven-step data without recorded names is Step-CoT data: steps it leaves empty keep the defaults. Data with
+    another number of steps is a schema of its own (e.g. one "Diagnosis" step); unnamed steps are "Step i"."""
+
+    num_steps = _label_count(train_split)
+    schema = chain_schema(train_split, num_steps)
     if schema is None:
+        if num_steps != len(DEFAULT_STEP_NAMES):
+            raise ValueError(f"the data has {num_steps} steps per record but no vqa_chain column to name their "
+                             "options; build it with `stepcot data build` or `stepcot data import`.")
         return {}
-    questions = [q or default for q, default in zip(schema["step_questions"], DEFAULT_STEP_QUESTIONS)]
-    options = [o or list(default) for o, default in zip(schema["step_options"], DEFAULT_STEP_OPTIONS)]
+    if step_names is not None and len(step_names) != num_steps:
+        logger.warning("the build recorded %d step names for %d steps per record; names not used",
+                       len(step_names), num_steps)
+        step_names = None
+    names = list(step_names or (DEFAULT_STEP_NAMES if num_steps == len(DEFAULT_STEP_NAMES) else
+                                [f"Step {step + 1}" for step in range(num_steps)]))
+    step_cot = names == list(DEFAULT_STEP_NAMES)
+    empty = [step + 1 for step, options in enumerate(schema["step_options"]) if options is None]
+    if empty and not step_cot:
+        raise ValueError(f"steps {empty} of the data have no chain entries: their options are unknown.")
+    defaults = zip(DEFAULT_STEP_QUESTIONS, DEFAULT_STEP_OPTIONS) if step_cot else [(None, None)] * num_steps
+    questions, options = [], []
+    for question, step_options, (default_question, default_options) in zip(
+            schema["step_questions"], schema["step_options"], defaults):
+        questions.append(question or default_question or "")
+        options.append(step_options or list(default_options))
     for step, variants in enumerate(schema["variants"]):
         if variants > 1:
             logger.warning("step %d: %d different option lists in the training data; the model uses the most "
                            "common, %s", step + 1, variants, options[step])
-    return {"step_questions": questions, "step_options": options}
+    result = {"step_questions": questions, "step_options": options}
+    if not step_cot:  # the seven Step-CoT names are the config's default
+        result["step_names"] = names
+    return result
 
 
 def _adopt_schema(model, schema: dict, source: str):
@@ -230,6 +270,9 @@ def _adopt_schema(model, schema: dict, source: str):
         logger.warning("%s: option names taken from the training data (%s differ from the model's)", source,
                        [i + 1 for i, (a, b) in enumerate(zip(schema["step_options"], config.step_options)) if a != b])
         config.step_options = [list(options) for options in schema["step_options"]]
+    if schema.get("step_names") and schema["step_names"] != config.step_names:
+        logger.warning("%s: step names taken from the training data (%s)", source, schema["step_names"])
+        config.step_names = list(schema["step_names"])
     if isinstance(model, StepCoTTeacher) and schema["step_questions"] != config.step_questions:
         raise ValueError(f"{source} was trained with other step questions than the training data's; its question "
                          "encodings would not match. Train the teacher from the encoders instead.")
@@ -238,7 +281,7 @@ def _adopt_schema(model, schema: dict, source: str):
 
 def build_teacher(model_args, schema: dict | None = None):
     """The teacher: a saved one (`--teacher_model`), or built around the encoders with the data's `schema`
-    (`dataset_schema`: step questions and options)."""
+    (`dataset_schema`: step names, questions and options)."""
     schema = schema or {}
     if model_args.teacher_model:
         return _adopt_schema(StepCoTTeacher.from_pretrained(model_args.teacher_model), schema,
