@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import torch
 from datasets import Dataset, Features, Image
-from transformers import TrainingArguments
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 from modeling_stepcot.processing_stepcot import image_processor_for_config
 from trainers.training.distillation import StepCoTDistillationPair, StepCoTDistillationTrainer
+from trainers.training.distillation_config import StepCoTDistillationConfig
 from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import EmbeddingDataset
 
@@ -89,15 +89,16 @@ def main(argv=None):
     labels = torch.stack([torch.randint(0, n, (args.samples,), generator=generator)
                           for n in config.num_classes_per_step], 1)
     with tempfile.TemporaryDirectory() as output_dir:
-        training_args = TrainingArguments(
+        training_args = StepCoTDistillationConfig(  # the paper's recipe: its defaults (alpha, T, rates)
             output_dir=output_dir, per_device_train_batch_size=args.batch_size,
             num_train_epochs=args.epochs + args.pretrain_epochs, max_grad_norm=1.0, save_strategy="epoch",
             save_total_limit=1, eval_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
             remove_unused_columns=False, label_names=["labels"], bf16=args.bf16, use_cpu=device.type == "cpu",
             dataloader_pin_memory=device.type == "cuda", seed=0,
+            teacher_pretrain_epochs=args.pretrain_epochs, relation_dim=pair.config.relation_dim,
         )
         trainer = StepCoTDistillationTrainer(model=pair, args=training_args, train_dataset=EmbeddingDataset(
-            rows, labels), teacher_pretrain_epochs=args.pretrain_epochs)
+            rows, labels))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()

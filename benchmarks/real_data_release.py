@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,9 +71,8 @@ def write_release(kind: str, out: Path, source: Path | None = None) -> dict:
     if not records_file.is_file():
         raise FileNotFoundError(f"{records_file} not found (the real data lives in ../shared/data)")
     out.mkdir(parents=True, exist_ok=True)
-    images = out / "images"
-    if not images.exists():
-        images.symlink_to((source / "images").resolve(), target_is_directory=True)
+    if not (out / "images").exists():  # copied: a release never points outside its folder (no symlink out)
+        shutil.copytree(source / "images", out / "images")
     to_labels = kermany_labels if kind == "kermany" else covid_labels
     records, counts = [], {}
     for line in records_file.read_text(encoding="utf-8").splitlines():

@@ -355,7 +355,7 @@ def test_distillation_config_validates_documents_and_is_checked_on_resume(tmp_pa
                                        "student_learning_rate", "teacher_pretrain_epochs"}
     assert all(f.metadata.get("help") for f in added)
     for bad in (dict(alpha_kd=-1.0), dict(temperature=0.0), dict(relation_dim=1), dict(teacher_pretrain_epochs=-1),
-                dict(student_learning_rate=0.0)):
+                dict(student_learning_rate=-1e-4)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             StepCoTDistillationConfig(output_dir=str(tmp_path), **bad)
     with pytest.raises(TypeError, match="StepCoTDistillationConfig"):

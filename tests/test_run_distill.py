@@ -121,7 +121,10 @@ def test_teacher_stage_then_distillation_from_the_saved_teacher(tmp_path):
 
     common = [a for a in SMALL_RUN if a not in ("--teacher_learning_rate", "2e-3", "--student_learning_rate", "3e-3")]
     stage = ["--demo_size", "120", "--demo_image_size", "64", "--num_train_epochs", "1", *common]
-    assert train_teacher(["--output_dir", str(tmp_path / "teacher_stage"), "--learning_rate", "2e-3", *stage]) == 0
+    relation = stage.index("--relation_dim")  # a distillation setting: the teacher-only stage has no CH projections
+    teacher_stage = stage[:relation] + stage[relation + 2:]
+    assert train_teacher(["--output_dir", str(tmp_path / "teacher_stage"), "--learning_rate", "2e-3",
+                          *teacher_stage]) == 0
     teacher_dir = tmp_path / "teacher_stage" / "teacher"
     results = json.loads((tmp_path / "teacher_stage" / "results.json").read_text())
     assert set(results["results"]) == {"teacher"} and "mean_accuracy" in results["results"]["teacher"]

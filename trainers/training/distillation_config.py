@@ -65,8 +65,10 @@ class StepCoTDistillationConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        bounds = [(name, 0, False) for name in ("alpha_kd", "alpha_ch", "teacher_pretrain_epochs")]
-        bounds += [(name, 0, True) for name in ("temperature", "teacher_learning_rate", "student_learning_rate")]
+        # a learning rate of 0 is allowed: it freezes that model (e.g. distilling from a finished teacher)
+        bounds = [(name, 0, False) for name in ("alpha_kd", "alpha_ch", "teacher_pretrain_epochs",
+                                                "teacher_learning_rate", "student_learning_rate")]
+        bounds += [("temperature", 0, True)]
         bounds += [("relation_dim", 2, False)]
         for name, bound, strict in bounds:
             value = getattr(self, name)
