@@ -454,6 +454,30 @@ def wilson_interval(successes: int, count: int, confidence_level: float = 0.95) 
     return low, high
 
 
+def paired_difference(probabilities_a: np.ndarray, probabilities_b: np.ndarray, labels: np.ndarray,
+                      num_bootstrap: int, seed: int | None, confidence_level: float) -> dict[str, dict]:
+    """Metric of A minus metric of B on the same labelled examples, with a paired percentile-bootstrap CI (each
+    resample draws examples once and scores both models on them)."""
+    valid = labels != IGNORE_INDEX
+    probabilities_a, probabilities_b, labels = probabilities_a[valid], probabilities_b[valid], labels[valid]
+    point = np.ones((1, labels.size))
+    value_a = weighted_step_metrics(probabilities_a, labels, point)
+    value_b = weighted_step_metrics(probabilities_b, labels, point)
+    differences = {name: [] for name in METRIC_NAMES}
+    for weights in resample_weights(labels.size, num_bootstrap, seed):
+        resampled_a = weighted_step_metrics(probabilities_a, labels, weights.astype(float))
+        resampled_b = weighted_step_metrics(probabilities_b, labels, weights.astype(float))
+        for name in METRIC_NAMES:
+            differences[name].append(resampled_a[name] - resampled_b[name])
+    result = {}
+    for name in METRIC_NAMES:
+        values = np.concatenate(differences[name]) if differences[name] else np.empty(0)
+        low, high, valid_resamples = percentile_interval(values, confidence_level)
+        result[name] = {"value": float(value_a[name][0] - value_b[name][0]), "ci_low": low,
+                        "ci_high": high, "valid_resamples": valid_resamples}
+    return result
+
+
 def compute_step_metrics(
     predictions: np.ndarray | Sequence[np.ndarray],
     labels: np.ndarray,

@@ -15,15 +15,19 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from dataset_script.hub import built_step_schema
 from dataset_script.sources import load_built, prepare_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
-from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
+from modeling_stepcot.configuration_stepcot import (
+    DEFAULT_STEP_NAMES,
+    DEFAULT_STEP_OPTIONS,
+    DEFAULT_STEP_QUESTIONS,
+    IGNORE_INDEX,
+)
 from modeling_stepcot.pipeline_stepcot import embedding_statistics
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.console import configure_console, pop_verbose_flag
 from trainers.evaluation.evaluate_model import chain_schema
 from trainers.evaluation.linear_probe import baseline_scores
-from trainers.evaluation.metrics import compute_step_metrics, to_step_probabilities
+from trainers.evaluation.metrics import compute_step_metrics, paired_difference, to_step_probabilities
 from trainers.evaluation.report import markdown_table, write_report
-from trainers.paper.baselines import paired_difference
 from trainers.training.checkpoints import TrainingError
 from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import (
@@ -433,7 +437,7 @@ def paired_differences_text(role_logits: dict, baseline_probabilities, labels, c
     for role, logits in role_logits.items():
         role_probabilities = to_step_probabilities(np.asarray(logits), config.num_classes_per_step, scores="logits")
         for step, name in enumerate(config.step_names):
-            if not (labels[:, step] != -100).any():
+            if not (labels[:, step] != IGNORE_INDEX).any():
                 continue
             difference = paired_difference(role_probabilities[step], baseline_probabilities[step], labels[:, step],
                                            num_bootstrap, seed, 0.95)["accuracy"]
@@ -449,7 +453,7 @@ def record_training_facts(models: dict, splits, datasets_by_split=None, share_en
     out-of-distribution check (`embedding_statistics`, threshold from the validation split)."""
 
     labels = np.asarray(splits["train"]["labels"])
-    counts = [int(c) for c in (labels != -100).sum(0)]
+    counts = [int(c) for c in (labels != IGNORE_INDEX).sum(0)]
     for role, model in models.items():
         model.config.step_training_counts = counts
         if datasets_by_split is None:

@@ -40,7 +40,7 @@ import torch
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS, StepCoTSchemaConfig
 from trainers.evaluation.evaluate_model import dataset_step_options, load_split
 from trainers.evaluation.linear_probe import baseline_scores
-from trainers.evaluation.metrics import compute_step_metrics, softmax
+from trainers.evaluation.metrics import compute_step_metrics, paired_difference, softmax
 from trainers.evaluation.report import markdown_table, write_report
 from trainers.paper.baselines.backbones import (
     QUESTION_PREFIX,
@@ -66,7 +66,7 @@ from trainers.paper.baselines.heads import (
     step_logits,
     train_head,
 )
-from trainers.paper.baselines.tables import paired_difference, table3_csv, table3_markdown
+from trainers.paper.baselines.tables import table3_csv, table3_markdown
 
 PREDICTIONS_FILENAME = "predictions.npz"
 

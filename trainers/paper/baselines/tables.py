@@ -1,4 +1,4 @@
-"""Baselines, part 3: the paired with-minus-without comparison (bootstrap CI) and the paper's Table 3 layout."""
+"""Baselines, part 3: the paper's Table 3 layout (the paired difference it shows: `metrics.paired_difference`)."""
 
 from __future__ import annotations
 
@@ -6,43 +6,10 @@ import csv
 import io
 import math
 
-import numpy as np
-
-from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
-from trainers.evaluation.bootstrap import percentile_interval, resample_weights
 from trainers.evaluation.metrics import (
     METRIC_DISPLAY_NAMES,
-    METRIC_NAMES,
-    weighted_step_metrics,
 )
 from trainers.evaluation.report import format_estimate
-
-# ---------------------------------------------------------------------------------------------------------------
-# Paired comparison (with - without) on the diagnosis step
-
-
-def paired_difference(probabilities_a: np.ndarray, probabilities_b: np.ndarray, labels: np.ndarray,
-                      num_bootstrap: int, seed: int | None, confidence_level: float) -> dict[str, dict]:
-    """Metric of A minus metric of B on the same labelled examples, with a paired percentile-bootstrap CI (each
-    resample draws examples once and scores both models on them)."""
-    valid = labels != IGNORE_INDEX
-    probabilities_a, probabilities_b, labels = probabilities_a[valid], probabilities_b[valid], labels[valid]
-    point = np.ones((1, labels.size))
-    value_a = weighted_step_metrics(probabilities_a, labels, point)
-    value_b = weighted_step_metrics(probabilities_b, labels, point)
-    differences = {name: [] for name in METRIC_NAMES}
-    for weights in resample_weights(labels.size, num_bootstrap, seed):
-        resampled_a = weighted_step_metrics(probabilities_a, labels, weights.astype(float))
-        resampled_b = weighted_step_metrics(probabilities_b, labels, weights.astype(float))
-        for name in METRIC_NAMES:
-            differences[name].append(resampled_a[name] - resampled_b[name])
-    result = {}
-    for name in METRIC_NAMES:
-        values = np.concatenate(differences[name]) if differences[name] else np.empty(0)
-        low, high, valid_resamples = percentile_interval(values, confidence_level)
-        result[name] = {"value": float(value_a[name][0] - value_b[name][0]), "ci_low": low,
-                        "ci_high": high, "valid_resamples": valid_resamples}
-    return result
 
 
 def _signed(value: float, low: float, high: float) -> str:
