@@ -29,8 +29,6 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 
 from trainers import console
 from trainers.console import quiet_progress
-from trainers.evaluation.report import strict_json
-from trainers.hub.export import export
 from trainers.training.distillation import (
     BestModelExportCallback,
     StepCoTDistillationPair,
@@ -50,11 +48,11 @@ from trainers.training.run_setup import (
     build_teacher,
     dataset_schema,
     feature_baselines,
+    finish_run,
     load_best,
     paired_differences_text,
     parse_run_args,
     prepare_splits,
-    print_summary,
     record_training_facts,
     score_and_report,
     start_run,
@@ -142,11 +140,8 @@ def train(model_args, data_args, training_args) -> int:
         "feature_cache": use_cache,
     }
     if trainer.is_world_process_zero():
-        export({"teacher": pair.teacher, "student": pair.student}, processor, output_dir, results, run_args, table)
-        summary = {"eval_split": eval_split, "results": results, "run_args": run_args,
-                   "teacher": str(output_dir / "teacher"), "student": str(output_dir / "student")}
-        (output_dir / "results.json").write_text(strict_json(summary, indent=2, default=str), encoding="utf-8")
-        print_summary(output_dir, eval_split, table, ("teacher", "student"))
+        finish_run({"teacher": pair.teacher, "student": pair.student}, processor, output_dir, eval_split, results,
+                   run_args, table)
     if training_args.world_size > 1 or console.VERBOSE:  # every rank reports what it computed (they must agree)
         print(f"[rank {training_args.process_index} of {training_args.world_size}] {eval_split} mean accuracy: "
               f"teacher {results['teacher']['mean_accuracy']:.6f} student {results['student']['mean_accuracy']:.6f}")

@@ -19,8 +19,6 @@ from transformers import Trainer, TrainingArguments
 
 from trainers.console import quiet_progress
 from trainers.evaluation.metrics import build_compute_metrics
-from trainers.evaluation.report import strict_json
-from trainers.hub.export import export
 from trainers.training.lora import add_vision_lora
 from trainers.training.run_folder import built_from
 from trainers.training.run_setup import (
@@ -29,9 +27,9 @@ from trainers.training.run_setup import (
     build_processor,
     build_teacher,
     dataset_schema,
+    finish_run,
     parse_run_args,
     prepare_splits,
-    print_summary,
     record_training_facts,
     score_and_report,
     start_run,
@@ -93,11 +91,7 @@ def main(argv=None) -> int:
                 "training": {k: getattr(training_args, k) for k in (
                     "per_device_train_batch_size", "num_train_epochs", "learning_rate", "seed", "max_grad_norm")}}
     if trainer.is_world_process_zero():
-        export({"teacher": teacher}, processor, output_dir, results, run_args, table)
-        (output_dir / "results.json").write_text(
-            strict_json({"eval_split": eval_split, "results": results, "run_args": run_args,
-                         "teacher": str(output_dir / "teacher")}, indent=2, default=str), encoding="utf-8")
-        print_summary(output_dir, eval_split, table, ("teacher",))
+        finish_run({"teacher": teacher}, processor, output_dir, eval_split, results, run_args, table)
     return 0
 
 

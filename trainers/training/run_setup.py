@@ -27,7 +27,8 @@ from trainers.console import configure_console, pop_verbose_flag
 from trainers.evaluation.evaluate_model import chain_schema
 from trainers.evaluation.linear_probe import baseline_scores
 from trainers.evaluation.metrics import compute_step_metrics, paired_difference, to_step_probabilities
-from trainers.evaluation.report import markdown_table, write_report
+from trainers.evaluation.report import markdown_table, strict_json, write_report
+from trainers.hub.export import export
 from trainers.training.checkpoints import TrainingError
 from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import (
@@ -469,9 +470,15 @@ def record_training_facts(models: dict, splits, datasets_by_split=None, share_en
                        ", ".join(untrained))
 
 
-def print_summary(output_dir: Path, eval_split: str, table: str, roles):
+def finish_run(models: dict, processor, output_dir: Path, eval_split: str, results: dict, run_args: dict, table: str):
+    """The end of a training script on the main process: export each model (OUTPUT_DIR/ROLE), write
+    OUTPUT_DIR/results.json and print the table with where everything is."""
+    export(models, processor, output_dir, results, run_args, table)
+    summary = {"eval_split": eval_split, "results": results, "run_args": run_args,
+               **{role: str(output_dir / role) for role in models}}
+    (output_dir / "results.json").write_text(strict_json(summary, indent=2, default=str), encoding="utf-8")
     print("\n" + table)
-    folders = " and ".join(str(output_dir / role) for role in roles)
+    folders = " and ".join(str(output_dir / role) for role in models)
     print(f"\nCheckpoints: {folders} (load with AutoModel.from_pretrained(..., trust_remote_code=True))")
     print(f"Metrics ({eval_split} split): {output_dir / 'metrics'}; summary: {output_dir / 'results.json'}")
 
