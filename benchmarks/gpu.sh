@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]              # default OUT_DIR: benchmarks/gpu-results
 #   DRY_RUN=1 bash benchmarks/gpu.sh /tmp/dry     # CPU, tiny shapes: checks the script end to end in ~2 min
+#   PYTHON=.venv/bin/python bash benchmarks/gpu.sh  # an interpreter other than the `python` on PATH
 #
 # Needs no Hub access (paper-size models with random weights: timing and memory do not depend on the weights).
 set -euo pipefail
@@ -12,22 +13,23 @@ cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/gpu-results}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+PYTHON=${PYTHON:-python}
 if [ "${DRY_RUN:-0}" = "1" ]; then
     DEVICE=cpu; TINY=(--tiny); EFFICIENCY=(--in-process --repeats 2); PRECISIONS=(fp32)
 else
-    python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu.sh: no CUDA GPU visible (DRY_RUN=1 for the CPU dry run)')"
+    "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu.sh: no CUDA GPU visible (DRY_RUN=1 for the CPU dry run)')"
     DEVICE=cuda; TINY=(); EFFICIENCY=(--repeats 20); PRECISIONS=(fp32 bf16)
 fi
 
-python -m trainers.cli bench-efficiency --device "$DEVICE" --models vision_encoder teacher student clip \
+"$PYTHON" -m trainers.cli bench-efficiency --device "$DEVICE" --models vision_encoder teacher student clip \
     --batch-size 32 "${EFFICIENCY[@]}" "${TINY[@]}" --out "$OUT/table11.json" > "$OUT/table11.md"
 for precision in "${PRECISIONS[@]}"; do
     flags=(); [ "$precision" = "bf16" ] && flags=(--bf16)
-    python benchmarks/paper_recipe.py --device "$DEVICE" "${TINY[@]}" "${flags[@]}" \
+    "$PYTHON" benchmarks/paper_recipe.py --device "$DEVICE" "${TINY[@]}" "${flags[@]}" \
         --out "$OUT/paper_recipe_$precision.json" > "$OUT/paper_recipe_$precision.log" 2>&1
 done
 
-python - "$OUT" <<'PY'
+"$PYTHON" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 

@@ -4,6 +4,7 @@ end on CPU with tiny shapes (DRY_RUN=1) and writes its Markdown report."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_accelerate_configs_load():
 
 @pytest.mark.slow
 def test_gpu_runbook_dry_run_writes_the_report(tmp_path):
-    env = dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHON=sys.executable)
     result = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu.sh"), str(tmp_path)], env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
