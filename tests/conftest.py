@@ -1,5 +1,6 @@
 """Shared pytest fixtures (keep this small and generic; module-specific helpers live in their test files)."""
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +11,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data next to the checkout (CI); STEPCOT_SHARED_DATA points elsewhere (e.g. from a git worktree)
 SHARED_DATA = Path(os.environ.get("STEPCOT_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel run (`-n auto`): one worker per core, so each worker and the processes it starts compute on one
+    # thread; torch's default (a thread per core in every worker) oversubscribes the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory):
@@ -19,6 +26,19 @@ def tiny_release(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_release")
     write_demo_release(folder, n=24, seed=0, image_size=32)
     return folder
+
+
+@pytest.fixture
+def one_multiprocess_launch_at_a_time(tmp_path_factory):
+    """Held by tests that start several cooperating processes (torchrun, gloo): under `-n auto` two such launches
+    at once would oversubscribe the cores and share the loopback rendezvous; the lock file is common to all
+    workers (their temporary folders share a parent)."""
+    with open(tmp_path_factory.getbasetemp().parent / "multiprocess-launch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture

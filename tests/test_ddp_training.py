@@ -25,10 +25,13 @@ trainer = trainer_for(pair, learnable_dataset(64, missing=False), sys.argv[1] + 
 trainer.train()
 if trainer.is_world_process_zero():
     save_file({k: v.contiguous() for k, v in pair.state_dict().items()}, sys.argv[1] + "/weights.safetensors")
+from trainers.training.run_setup import end_distributed
+end_distributed()
 """
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_multiprocess_launch_at_a_time")
 def test_two_processes_train_what_one_process_trains_at_the_same_global_batch(tmp_path):
     from safetensors.torch import load_file
     from test_distillation import make_pair

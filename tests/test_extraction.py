@@ -83,10 +83,13 @@ dataset = load_dataset(sys.argv[1])["train"]
 embeds = extract_image_embeds(teacher, dataset, _processor(teacher.config), batch_size=8, num_workers=0)
 if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
     save_file({"embeds": embeds}, sys.argv[2])
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 """
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_multiprocess_launch_at_a_time")
 def test_sharded_extraction_under_torchrun_equals_one_process(hub_dataset, tmp_path):
     from safetensors.torch import load_file
 

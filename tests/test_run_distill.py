@@ -97,6 +97,7 @@ def test_run_exports_loadable_models_with_processor_metrics_and_card(demo_run, t
     assert result.stdout.strip().splitlines()[-1].startswith("Detection: ")
 
 
+@pytest.mark.usefixtures("one_multiprocess_launch_at_a_time")
 def test_two_processes_train_and_agree_on_metrics(tmp_path):
     out = tmp_path / "ddp"
     command = [

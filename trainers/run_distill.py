@@ -47,6 +47,7 @@ from trainers.training.run_setup import (
     build_student,
     build_teacher,
     dataset_schema,
+    end_distributed,
     feature_baselines,
     finish_run,
     load_best,
@@ -67,7 +68,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    return train(*parse_args(argv))
+    try:
+        return train(*parse_args(argv))
+    finally:
+        end_distributed()
 
 
 def train(model_args, data_args, training_args) -> int:

@@ -27,6 +27,7 @@ from trainers.training.run_setup import (
     build_processor,
     build_teacher,
     dataset_schema,
+    end_distributed,
     finish_run,
     parse_run_args,
     prepare_splits,
@@ -51,7 +52,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    model_args, data_args, training_args = parse_args(argv)
+    try:
+        return train(*parse_args(argv))
+    finally:
+        end_distributed()
+
+
+def train(model_args, data_args, training_args) -> int:
+    """One teacher-only run from parsed arguments (`training_args` is a `TrainingArguments`)."""
     if training_args.save_strategy == training_args.eval_strategy and training_args.save_strategy != "no":
         training_args.load_best_model_at_end = True
         training_args.metric_for_best_model = "mean_accuracy"
