@@ -61,16 +61,6 @@ def demo_release_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_release_dir(tmp_path_factory):
-    """24 synthetic records at 32 px with train/val/test split files (hostile-data tests); read-only: copy it."""
-    from dataset_script.demo import write_demo_release
-
-    folder = tmp_path_factory.mktemp("tiny_release")
-    write_demo_release(folder, n=24, seed=0, image_size=32)
-    return folder
-
-
-@pytest.fixture(scope="session")
 def hub_dataset(demo_release_dir, tmp_path_factory):
     """The small demo release built into the Hub layout (`load_dataset(hub_dataset)` works); read-only."""
     from dataset_script.hub import build_hub_dataset

@@ -152,10 +152,10 @@ ODD_FIELDS = ["patient_id", "image_path", "vqa_chain", "report", "origin", "view
     f"vqa_chain.{step}.{key}" for step in (0, 3) for key in ("options", "answer", "question", "step", "reasoning")]
 
 
-def test_any_odd_field_value_is_a_named_problem_never_a_crash(tiny_release_dir):
+def test_any_odd_field_value_is_a_named_problem_never_a_crash(tiny_release):
     from dataset_script.release import parse_record
 
-    record = _records(tiny_release_dir)[5]
+    record = _records(tiny_release)[5]
     for field in ODD_FIELDS:
         for value in ODD_VALUES:
             broken = json.loads(json.dumps(record))
@@ -164,7 +164,7 @@ def test_any_odd_field_value_is_a_named_problem_never_a_crash(tiny_release_dir):
             for key in parents:
                 target = target[int(key)] if key.isdigit() else target[key]
             target[int(last) if last.isdigit() else last] = value
-            clean, problems, _ = parse_record(broken, 5, image_root=tiny_release_dir)  # never raises
+            clean, problems, _ = parse_record(broken, 5, image_root=tiny_release)  # never raises
             assert clean is not None or (problems and all(p["field"] and p["message"] for p in problems)), \
                 (field, value)
 
