@@ -197,6 +197,37 @@ def test_separate_learning_rates_per_model(tmp_path):
     assert not frozen & {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
 
 
+def test_optimizer_defaults_are_the_references_and_the_rate_stays_constant(tmp_path):
+    from trainers.run_distill import parse_args as parse_distill_args
+    from trainers.run_teacher import parse_args as parse_teacher_args
+
+    # the reference: AdamW with torch's default weight decay 0.01 and a constant rate (not the Trainer's 0 / linear)
+    for parsed in (parse_distill_args(["--output_dir", str(tmp_path)])[2],
+                   parse_teacher_args(["--output_dir", str(tmp_path)])[2],
+                   StepCoTDistillationConfig(output_dir=str(tmp_path))):
+        assert (parsed.weight_decay, parsed.lr_scheduler_type) == (0.01, "constant"), type(parsed).__name__
+    pair = make_pair()
+    trainer = trainer_for(pair, learnable_dataset(48), tmp_path, num_train_epochs=3, teacher_pretrain_epochs=1,
+                          teacher_learning_rate=5e-5, student_learning_rate=1e-4, weight_decay=0.01,
+                          lr_scheduler_type="constant")
+    rates = []
+
+    class RecordRates(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            rates.append({g["role"]: g["lr"] for g in trainer.optimizer.param_groups})
+
+    trainer.add_callback(RecordRates())
+    trainer.train()
+    pretraining = trainer.teacher_pretrain_steps()
+    assert pretraining == 6 and len(rates) == 18
+    assert all(rate["teacher"] == pytest.approx(5e-5) for rate in rates)  # no decay to the end
+    # recorded after each step, so entry k is the rate of step k + 1: 0 while only the teacher trains
+    assert all(rate["student"] == 0.0 for rate in rates[:pretraining - 1])
+    assert all(rate["student"] == pytest.approx(1e-4) for rate in rates[pretraining - 1:])
+    decayed = {g["weight_decay"] for g in trainer.optimizer.param_groups}
+    assert decayed == {0.01, 0.0}  # biases and LayerNorm weights are not decayed
+
+
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     dataset = learnable_dataset(8, missing=False)
     results = []

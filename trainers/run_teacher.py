@@ -19,6 +19,7 @@ from transformers import Trainer, TrainingArguments
 
 from trainers.console import quiet_progress
 from trainers.evaluation.metrics import build_compute_metrics
+from trainers.training.distillation_config import PAPER_OPTIMIZER_DEFAULTS
 from trainers.training.lora import add_vision_lora
 from trainers.training.run_folder import built_from
 from trainers.training.run_setup import (
@@ -47,8 +48,8 @@ DEFAULT_OUTPUT_DIR = "outputs/teacher"
 
 
 def parse_args(argv=None):
-    return parse_run_args((ModelArguments, DataArguments, TrainingArguments), argv,
-                          help_text=__doc__, output_dir=DEFAULT_OUTPUT_DIR, num_train_epochs=2)
+    return parse_run_args((ModelArguments, DataArguments, TrainingArguments), argv, help_text=__doc__,
+                          output_dir=DEFAULT_OUTPUT_DIR, num_train_epochs=2, **PAPER_OPTIMIZER_DEFAULTS)
 
 
 def main(argv=None) -> int:
