@@ -25,8 +25,7 @@ trainer = trainer_for(pair, learnable_dataset(64, missing=False), sys.argv[1] + 
 trainer.train()
 if trainer.is_world_process_zero():
     save_file({k: v.contiguous() for k, v in pair.state_dict().items()}, sys.argv[1] + "/weights.safetensors")
-from trainers.training.run_setup import end_distributed
-end_distributed()
+trainer.accelerator.end_training()
 """
 
 

@@ -47,7 +47,6 @@ from trainers.training.run_setup import (
     build_student,
     build_teacher,
     dataset_schema,
-    end_distributed,
     feature_baselines,
     finish_run,
     load_best,
@@ -68,10 +67,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    try:
-        return train(*parse_args(argv))
-    finally:
-        end_distributed()
+    return train(*parse_args(argv))
 
 
 def train(model_args, data_args, training_args) -> int:
@@ -139,7 +135,8 @@ def train(model_args, data_args, training_args) -> int:
     run_args = {
         "model": asdict(model_args), "data": asdict(data_args), "distillation": training_args.distillation_values(),
         "training": {k: getattr(training_args, k) for k in (
-            "per_device_train_batch_size", "num_train_epochs", "seed", "max_grad_norm", "lr_scheduler_type")},
+            "per_device_train_batch_size", "num_train_epochs", "seed", "max_grad_norm", "lr_scheduler_type",
+            "weight_decay")},
         "distillation_epochs": distillation_epochs, "eval_split": eval_split,
         "feature_cache": use_cache,
     }
@@ -149,6 +146,7 @@ def train(model_args, data_args, training_args) -> int:
     if training_args.world_size > 1 or console.VERBOSE:  # every rank reports what it computed (they must agree)
         print(f"[rank {training_args.process_index} of {training_args.world_size}] {eval_split} mean accuracy: "
               f"teacher {results['teacher']['mean_accuracy']:.6f} student {results['student']['mean_accuracy']:.6f}")
+    trainer.accelerator.end_training()  # process group down before exit: left to shutdown, a gloo rank can abort
     return 0
 
 

@@ -28,7 +28,6 @@ from trainers.training.run_setup import (
     build_processor,
     build_teacher,
     dataset_schema,
-    end_distributed,
     finish_run,
     parse_run_args,
     prepare_splits,
@@ -53,14 +52,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    try:
-        return train(*parse_args(argv))
-    finally:
-        end_distributed()
-
-
-def train(model_args, data_args, training_args) -> int:
-    """One teacher-only run from parsed arguments (`training_args` is a `TrainingArguments`)."""
+    model_args, data_args, training_args = parse_args(argv)
     if training_args.save_strategy == training_args.eval_strategy and training_args.save_strategy != "no":
         training_args.load_best_model_at_end = True
         training_args.metric_for_best_model = "mean_accuracy"
@@ -98,9 +90,11 @@ def train(model_args, data_args, training_args) -> int:
     run_args = {"model": asdict(model_args), "data": asdict(data_args), "eval_split": eval_split,
                 "feature_cache": use_cache, "stage": "teacher only",
                 "training": {k: getattr(training_args, k) for k in (
-                    "per_device_train_batch_size", "num_train_epochs", "learning_rate", "seed", "max_grad_norm")}}
+                    "per_device_train_batch_size", "num_train_epochs", "learning_rate", "seed", "max_grad_norm",
+                    "lr_scheduler_type", "weight_decay")}}
     if trainer.is_world_process_zero():
         finish_run({"teacher": teacher}, processor, output_dir, eval_split, results, run_args, table)
+    trainer.accelerator.end_training()  # process group down before exit: left to shutdown, a gloo rank can abort
     return 0
 
 

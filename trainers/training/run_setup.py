@@ -483,13 +483,6 @@ def finish_run(models: dict, processor, output_dir: Path, eval_split: str, resul
     print(f"Metrics ({eval_split} split): {output_dir / 'metrics'}; summary: {output_dir / 'results.json'}")
 
 
-def end_distributed():
-    """Tear down the process group a launcher (torchrun, `accelerate launch`) made, before the script exits: left
-    to interpreter shutdown, gloo's threads can abort a rank ("terminate called without an active exception")."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def load_best(pair, output_dir: Path):
     """Put the best teacher and best student (by mean validation accuracy) back into the pair, where saved."""
     for role in ("teacher", "student"):
