@@ -169,7 +169,7 @@ def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consis
             output.append((result, written))
         del results
         if maps_dir is not None:
-            gc.collect()  # closed matplotlib figures sit in reference cycles: ~10 MB per image until collected
+            gc.collect()  # the batch's closed figures and outputs sit in reference cycles (~10 MB per image)
     return output
 
 
