@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import tiny_student, tiny_teacher
+from tiny_models import save_tiny_pair
 
 from trainers import cli
 from trainers.inference import demo_app
@@ -17,10 +17,7 @@ from trainers.inference import demo_app
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo_checkpoints")
-    tiny_student(seed=2).save_pretrained(folder / "student")
-    tiny_teacher(seed=2).save_pretrained(folder / "teacher")
-    return folder
+    return save_tiny_pair(tmp_path_factory.mktemp("demo_checkpoints"), seed=2)
 
 
 @pytest.fixture(scope="module")

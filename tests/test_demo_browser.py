@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import tiny_student, tiny_teacher
+from tiny_models import save_tiny_pair
 
 gradio = pytest.importorskip("gradio", reason='the demo extra is not installed (pip install -e ".[demo]")')
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
@@ -38,9 +38,7 @@ def _free_port() -> int:
 def demo_url(tmp_path_factory):
     from trainers.inference.demo_app import build_demo, launch
 
-    folder = tmp_path_factory.mktemp("demo_models")
-    tiny_student(seed=1).save_pretrained(folder / "student")
-    tiny_teacher(seed=1).save_pretrained(folder / "teacher")
+    folder = save_tiny_pair(tmp_path_factory.mktemp("demo_models"), seed=1)
     demo = build_demo(str(folder / "student"), str(folder / "teacher"))
     port = _free_port()
     launch(demo, port=port, prevent_thread_lock=True)

@@ -5,17 +5,14 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import tiny_student, tiny_teacher
+from tiny_models import save_tiny_pair
 
 from trainers.cli import main as stepcot
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    tiny_student(seed=0).save_pretrained(root / "student")
-    tiny_teacher(seed=0).save_pretrained(root / "teacher")
-    return root
+    return save_tiny_pair(tmp_path_factory.mktemp("models"), seed=0)
 
 
 @pytest.fixture(scope="module")

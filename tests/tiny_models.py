@@ -53,6 +53,13 @@ def tiny_student(seed=0, **overrides):
     return StepCoTStudent(tiny_student_config(**overrides))
 
 
+def save_tiny_pair(folder, seed=0):
+    """A tiny student and teacher saved as FOLDER/student and FOLDER/teacher (checkpoints for CLI and demo tests)."""
+    tiny_student(seed=seed).save_pretrained(folder / "student")
+    tiny_teacher(seed=seed).save_pretrained(folder / "teacher")
+    return folder
+
+
 def random_batch(batch_size=4, image_size=32, seed=0, missing_fraction=0.2, config=None):
     """Random images and labels (B, 7) with some -100 entries."""
     from modeling_stepcot import StepCoTConfig
