@@ -38,6 +38,17 @@ def _texts(release):
         [w["text"] for w in release.report.get("warnings", [])]
 
 
+def _skipped_when_lenient_fatal_when_strict(folder, index, fragments, strict_match):
+    """Lenient validation leaves record `index` out with a problem naming it and every fragment; strict validation
+    fails matching `strict_match`. Returns the lenient release."""
+    lenient = StepCoTRelease(folder, strict=False)
+    assert index not in {r["index"] for r in lenient.records}
+    assert any(f"record {index}" in t and all(f in t for f in fragments) for t in _texts(lenient))
+    with pytest.raises(StepCoTDataError, match=strict_match):
+        StepCoTRelease(folder)
+    return lenient
+
+
 # -- #8: the by-name image fallback never takes another record's image --------------------------------------------
 
 
@@ -46,11 +57,8 @@ def test_image_fallback_by_name_never_takes_another_records_image(release):
     owner = records[0]["image_path"]  # images/demo-000000-0.png, record 0's own image
     records[5]["image_path"] = "missing_subdir/" + owner.split("/")[-1]
     _write_records(release, records)
-    lenient = StepCoTRelease(release, strict=False)
-    assert 5 not in {r["index"] for r in lenient.records}
-    assert any("record 5" in t and "not guessing across records" in t and "record 0" in t for t in _texts(lenient))
-    with pytest.raises(StepCoTDataError, match="record 5.*not guessing across records"):
-        StepCoTRelease(release)
+    _skipped_when_lenient_fatal_when_strict(release, 5, ("not guessing across records", "record 0"),
+                                            "record 5.*not guessing across records")
 
 
 def test_image_name_in_two_image_folders_is_ambiguous(release):
@@ -84,11 +92,7 @@ def test_truncated_jpeg_is_skipped_in_lenient_mode_and_fails_strict(release):
     (release / "images" / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
     records[2]["image_path"] = "images/truncated.jpg"
     _write_records(release, records)
-    lenient = StepCoTRelease(release, strict=False)
-    assert 2 not in {r["index"] for r in lenient.records}
-    assert any("record 2" in t and "truncated" in t for t in _texts(lenient))
-    with pytest.raises(StepCoTDataError, match="record 2.*unreadable image.*truncated"):
-        StepCoTRelease(release)
+    _skipped_when_lenient_fatal_when_strict(release, 2, ("truncated",), "record 2.*unreadable image.*truncated")
 
 
 # -- #10: a record listed in two split files is reported in every mode ------------------------------------------
@@ -138,11 +142,8 @@ def test_options_that_differ_are_skipped_in_lenient_mode(release):
     if records[3]["vqa_chain"][1]["answer"] == "Diffuse":
         records[3]["vqa_chain"][1]["answer"] = "Scattered"
     _write_records(release, records)
-    lenient = StepCoTRelease(release, strict=False)
-    assert 3 not in {r["index"] for r in lenient.records}
-    assert any("record 3" in t and "differ from the options" in t for t in _texts(lenient))
-    with pytest.raises(StepCoTDataError, match="record 3.*differ from the options"):
-        StepCoTRelease(release)
+    _skipped_when_lenient_fatal_when_strict(release, 3, ("differ from the options",),
+                                            "record 3.*differ from the options")
 
 
 # -- #12: lenient mode survives any single bad input ---------------------------------------------------------------
@@ -185,11 +186,8 @@ def test_decompression_bomb_is_skipped_with_a_note(release, width, height):
     (release / "images" / "bomb.png").write_bytes(_png_header_only(width, height))
     records[1]["image_path"] = "images/bomb.png"
     _write_records(release, records)
-    lenient = StepCoTRelease(release, strict=False)
-    assert 1 not in {r["index"] for r in lenient.records} and len(lenient.records) > 10
-    assert any("record 1" in t and "pixels" in t for t in _texts(lenient))
-    with pytest.raises(StepCoTDataError, match="record 1.*pixels"):
-        StepCoTRelease(release)
+    lenient = _skipped_when_lenient_fatal_when_strict(release, 1, ("pixels",), "record 1.*pixels")
+    assert len(lenient.records) > 10
 
 
 def test_non_utf8_data_json_is_a_named_error_with_byte_offset(release):

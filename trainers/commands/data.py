@@ -22,7 +22,6 @@ EXAMPLES = [
 ]
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="{build,demo,import,push,validate}", required=True)
 
