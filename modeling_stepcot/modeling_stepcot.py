@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertModel, CLIPVisionModelWithProjection, PreTrainedModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_stepcot import IGNORE_INDEX, StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
 from .efficientnet_stepcot import HEAD_CHANNELS, EfficientNetLite0
@@ -65,9 +65,10 @@ class StepCoTOutput(ModelOutput):
             The frozen encoder's pooled image embedding (what a feature cache stores).
         step_features (`torch.FloatTensor` of shape `(batch, num_steps, hidden_size)`, *optional*):
             Student only: the chain feature each step's head saw.
-        gat_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
             Teacher only: per step, the GAT attention weights of shape `(batch, layers, heads, nodes, nodes)`;
             the memory node (when used) is the last node.
+        gat_attentions (`tuple(torch.FloatTensor)`, *optional*): the same tuple as `attentions`, by its own name.
     """
 
     loss: torch.FloatTensor | None = None
@@ -77,6 +78,7 @@ class StepCoTOutput(ModelOutput):
     image_features: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     step_features: torch.FloatTensor | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     gat_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -339,6 +341,14 @@ class StepCoTPreTrainedModel(PreTrainedModel):
             encoder.requires_grad_(False)
             encoder.eval()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; the encoders the config freezes come back frozen (`requires_grad`
+        False, eval mode), as in a freshly built model, so `num_parameters(only_trainable=True)` counts the heads."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_freezing()
+        return loaded
+
     def train(self, mode: bool = True):
         # A frozen encoder stays in eval mode (no dropout, no BatchNorm statistics updates) while the heads train.
         super().train(mode)
@@ -351,14 +361,15 @@ class StepCoTPreTrainedModel(PreTrainedModel):
         return any(p.requires_grad for p in self.vision_encoder.parameters())
 
     def encode_images(self, pixel_values):
-        """The pooled image embedding (B, image_embed_dim) of the (frozen) encoder: what a feature cache stores."""
+        """The pooled image embedding (B, image_embed_dim) of the (frozen) encoder: what a feature cache stores.
+        The pixels are cast to the model's dtype (a processor gives float32; a model may run in bf16 / fp16)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_encoder_is_trainable()):
-            pooled = self.vision_encoder(pixel_values)
+            pooled = self.vision_encoder(pixel_values.to(self.dtype))
         return pooled
 
     def _image_embeds(self, pixel_values, image_embeds):
         if image_embeds is not None:
-            return image_embeds
+            return image_embeds.to(self.dtype)
         if pixel_values is None:
             raise ValueError("Pass either `pixel_values` (B, 3, H, W) or precomputed `image_embeds`.")
         return self.encode_images(pixel_values)
@@ -557,6 +568,7 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
                 layer_attentions.append(attention)
         return nodes, (torch.stack(layer_attentions, 1) if collect else None)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -565,15 +577,19 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
         question_input_ids: torch.LongTensor | None = None,
         question_attention_mask: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> StepCoTOutput:
+    ) -> StepCoTOutput | tuple:
         r"""
         pixel_values (`(batch, 3, H, W)`): images; or give `image_embeds` (`(batch, image_embed_dim)`), the frozen
             encoder's pooled output (e.g. from a feature cache), to skip the encoder.
         labels (`(batch, num_steps)`): option index per step, -100 where missing.
         question_input_ids / question_attention_mask (`(num_steps, length)`, optional): override the stored tokens.
-        output_attentions: also return the GAT attention weights of every step.
+        output_attentions: also return the GAT attention weights of every step (`attentions`); default
+            `config.output_attentions`.
+        return_dict: False gives `StepCoTOutput.to_tuple()` (the fields that are set, in order); default
+            `config.return_dict`.
         """
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
         output_attentions = bool(output_attentions)
         image_embeds = self._image_embeds(pixel_values, image_embeds)
         image_features = self.project_image(image_embeds)  # (B, steps, H): the encoder ran once
@@ -609,6 +625,7 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
             labels,
             image_features=image_features,
             image_embeds=image_embeds,
+            attentions=tuple(attentions) if output_attentions else None,
             gat_attentions=tuple(attentions) if output_attentions else None,
         )
 
@@ -633,17 +650,18 @@ class StepCoTStudent(StepCoTPreTrainedModel):
         self.post_init()
         self._apply_freezing()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         image_embeds: torch.FloatTensor | None = None,
-        return_dict: bool | None = None,
         **unused,
-    ) -> StepCoTOutput:
+    ) -> StepCoTOutput | tuple:
         r"""
         pixel_values (`(batch, 3, H, W)`) or image_embeds (`(batch, image_embed_dim)`); labels (`(batch, num_steps)`).
-        Extra keys a Step-CoT collator produces for the teacher (question tokens) are accepted and ignored.
+        Extra keys a Step-CoT collator produces for the teacher (question tokens, `output_attentions`: the student
+        has no attention) are accepted and ignored. `return_dict=False` gives `StepCoTOutput.to_tuple()`.
         """
         image_embeds = self._image_embeds(pixel_values, image_embeds)
         image_features = self.image_projection(image_embeds)
