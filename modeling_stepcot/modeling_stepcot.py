@@ -5,12 +5,15 @@ This file ships inside every checkpoint (remote code): it imports only torch, tr
 """
 
 import importlib
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertModel, CLIPVisionModelWithProjection, PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
@@ -218,6 +221,47 @@ class StepCoTEfficientNetEncoder(StepCoTVisionEncoder):
             )
 
 
+# Files of a saved folder that `save_pretrained` does not write but a user's re-save needs to keep: the processor
+# (image processor, tokenizer) and the model card.
+COMPANION_FILES = (
+    "README.md",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "chat_template.jinja",
+)
+
+
+def _copy_companion_files(source, folder: Path):
+    """Copy COMPANION_FILES from `source` (a local folder, or a Hub repo id resolved in the local cache) into
+    `folder`, leaving the files `folder` already has."""
+    if not source:
+        return
+    source_folder = Path(source)
+    if source_folder.resolve() == folder.resolve():
+        return
+    for name in COMPANION_FILES:
+        if (folder / name).exists():
+            continue
+        if source_folder.is_dir():
+            found = source_folder / name
+            found = found if found.is_file() else None
+        else:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(str(source), name)
+            except Exception:  # not a repo id: nothing to copy
+                cached = None
+            found = Path(cached) if isinstance(cached, str) else None
+        if found is not None:
+            shutil.copyfile(found, folder / name)
+
+
 VISION_ENCODERS = {encoder.backbone: encoder for encoder in (StepCoTCLIPVisionEncoder, StepCoTEfficientNetEncoder)}
 
 
@@ -348,6 +392,27 @@ class StepCoTPreTrainedModel(PreTrainedModel):
         loaded = super().from_pretrained(*args, **kwargs)
         (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_freezing()
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, keeping what the folder needs beyond weights, config and model code:
+        the `stepcot-vqa` pipeline code when the config names it (`custom_pipelines`), and the processor files
+        and model card of the folder or Hub repo the model was loaded from (where the new folder has none), so a
+        re-saved model still loads with `pipeline(model=new_dir, trust_remote_code=True)`."""
+        if kwargs.get("is_main_process", True):
+            folder = Path(save_directory)
+            folder.mkdir(parents=True, exist_ok=True)
+            _copy_companion_files(self.name_or_path, folder)
+            if any(
+                str(spec.get("impl", "")).startswith("pipeline_stepcot.")
+                for spec in (getattr(self.config, "custom_pipelines", None) or {}).values()
+            ):
+                # A relative import, so transformers also ships pipeline_stepcot.py (and its siblings) with this
+                # file: the import works in remote code too.
+                from .pipeline_stepcot import StepCoTVQAPipeline
+
+                custom_object_save(StepCoTVQAPipeline, folder)
+        # Written before the weights: `push_to_hub=True` uploads the folder at the end of the parent's save.
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def train(self, mode: bool = True):
         # A frozen encoder stays in eval mode (no dropout, no BatchNorm statistics updates) while the heads train.

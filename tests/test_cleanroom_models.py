@@ -1,0 +1,123 @@
+"""Exported Step-CoT model folders, tried where their users are: a fresh virtualenv holding only torch,
+transformers, safetensors and pillow (no stepcot, no efficientnet package), offline. AutoModel, AutoProcessor and
+`pipeline(..., trust_remote_code=True)` answer, and so does the user's own re-save of the model."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.cleanroom import assert_project_absent, clean_venv, run_clean
+from tests.tiny_models import TINY_TEXT, tiny_student, tiny_teacher
+
+pytestmark = pytest.mark.slow
+
+# What the README's "What each artifact needs" table promises for a model folder.
+MODEL_FOLDER_REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pillow==12.3.0"]
+IMAGE_SIZE = 64
+
+USER_CODE = r"""
+import json, sys
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, pipeline
+
+folder, resaved = sys.argv[1], sys.argv[2]
+image = Image.open(sys.argv[3])
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    logits = model(**processor(images=image)).logits
+answers = [step["answer"] for step in pipeline(model=folder, trust_remote_code=True)(image)["steps"]]
+
+model.save_pretrained(resaved)  # the user's own copy of the model
+again = AutoModel.from_pretrained(resaved, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits_again = again(**AutoProcessor.from_pretrained(resaved, trust_remote_code=True)(images=image)).logits
+answers_again = [step["answer"] for step in pipeline(model=resaved, trust_remote_code=True)(image)["steps"]]
+print(json.dumps({"class": type(model).__name__, "module": type(model).__module__,
+                  "trainable": model.num_parameters(only_trainable=True),
+                  "logits": logits.tolist(), "logits_again": logits_again.tolist(),
+                  "answers": answers, "answers_again": answers_again}))
+"""
+
+
+def _tokenizer():
+    from transformers import BertTokenizerFast
+
+    from modeling_stepcot import DEFAULT_STEP_QUESTIONS
+
+    words = sorted({w for q in DEFAULT_STEP_QUESTIONS for w in re.findall(r"\w+|[^\w\s]", q.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    assert len(vocab) <= TINY_TEXT["vocab_size"]
+    return BertTokenizerFast(vocab={word: index for index, word in enumerate(vocab)})
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny student and teacher with the default offline backbone (EfficientNet-Lite0), exported as stepcot
+    exports a trained pair: weights + code, processor, pipeline, model card."""
+    from modeling_stepcot import StepCoTProcessor
+    from trainers.hub.export import export
+
+    tokenizer = _tokenizer()
+    models = {
+        "student": tiny_student(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE),
+        "teacher": tiny_teacher(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE),
+    }
+    models["teacher"].set_question_tokens(tokenizer)
+    processor = StepCoTProcessor.from_model_config(models["teacher"].config, tokenizer,)
+    folder = tmp_path_factory.mktemp("exported")
+    export({role: model.eval() for role, model in models.items()}, processor, folder, results={},
+           run_args={"model": {}}, table="")
+    image = folder / "xray.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (80, 96), dtype=np.uint8)).save(image)
+    expected = {}
+    for role, model in models.items():
+        with torch.no_grad():
+            logits = model(**processor(images=Image.open(image))).logits
+        heads = sum(p.numel() for name, p in model.named_parameters() if not name.split(".")[0].endswith("_encoder"))
+        expected[role] = {"logits": logits, "trainable": heads}
+    return folder, image, expected
+
+
+@pytest.fixture(scope="module")
+def model_venv():
+    return clean_venv(MODEL_FOLDER_REQUIREMENTS)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_exported_folder_and_its_resave_answer_in_a_clean_venv(exported, model_venv, role, tmp_path):
+    folder, image, expected = exported
+    assert_project_absent(model_venv, tmp_path)
+    result = run_clean(model_venv, USER_CODE, cwd=tmp_path / "user",
+                       args=[folder / role, tmp_path / "user" / "resaved", image])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules.")  # the folder's own code, not this project
+    torch.testing.assert_close(torch.tensor(report["logits"]), expected[role]["logits"])
+    torch.testing.assert_close(torch.tensor(report["logits_again"]), expected[role]["logits"])
+    assert len(report["answers"]) == 7 and report["answers"] == report["answers_again"]
+    assert report["trainable"] == expected[role]["trainable"]  # the frozen encoders do not count
+    resaved = tmp_path / "user" / "resaved"
+    config = json.loads((resaved / "config.json").read_text())
+    for module in [*(v.split(".")[0] for v in config["auto_map"].values()),
+                   *(spec["impl"].split(".")[0] for spec in config["custom_pipelines"].values())]:
+        assert (resaved / f"{module}.py").is_file(), module
+    for name in ("README.md", "processor_config.json", "efficientnet_stepcot.py", "chain_stepcot.py"):
+        assert (resaved / name).is_file(), name
+    # quiet: no processor/torchvision notice, no load-report table
+    assert "torchvision" not in result.stderr and "LOAD REPORT" not in result.stderr, result.stderr
+
+
+def test_exported_files_hold_no_local_path(exported):
+    folder, _, _ = exported
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".py", ".txt"):
+            text = path.read_text(encoding="utf-8")
+            for local in (str(Path.home()), str(folder), "/tmp/", "site-packages", str(Path(__file__).parents[1])):
+                assert local not in text, f"{path.name} names the local path {local}"
