@@ -473,7 +473,13 @@ class StepCoTPreTrainedModel(PreTrainedModel):
         if vision is not None:
             model.vision_encoder.load_pretrained(vision)
         if is_teacher and text is not None and model.text_encoder is not None:
-            model.text_encoder.load_state_dict(BertModel.from_pretrained(text, add_pooling_layer=False).state_dict())
+            verbosity = logging.get_verbosity()
+            logging.set_verbosity_error()  # no load-report table for the pooler weights that are left out
+            try:
+                pretrained = BertModel.from_pretrained(text, add_pooling_layer=False)
+            finally:
+                logging.set_verbosity(verbosity)
+            model.text_encoder.load_state_dict(pretrained.state_dict())
             model.set_question_tokens(AutoTokenizer.from_pretrained(text))
         model._apply_freezing()
         return model

@@ -70,12 +70,13 @@ def image_to_rgb(image, size: int | None = None) -> Image.Image:
 def image_processor_for_config(config):
     """Resize the whole image (no crop: lung edges matter) to the model's `image_size` and normalise with the
     backbone's mean/std. The image half of `StepCoTProcessor`; needs no tokenizer."""
-    from transformers import CLIPImageProcessor  # imported here: importing it logs a torchvision notice
+    # The PIL backend by name: the same numbers with or without torchvision, and no notice about falling back.
+    from transformers import CLIPImageProcessorPil
 
     size = int(config.image_size)
     encoder = VISION_ENCODERS[config.vision_backbone]  # the backbone's own normalisation
     mean, std = list(encoder.image_mean), list(encoder.image_std)
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         do_resize=True,
         size={"height": size, "width": size},
         do_center_crop=False,
@@ -96,7 +97,7 @@ class StepCoTProcessor(ProcessorMixin):
     `question_max_length` tokens, exactly as the teacher's stored question buffers.
 
     Args:
-        image_processor (`CLIPImageProcessor`): resize + rescale + normalise.
+        image_processor (`CLIPImageProcessorPil`): resize + rescale + normalise.
         tokenizer (`PreTrainedTokenizerBase`): the teacher's question tokenizer (BERT family).
         step_questions (`list[str]`, *optional*): default `DEFAULT_STEP_QUESTIONS`.
         question_max_length (`int`): token length of the questions (the teacher's `question_max_length`).

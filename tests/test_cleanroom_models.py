@@ -121,3 +121,34 @@ def test_exported_files_hold_no_local_path(exported):
             text = path.read_text(encoding="utf-8")
             for local in (str(Path.home()), str(folder), "/tmp/", "site-packages", str(Path(__file__).parents[1])):
                 assert local not in text, f"{path.name} names the local path {local}"
+
+
+def test_export_with_the_offline_encoders_names_no_local_path(tmp_path, capfd):
+    """The offline MiniLM loads from a folder inside site-packages: the export records its Hub id instead, in the
+    config (field and text sub-config) and the card; the card's links are real ones."""
+    from transformers import AutoTokenizer
+
+    from modeling_stepcot import StepCoTProcessor, StepCoTTeacher
+    from trainers.hub.export import export
+    from trainers.training.offline_encoders import (
+        OFFLINE_TEXT_ENCODER_HUB_ID,
+        local_encoder_path,
+        offline_text_encoder_path,
+    )
+
+    text = offline_text_encoder_path()
+    model = StepCoTTeacher.from_pretrained_encoders(vision="efficientnet_lite0", text=text, hidden_size=64)
+    processor = StepCoTProcessor.from_model_config(model.config, AutoTokenizer.from_pretrained(text))
+    logs = capfd.readouterr().err
+    assert "LOAD REPORT" not in logs and "torchvision" not in logs, logs  # quiet encoder loading
+    export({"teacher": model}, processor, tmp_path, results={}, run_args={"model": {}}, table="")
+    config = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    assert config["text_encoder_name_or_path"] == OFFLINE_TEXT_ENCODER_HUB_ID
+    assert config["text_config"]["_name_or_path"] == OFFLINE_TEXT_ENCODER_HUB_ID
+    assert local_encoder_path(OFFLINE_TEXT_ENCODER_HUB_ID) == text  # this machine still finds it offline
+    card = (tmp_path / "teacher" / "README.md").read_text()
+    assert f"`{OFFLINE_TEXT_ENCODER_HUB_ID}`" in card and "## Requirements" in card
+    assert "https://github.com/)" not in card and "https://arxiv.org/abs/2603.13878" in card
+    for path in (tmp_path / "teacher").iterdir():
+        if path.suffix in (".json", ".md", ".py", ".txt"):
+            assert "site-packages" not in path.read_text() and str(tmp_path) not in path.read_text(), path.name

@@ -5,6 +5,20 @@ from pathlib import Path
 from trainers.hub.model_card import write_model_card
 from trainers.inference.predict import add_pipeline_to_checkpoint
 from trainers.training.lora import merge_vision_lora
+from trainers.training.offline_encoders import portable_encoder_name
+
+
+def make_config_portable(config) -> None:
+    """Replace the local paths a config records (pretrained encoder names, sub-configs' `_name_or_path`) by names a
+    user elsewhere can resolve (`portable_encoder_name`): an exported folder names no path of this machine."""
+    for field, sub_config in (("vision_encoder_name_or_path", "vision_config"),
+                              ("text_encoder_name_or_path", "text_config")):
+        name = portable_encoder_name(getattr(config, field, None))
+        if hasattr(config, field):
+            setattr(config, field, name)
+        sub = getattr(config, sub_config, None)
+        if sub is not None:
+            sub._name_or_path = name or ""
 
 
 def export(models: dict, processor, output_dir: Path, results: dict, run_args: dict, table: str):
@@ -13,6 +27,7 @@ def export(models: dict, processor, output_dir: Path, results: dict, run_args: d
         folder = output_dir / role
         if run_args["model"].get("lora_r"):
             merge_vision_lora(model)  # the export is a plain Step-CoT model: no peft needed to load it
+        make_config_portable(model.config)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         add_pipeline_to_checkpoint(folder)  # `pipeline(model=folder, trust_remote_code=True)` without this package

@@ -37,7 +37,7 @@ from trainers.training.feature_cache import (
     encoder_fingerprint,
     split_identity,
 )
-from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, offline_text_encoder_path
+from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, local_encoder_path, offline_text_encoder_path
 from trainers.training.run_folder import check_writable, claim_output_dir
 
 logger = logging.getLogger("stepcot.train")
@@ -311,7 +311,7 @@ def build_student(model_args, schema: dict | None = None):
 
 
 def build_processor(teacher):
-    text = teacher.config.text_encoder_name_or_path or offline_text_encoder_path()
+    text = local_encoder_path(teacher.config.text_encoder_name_or_path) or offline_text_encoder_path()
     return StepCoTProcessor.from_model_config(teacher.config, AutoTokenizer.from_pretrained(text))
 
 
