@@ -18,7 +18,7 @@ import numpy as np
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
 from dataset_script.release import StepCoTDataError
 from dataset_script.sources import load_source
-from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
+from modeling_stepcot.processing_stepcot import image_processor_for_config, pixel_values_from_images
 from trainers.evaluation.loading import load_model, load_processor
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
@@ -58,8 +58,8 @@ class ImagePreprocessor:
         if self._processor is not None:
             return self._processor.preprocess_images(images)
 
-        rgb = [image_to_rgb(image, self._size) for image in images]
-        return self._image_processor(rgb, return_tensors="pt")["pixel_values"]
+        processor = self._image_processor
+        return pixel_values_from_images(images, self._size, processor.image_mean, processor.image_std)
 
 
 def load_split(dataset: str, split: str, max_examples: int | None = None):
