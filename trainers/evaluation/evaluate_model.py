@@ -24,6 +24,7 @@ from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
 
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+WHOLE_SET = "all"  # every split of the dataset, scored as one
 PREDICTIONS_FILENAME = "predictions.npz"
 
 
@@ -64,11 +65,19 @@ class ImagePreprocessor:
 
 def load_split(dataset: str, split: str, max_examples: int | None = None):
     """One split of "demo", a release folder (validated and built under $STEPCOT_CACHE), a built folder
-    (`stepcot data build` output) or a Hub dataset id (`dataset_script.sources`)."""
+    (`stepcot data build` output) or a Hub dataset id (`dataset_script.sources`); `split` "all": every split
+    concatenated, scored as one."""
 
     split = SPLIT_ALIASES.get(split, split)
     try:
-        data = load_source(dataset, split=split)
+        if split == WHOLE_SET:
+            from datasets import concatenate_datasets
+
+            splits = load_source(dataset)
+            data = concatenate_datasets([splits[name] for name in splits])
+            split = f"{WHOLE_SET} ({' + '.join(f'{name} {len(splits[name])}' for name in splits)})"
+        else:
+            data = load_source(dataset, split=split)
     except ValueError as error:  # datasets says "Unknown split ..." and lists the splits
         if isinstance(error, StepCoTDataError):
             raise
