@@ -150,3 +150,19 @@ def test_readme_python_training_equals_stepcot_train(tmp_path):
     assert weights_a.keys() == weights_b.keys()
     for key in weights_a:
         assert torch.allclose(weights_a[key], weights_b[key], atol=1e-6, rtol=1e-5), key
+
+
+def test_logs_that_are_not_a_terminal_get_no_cursor_escapes(tmp_path, capfd):
+    from test_distillation import learnable_dataset, make_pair
+
+    from trainers.console import quiet_progress
+
+    config = StepCoTDistillationConfig(output_dir=str(tmp_path), num_train_epochs=1, teacher_pretrain_epochs=0,
+                                       per_device_train_batch_size=8, save_strategy="no", relation_dim=16)
+    trainer = StepCoTDistillationTrainer(model=make_pair(), args=config, train_dataset=learnable_dataset(16),
+                                         eval_dataset=learnable_dataset(8, seed=1))
+    quiet_progress(trainer)
+    trainer.train()
+    output = capfd.readouterr()
+    assert "training steps" in output.err and "validation mean accuracy" in output.out + output.err
+    assert "\x1b[A" not in output.err + output.out
