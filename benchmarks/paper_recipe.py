@@ -90,10 +90,8 @@ def main(argv=None):
                           for n in config.num_classes_per_step], 1)
     with tempfile.TemporaryDirectory() as output_dir:
         training_args = StepCoTDistillationConfig(  # the paper's recipe: its defaults (alpha, T, rates)
-            output_dir=output_dir, per_device_train_batch_size=args.batch_size,
-            num_train_epochs=args.epochs + args.pretrain_epochs, max_grad_norm=1.0, save_strategy="epoch",
-            save_total_limit=1, eval_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
-            remove_unused_columns=False, label_names=["labels"], bf16=args.bf16, use_cpu=device.type == "cpu",
+            output_dir=output_dir, per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
+            eval_strategy="no", logging_steps=50, disable_tqdm=True, bf16=args.bf16, use_cpu=device.type == "cpu",
             dataloader_pin_memory=device.type == "cuda", seed=0,
             teacher_pretrain_epochs=args.pretrain_epochs, relation_dim=pair.config.relation_dim,
         )

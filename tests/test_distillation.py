@@ -137,9 +137,9 @@ def trainer_for(pair, dataset, tmp_path, **overrides):
     trainer_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in ("eval_dataset", "compute_metrics",
                                                                              "callbacks")}
     args = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, report_to="none",
-        remove_unused_columns=False, label_names=["labels"], use_cpu=True, disable_tqdm=True, save_strategy="no",
-        logging_steps=1, seed=0, data_seed=0, teacher_pretrain_epochs=0, relation_dim=16,
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, use_cpu=True, disable_tqdm=True,
+        save_strategy="no", eval_strategy="no", save_total_limit=None, logging_steps=1, seed=0, data_seed=0,
+        teacher_pretrain_epochs=0, relation_dim=16,
     )
     args.update(overrides)
     return StepCoTDistillationTrainer(model=pair, args=StepCoTDistillationConfig(**args), train_dataset=dataset,
@@ -207,7 +207,7 @@ def test_optimizer_defaults_are_the_references_and_the_rate_stays_constant(tmp_p
                    StepCoTDistillationConfig(output_dir=str(tmp_path))):
         assert (parsed.weight_decay, parsed.lr_scheduler_type) == (0.01, "constant"), type(parsed).__name__
     pair = make_pair()
-    trainer = trainer_for(pair, learnable_dataset(48), tmp_path, num_train_epochs=3, teacher_pretrain_epochs=1,
+    trainer = trainer_for(pair, learnable_dataset(48), tmp_path, num_train_epochs=2, teacher_pretrain_epochs=1,
                           teacher_learning_rate=5e-5, student_learning_rate=1e-4, weight_decay=0.01,
                           lr_scheduler_type="constant")
     rates = []
@@ -269,7 +269,7 @@ def test_short_run_learns_and_exports_best_models(tmp_path):
     pair = make_pair()
     dataset = learnable_dataset(192, seed=0)
     held_out = learnable_dataset(64, seed=1)
-    trainer = trainer_for(pair, dataset, tmp_path, num_train_epochs=10, teacher_pretrain_epochs=2,
+    trainer = trainer_for(pair, dataset, tmp_path, num_train_epochs=8, teacher_pretrain_epochs=2,
                           eval_strategy="epoch", per_device_train_batch_size=16,
                           teacher_learning_rate=3e-3, student_learning_rate=3e-2, eval_dataset=held_out,
                           compute_metrics=build_pair_compute_metrics(CLASSES),

@@ -108,6 +108,11 @@ def _stage_progress_callback_class():
             if self.training_bar is not None:
                 self.training_bar.set_description("training steps")
 
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            # the evaluation bar nests under the training bar with cursor-up escapes (`ESC[A`): a terminal only
+            if sys.stderr.isatty():
+                super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or self.training_bar is None or not logs:
                 return

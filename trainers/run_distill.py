@@ -1,4 +1,4 @@
-"""Train the Step-CoT teacher and distil the student jointly (paper App. D.5), then evaluate and export both.
+r"""Train the Step-CoT teacher and distil the student jointly (paper App. D.5), then evaluate and export both.
 
     stepcot train --output-dir outputs/demo --num-train-epochs 10   # offline demo: synthetic data, offline encoders
     stepcot train --output-dir outputs/demo --num-train-epochs 10 --resume-from-checkpoint outputs/demo/checkpoint-380
@@ -9,8 +9,8 @@
 The distillation recipe (`--alpha_kd`, `--alpha_ch`, `--temperature`, `--relation_dim`, `--teacher_learning_rate`,
 `--student_learning_rate`, `--teacher_pretrain_epochs`, ...) is a `StepCoTDistillationConfig`, a `TrainingArguments`
 subclass: it is written into every checkpoint, and a resume with other values fails. Every `TrainingArguments` flag
-works (`--per_device_train_batch_size`, `--bf16`, `--resume_from_checkpoint`, ...). `--num_train_epochs` counts the
-distillation epochs; `--teacher_pretrain_epochs` teacher-only epochs come first.
+works (`--help-all` lists them). `--num_train_epochs` counts the distillation epochs; `--teacher_pretrain_epochs`
+teacher-only epochs come first. `--learning_rate` is not used (each model has its own rate).
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
 `metrics/{teacher,student}/` (metrics.json, Markdown table, plots for the evaluation split), `results.json`, and the
@@ -62,19 +62,21 @@ from trainers.training.run_setup import (
 logger = logging.getLogger("stepcot.train")
 
 
-def parse_args(argv=None):
-    return parse_run_args((ModelArguments, DataArguments, StepCoTDistillationConfig), argv, help_text=__doc__)
+DEFAULT_OUTPUT_DIR = StepCoTDistillationConfig.output_dir
 
 
-def main(argv=None) -> int:
-    return train(*parse_args(argv))
+def parse_args(argv=None, prog=None):
+    return parse_run_args((ModelArguments, DataArguments, StepCoTDistillationConfig), argv, help_text=__doc__,
+                          prog=prog)
+
+
+def main(argv=None, prog=None) -> int:
+    return train(*parse_args(argv, prog))
 
 
 def train(model_args, data_args, training_args) -> int:
     """One distillation run from parsed arguments (`training_args` is a `StepCoTDistillationConfig`): the library
     entry behind `stepcot train` and the ablation bench, which sets its variant on the parsed dataclasses."""
-    distillation_epochs = training_args.num_train_epochs
-    training_args.num_train_epochs = distillation_epochs + training_args.teacher_pretrain_epochs
     inputs = built_from("run_distill", model_args, data_args)
     output_dir = start_run(training_args, inputs, overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
@@ -137,7 +139,7 @@ def train(model_args, data_args, training_args) -> int:
         "training": {k: getattr(training_args, k) for k in (
             "per_device_train_batch_size", "num_train_epochs", "seed", "max_grad_norm", "lr_scheduler_type",
             "weight_decay")},
-        "distillation_epochs": distillation_epochs, "eval_split": eval_split,
+        "distillation_epochs": training_args.num_train_epochs, "eval_split": eval_split,
         "feature_cache": use_cache,
     }
     if trainer.is_world_process_zero():

@@ -1,11 +1,12 @@
-"""Teacher-only training (the paper's supervised pre-training stage), then test-split evaluation and export.
+r"""Teacher-only training (the paper's supervised pre-training stage), then test-split evaluation and export.
 
     stepcot train-teacher --output_dir outputs/teacher --num_train_epochs 2
     stepcot train --teacher_model outputs/teacher/teacher --teacher_pretrain_epochs 0 --output_dir outputs/joint
     accelerate launch trainers/run_teacher.py ...
 
 Same data, model and training arguments as `stepcot train` (trainers/run_distill.py), minus the student and the
-distillation terms. The best epoch by mean validation accuracy over steps is kept.
+distillation terms (a `StepCoTTeacherTrainingConfig`; `--help-all` lists every option). The best epoch by mean
+validation accuracy over steps is kept.
 """
 
 import sys
@@ -15,11 +16,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_teacher.py`): find the project
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from trainers.console import quiet_progress
 from trainers.evaluation.metrics import build_compute_metrics
-from trainers.training.distillation_config import PAPER_OPTIMIZER_DEFAULTS
+from trainers.training.distillation_config import StepCoTTeacherTrainingConfig
 from trainers.training.lora import add_vision_lora
 from trainers.training.run_folder import built_from
 from trainers.training.run_setup import (
@@ -43,20 +44,16 @@ NON_PREDICTION_KEYS = [
 ]
 
 
-DEFAULT_OUTPUT_DIR = "outputs/teacher"
+DEFAULT_OUTPUT_DIR = StepCoTTeacherTrainingConfig.output_dir
 
 
-def parse_args(argv=None):
-    return parse_run_args((ModelArguments, DataArguments, TrainingArguments), argv, help_text=__doc__,
-                          output_dir=DEFAULT_OUTPUT_DIR, num_train_epochs=2, **PAPER_OPTIMIZER_DEFAULTS)
+def parse_args(argv=None, prog=None):
+    return parse_run_args((ModelArguments, DataArguments, StepCoTTeacherTrainingConfig), argv, help_text=__doc__,
+                          prog=prog)
 
 
-def main(argv=None) -> int:
-    model_args, data_args, training_args = parse_args(argv)
-    if training_args.save_strategy == training_args.eval_strategy and training_args.save_strategy != "no":
-        training_args.load_best_model_at_end = True
-        training_args.metric_for_best_model = "mean_accuracy"
-        training_args.greater_is_better = True
+def main(argv=None, prog=None) -> int:
+    model_args, data_args, training_args = parse_args(argv, prog)
     output_dir = start_run(training_args, built_from("run_teacher", model_args, data_args),
                            overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)

@@ -1,6 +1,7 @@
 """`stepcot train`: `trainers/run_distill.py` (teacher + student, joint distillation); it parses its own arguments."""
 
 import sys
+from functools import partial
 
 HELP = "train teacher and student jointly (distillation)"
 EXAMPLES = [
@@ -12,12 +13,12 @@ EXAMPLES = [
 
 def main(argv: list[str]) -> int:
     from trainers.console import run_interruptible
+    from trainers.run_distill import DEFAULT_OUTPUT_DIR
     from trainers.run_distill import main as run_distill  # imported when the command runs: keeps `--help` fast
     from trainers.training.checkpoints import TrainingError
-    from trainers.training.run_setup import TRAINING_DEFAULTS
 
     try:
-        return run_interruptible("train", run_distill, argv, TRAINING_DEFAULTS["output_dir"])
+        return run_interruptible("train", partial(run_distill, prog="stepcot train"), argv, DEFAULT_OUTPUT_DIR)
     except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
         print(f"stepcot train: error: {error}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """`stepcot train-teacher`: `trainers/run_teacher.py` (the teacher-only stage); it parses its own arguments."""
 
 import sys
+from functools import partial
 
 HELP = "train the teacher alone (supervised pre-training stage)"
 EXAMPLES = [
@@ -15,7 +16,8 @@ def main(argv: list[str]) -> int:
     from trainers.training.checkpoints import TrainingError
 
     try:
-        return run_interruptible("train-teacher", run_teacher, argv, DEFAULT_OUTPUT_DIR)
+        return run_interruptible("train-teacher", partial(run_teacher, prog="stepcot train-teacher"), argv,
+                                 DEFAULT_OUTPUT_DIR)
     except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
         print(f"stepcot train-teacher: error: {error}", file=sys.stderr)
         return 2

@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
-from trainers.evaluation.bootstrap import percentile_interval, resample_weights
+# numpy (and its sibling bootstrap.py) only: `export_metric_module` ships this file verbatim as the `evaluate`
+# module's maths, so a user's `evaluate.load(folder)` needs neither this package nor the models' code.
+from .bootstrap import percentile_interval, resample_weights
+
+IGNORE_INDEX = -100  # a missing answer: the models' label padding (modeling_stepcot.IGNORE_INDEX, checked by a test)
 
 METRIC_NAMES = ("accuracy", "auc", "sensitivity", "specificity", "f1", "precision")
 

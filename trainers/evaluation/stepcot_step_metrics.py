@@ -11,16 +11,21 @@ definitions in `metrics.METRIC_DEFINITIONS`), and their unweighted mean over the
 Labels of -100 are missing answers and leave that step's metrics only; a step without labels, or AUC/specificity
 with a single class present, is NaN. The numbers are those `stepcot eval` writes to metrics.json (same function).
 
-This script computes through its sibling `metrics.py` (a relative import: `evaluate` copies the sibling into its
-modules cache with the script, so the module needs neither this package installed nor a second copy of the code).
+This script computes through its siblings `metrics.py` and `bootstrap.py`, the very files `stepcot eval` runs
+(relative imports: `evaluate` copies the siblings the script imports into its modules cache), which need only numpy;
+the module needs evaluate and numpy, not this package.
 """
 
 import datasets
 import evaluate
 import numpy as np
 
+# imported here so that `evaluate` copies bootstrap.py too (metrics.py imports it); no comment on the import
+# lines themselves: `evaluate` would read one as the file's download address
+from .bootstrap import BLOCK_SIZE
 from .metrics import METRIC_DEFINITIONS, compute_step_metrics
 
+assert BLOCK_SIZE > 0  # the sibling is there
 _DESCRIPTION = __doc__
 _CITATION = """@article{stepcot2026,
   title = {Step-CoT: Stepwise Visual Chain-of-Thought for Medical Visual Question Answering},

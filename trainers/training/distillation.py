@@ -11,6 +11,7 @@ target by one optimizer step; in exchange each batch costs one teacher forward a
 backward pass that DDP can synchronise.
 """
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -219,29 +220,55 @@ class DistillationConfigCheckpointCallback(TrainerCallback):
 
 
 class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
-    """`Trainer` whose `compute_loss` is the Step-CoT joint objective:
+    r"""`Trainer` whose `compute_loss` is the Step-CoT joint objective:
 
     loss = teacher CE + [student CE + alpha_kd * KD + alpha_ch * CH]   (each summed over steps)
 
-    `args` must be a [`StepCoTDistillationConfig`] (the recipe: weights, temperature, rates, pre-training epochs);
-    it is written into each checkpoint and checked on resume. The bracket is switched off for the first
-    `teacher_pretrain_epochs` epochs (teacher-only pre-training), and the student's parameters then get no gradient
-    at all, so its AdamW state starts fresh when distillation begins. Teacher and student get separate learning
-    rates through parameter groups and their gradients are clipped separately (each to `max_grad_norm`), so the KD
-    and CH weights cannot change the teacher's trajectory. Each term is logged separately. Per-epoch checkpoints
-    are lean (trainable weights + a digest of the frozen encoders, see `checkpoints.py`).
+    The bracket is switched off for the first `teacher_pretrain_epochs` epochs (teacher-only pre-training), and the
+    student's parameters then get no gradient at all, so its AdamW state starts fresh when distillation begins.
+    Teacher and student get separate learning rates through parameter groups and their gradients are clipped
+    separately (each to `max_grad_norm`), so the KD and CH weights cannot change the teacher's trajectory. Each term
+    is logged separately. Per-epoch checkpoints are lean (trainable weights + a digest of the frozen encoders, see
+    `checkpoints.py`).
+
+    Args:
+        model ([`StepCoTDistillationPair`]):
+            Teacher, student and CH projections (`StepCoTDistillationPair.from_models(teacher, student)`).
+        args ([`StepCoTDistillationConfig`], *optional*):
+            The recipe (weights, temperature, rates, epochs); written into each checkpoint and checked on resume.
+            Default: `StepCoTDistillationConfig()` (the paper's recipe) with the pair's `relation_dim`.
+        compute_metrics (*optional*):
+            Default: [`build_pair_compute_metrics`] (teacher and student accuracy, F1, ... per evaluation).
+        class_weights (list of tensors, *optional*):
+            Per-step CE class weights (e.g. `losses.inverse_frequency_class_weights`).
+
+        Every other argument is [`~transformers.Trainer`]'s.
+
+    Example:
+
+    ```python
+    pair = StepCoTDistillationPair.from_models(teacher, student)
+    trainer = StepCoTDistillationTrainer(model=pair, train_dataset=train, eval_dataset=validation)
+    trainer.train()
+    pair.student.save_pretrained("outputs/student")
+    ```
     """
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by accumulation steps
 
-    def __init__(self, *args, class_weights=None, **kwargs):
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if not isinstance(training_args, StepCoTDistillationConfig):
+    def __init__(self, model=None, args=None, *positional, class_weights=None, compute_metrics=None, **kwargs):
+        if args is None and model is not None:
+            args = StepCoTDistillationConfig(relation_dim=model.config.relation_dim)
+        elif args is None:
+            args = StepCoTDistillationConfig()
+        if not isinstance(args, StepCoTDistillationConfig):
             raise TypeError(
                 "StepCoTDistillationTrainer needs args=StepCoTDistillationConfig(...) (the distillation recipe), "
-                f"got {type(training_args).__name__}."
+                f"got {type(args).__name__}."
             )
-        super().__init__(*args, **kwargs)
+        if compute_metrics is None and model is not None:
+            compute_metrics = build_pair_compute_metrics(model.teacher.config.num_classes_per_step)
+        super().__init__(model, args, *positional, compute_metrics=compute_metrics, **kwargs)
         config = self.args
         self.temperature = config.temperature
         self.alpha_kd = config.alpha_kd
@@ -259,6 +286,13 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
         self._teacher_pretrain_steps = None
         self._term_sums = {}
         self._term_count = 0
+
+    def set_initial_training_values(self, args, dataloader):
+        """The Trainer's epoch and step counts for the whole run: `num_train_epochs` counts the distillation epochs,
+        so the run is `teacher_pretrain_epochs` longer."""
+        whole_run = copy.copy(args)
+        whole_run.num_train_epochs = args.total_epochs()
+        return super().set_initial_training_values(whole_run, dataloader)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         checkpoint = resume_from_checkpoint

@@ -1,17 +1,20 @@
-"""`StepCoTDistillationConfig`: the `TrainingArguments` of a Step-CoT distillation run (paper App. D.6 defaults).
+"""The `TrainingArguments` of the Step-CoT recipe: `StepCoTDistillationConfig` (teacher + student, joint distillation,
+paper App. D.5/D.6) and `StepCoTTeacherTrainingConfig` (the teacher alone, the supervised pre-training stage).
 
-The distillation hyper-parameters live next to the Trainer's own arguments, in one object that the trainer requires,
-that `HfArgumentParser` turns into command-line flags with help text, and that is written (as JSON, never pickled)
-into every checkpoint as `distillation_config.json`, so that resuming with different values fails instead of
-silently changing the recipe half-way.
+Every default of the recipe lives on these classes, so a run built in Python (`StepCoTDistillationConfig(output_dir=
+...)` and `StepCoTDistillationTrainer`) trains exactly what `stepcot train` trains: the command line is
+`HfArgumentParser` over the same classes, with no defaults of its own. The distillation values are written (as JSON,
+never pickled) into every checkpoint as `distillation_config.json`, so that resuming with other values fails instead
+of silently changing the recipe half-way.
 """
 
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
 from transformers import TrainingArguments
-from transformers.trainer_utils import SchedulerType
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 from trainers.training.checkpoints import TrainingError
 
@@ -23,23 +26,149 @@ DISTILLATION_CONFIG_NAME = "distillation_config.json"
 PAPER_OPTIMIZER_DEFAULTS = {"weight_decay": 0.01, "lr_scheduler_type": "constant"}
 
 
-@dataclass
-class StepCoTDistillationConfig(TrainingArguments):
-    """`TrainingArguments` plus the Step-CoT distillation recipe. `num_train_epochs` counts the distillation epochs
-    *after* the teacher-only ones (the training script adds `teacher_pretrain_epochs`); `learning_rate` is unused:
-    teacher and student have their own rates. `max_grad_norm` clips the teacher's and the student's gradients
-    separately (each to that norm), as the reference's two optimizers do."""
+def _no_accelerator() -> bool:
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
+
+@dataclass
+class StepCoTRecipeArguments(TrainingArguments):
+    r"""The `TrainingArguments` defaults both Step-CoT configs share (each differs from `TrainingArguments`'s):
+    batch sizes 32/64, one evaluation and one kept checkpoint per epoch, `report_to="none"`, the Step-CoT batches
+    (`remove_unused_columns=False`, `label_names=["labels"]`), AdamW with weight decay 0.01 at a constant rate, and
+    CPU training (DDP over gloo under a multi-process launch) on a machine without an accelerator."""
+
+    # TrainingArguments fields whose defaults the recipe changes
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "batch size per device (paper: 32)"})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size per device"})
+    eval_strategy: IntervalStrategy | str = field(
+        default="epoch", metadata={"help": "when to evaluate on the validation split: 'no', 'steps' or 'epoch'"}
+    )
+    save_strategy: SaveStrategy | str = field(
+        default="epoch", metadata={"help": "when to save a checkpoint: 'no', 'steps', 'epoch' or 'best'"}
+    )
+    save_total_limit: int | None = field(default=1, metadata={"help": "checkpoints kept in OUTPUT_DIR"})
+    logging_steps: float = field(default=10, metadata={"help": "log the training losses every N optimizer steps"})
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "experiment trackers to report to ('none', 'all', 'tensorboard', ...)"}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "keep every dataset column (the Step-CoT batches need them all)"}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"], metadata={"help": "the batch keys holding the labels"}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP's unused-parameter search (off: every trained weight gets a gradient)"}
+    )
+    use_cpu: bool | None = field(
+        default=None,
+        metadata={"help": "train on the CPU; default: when no GPU/MPS is present (then a multi-process launch is "
+                          "DDP over gloo)"},
+    )
     weight_decay: float = field(
         default=PAPER_OPTIMIZER_DEFAULTS["weight_decay"],
-        metadata={"help": "AdamW weight decay of both models, biases and LayerNorm weights excepted (reference: "
-                          "torch's default 0.01)"},
+        metadata={"help": "AdamW weight decay, biases and LayerNorm weights excepted (reference: torch's default "
+                          "0.01)"},
+    )
+    lr_scheduler_type: SchedulerType | str = field(
+        default=PAPER_OPTIMIZER_DEFAULTS["lr_scheduler_type"],
+        metadata={"help": "learning-rate schedule (reference: constant)"},
+    )
+
+    def __post_init__(self):
+        if self.use_cpu is None:
+            self.use_cpu = _no_accelerator()
+        super().__post_init__()
+        for name, bound in (("per_device_train_batch_size", 1), ("per_device_eval_batch_size", 1),
+                            ("gradient_accumulation_steps", 1)):
+            if not getattr(self, name) >= bound:
+                raise TrainingError(f"--{name} {getattr(self, name)}: must be >= {bound}")
+        if not self.num_train_epochs > 0:  # also catches NaN
+            raise TrainingError(f"--num_train_epochs {self.num_train_epochs}: must be > 0")
+
+
+@dataclass
+class StepCoTDistillationConfig(StepCoTRecipeArguments):
+    r"""Configuration of [`StepCoTDistillationTrainer`]: the Step-CoT joint teacher/student recipe (paper App. D.5,
+    hyper-parameters of App. D.6) on top of [`~transformers.TrainingArguments`].
+
+    This class lists the parameters the recipe adds, and the `TrainingArguments` parameters whose defaults or meaning
+    it changes; every other `TrainingArguments` parameter works as documented there. `HfArgumentParser` turns it
+    into the flags of `stepcot train` (`stepcot train --help-all` lists them all).
+
+    Parameters:
+        > Distillation loss
+
+        alpha_kd (`float`, *optional*, defaults to `0.5`):
+            Weight of the soft-label KD term in each student step loss.
+        alpha_ch (`float`, *optional*, defaults to `1.0`):
+            Weight of the channel/relation (CH) term in each student step loss.
+        temperature (`float`, *optional*, defaults to `2.0`):
+            Softmax temperature `T` of the KD and CH terms; KD is scaled by `T²`.
+        relation_dim (`int`, *optional*, defaults to `256`):
+            Width of the two CH projections of the image features; must equal the pair's `config.relation_dim`.
+        class_weights (`bool`, *optional*, defaults to `False`):
+            Inverse-frequency class weights in the CE terms (the command line computes them from the training
+            labels; in Python pass `class_weights=` to the trainer).
+        ch_standardize (`bool`, *optional*, defaults to `True`):
+            Standardise each projected CH feature vector before the softmax (`False`: the paper as written).
+        ch_train_teacher_projection (`bool`, *optional*, defaults to `False`):
+            Let the teacher-side CH projection train (for before/after studies); the paper keeps it frozen.
+
+        > Schedule and optimisation
+
+        teacher_learning_rate (`float`, *optional*, defaults to `5e-5`):
+            AdamW learning rate of the teacher (0 freezes it, e.g. to distil from a finished teacher).
+        student_learning_rate (`float`, *optional*, defaults to `1e-4`):
+            AdamW learning rate of the student and its CH projection.
+        teacher_pretrain_epochs (`int`, *optional*, defaults to `2`):
+            Teacher-only epochs before distillation; the student's optimizer does not step in them.
+        num_train_epochs (`float`, *optional*, defaults to `40`):
+            Distillation epochs, counted *after* the `teacher_pretrain_epochs`: the trainer runs
+            `teacher_pretrain_epochs + num_train_epochs` epochs in all (`max_steps`, when set, counts every step).
+        learning_rate:
+            Not used (each model has its own rate above); setting it is an error.
+        max_grad_norm (`float`, *optional*, defaults to `1.0`):
+            Clips the teacher's and the student's gradients separately, each to this norm, as the reference's two
+            optimizers do.
+
+        > Changed `TrainingArguments` defaults
+
+        output_dir (`str`, defaults to `"outputs/stepcot"`), per_device_train_batch_size (`32`),
+        per_device_eval_batch_size (`64`), eval_strategy and save_strategy (`"epoch"`), save_total_limit (`1`),
+        logging_steps (`10`), report_to (`"none"`), remove_unused_columns (`False`), label_names (`["labels"]`),
+        ddp_find_unused_parameters (`False`), weight_decay (`0.01`), lr_scheduler_type (`"constant"`), use_cpu
+        (`True` on a machine without GPU or MPS).
+
+    Example:
+
+    ```python
+    from trainers.training.distillation import StepCoTDistillationConfig, StepCoTDistillationTrainer
+
+    config = StepCoTDistillationConfig(output_dir="outputs/python", num_train_epochs=10, alpha_kd=0.3)
+    trainer = StepCoTDistillationTrainer(model=pair, args=config, train_dataset=train, eval_dataset=validation)
+    trainer.train()
+    ```
+    """
+
+    output_dir: str | None = field(
+        default="outputs/stepcot", metadata={"help": "where checkpoints, models and metrics are written"}
+    )
+    num_train_epochs: float = field(
+        default=40,
+        metadata={"help": "distillation epochs, after the teacher-only ones (paper: 40); the run trains "
+                          "teacher_pretrain_epochs + num_train_epochs epochs"},
+    )
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "not used: set --teacher_learning_rate and --student_learning_rate"},
     )
     lr_scheduler_type: SchedulerType | str = field(
         default=PAPER_OPTIMIZER_DEFAULTS["lr_scheduler_type"],
         metadata={"help": "learning-rate schedule of both models (reference: constant); the student's rate is 0 "
                           "during the teacher-only epochs whatever the schedule"},
     )
+
     alpha_kd: float = field(
         default=0.5, metadata={"help": "weight of the soft-label KD term in each student step loss (paper: 0.5)"}
     )
@@ -75,11 +204,14 @@ class StepCoTDistillationConfig(TrainingArguments):
     )
     ch_train_teacher_projection: bool = field(
         default=False,
-        metadata={"help": "let the teacher-side CH projection train with the student (the behaviour before the CH "
-                          "fix, kept only for before/after studies); default: frozen, as in the paper and reference"},
+        metadata={"help": "let the teacher-side CH projection train with the student (for ablation studies); "
+                          "default: frozen, as in the paper and reference"},
     )
 
     def __post_init__(self):
+        if self.learning_rate is not None:
+            raise TrainingError(f"--learning_rate {self.learning_rate}: not used by the distillation recipe; set "
+                                "--teacher_learning_rate and --student_learning_rate instead")
         super().__post_init__()
         # a learning rate of 0 is allowed: it freezes that model (e.g. distilling from a finished teacher)
         bounds = [(name, 0, False) for name in ("alpha_kd", "alpha_ch", "teacher_pretrain_epochs",
@@ -95,6 +227,10 @@ class StepCoTDistillationConfig(TrainingArguments):
         """The fields this class adds to `TrainingArguments` (what a checkpoint records and a resume must match)."""
         return {f.name: getattr(self, f.name) for f in fields(StepCoTDistillationConfig)
                 if f.name not in TRAINING_ARGUMENT_NAMES}
+
+    def total_epochs(self) -> float:
+        """Epochs of the whole run: the teacher-only ones, then `num_train_epochs` distillation epochs."""
+        return self.teacher_pretrain_epochs + self.num_train_epochs
 
     def save_distillation_values(self, folder) -> Path:
         path = Path(folder) / DISTILLATION_CONFIG_NAME
@@ -118,6 +254,62 @@ class StepCoTDistillationConfig(TrainingArguments):
             raise ValueError(f"Cannot resume from {checkpoint} with other distillation settings ({listing}).")
 
 
+@dataclass
+class StepCoTTeacherTrainingConfig(StepCoTRecipeArguments):
+    r"""Configuration of the teacher-only stage (`stepcot train-teacher`, a plain `transformers.Trainer` on a
+    `StepCoTTeacher`): the recipe's `TrainingArguments` with the teacher's rate and the best epoch kept.
+
+    Parameters:
+        learning_rate (`float`, *optional*, defaults to `5e-5`):
+            AdamW learning rate of the teacher (paper: 5e-5).
+        num_train_epochs (`float`, *optional*, defaults to `2`):
+            Teacher-only epochs (the paper's pre-training stage).
+        load_best_model_at_end (`bool`, *optional*):
+            Keep the epoch with the best mean validation accuracy over steps (`metric_for_best_model=
+            "mean_accuracy"`); default: whenever checkpoints are saved at the evaluation times.
+
+        The other changed defaults are [`StepCoTDistillationConfig`]'s, with `output_dir="outputs/teacher"`.
+
+    Example:
+
+    ```python
+    from transformers import Trainer
+
+    config = StepCoTTeacherTrainingConfig(output_dir="outputs/teacher")
+    trainer = Trainer(model=teacher, args=config, train_dataset=train, eval_dataset=validation,
+                      compute_metrics=build_compute_metrics(config=teacher.config))
+    ```
+    """
+
+    output_dir: str | None = field(default="outputs/teacher", metadata={"help": "where checkpoints, the model "
+                                                                               "and its metrics are written"})
+    num_train_epochs: float = field(default=2, metadata={"help": "teacher-only epochs (paper: 2)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the teacher (paper: 5e-5)"})
+    load_best_model_at_end: bool | None = field(
+        default=None,
+        metadata={"help": "keep the epoch with the best mean validation accuracy; default: when checkpoints are "
+                          "saved at the evaluation times"},
+    )
+    metric_for_best_model: str | None = field(
+        default="mean_accuracy", metadata={"help": "metric that picks the best epoch"}
+    )
+
+    def __post_init__(self):
+        if self.load_best_model_at_end is None:
+            save, evaluate = str(getattr(self.save_strategy, "value", self.save_strategy)), str(
+                getattr(self.eval_strategy, "value", self.eval_strategy))
+            self.load_best_model_at_end = save == evaluate and save != "no"
+        super().__post_init__()
+        if not self.learning_rate >= 0:
+            raise TrainingError(f"--learning_rate {self.learning_rate}: must be >= 0")
+
+
 TRAINING_ARGUMENT_NAMES = {f.name for f in fields(TrainingArguments)}
 
-__all__ = ["DISTILLATION_CONFIG_NAME", "PAPER_OPTIMIZER_DEFAULTS", "StepCoTDistillationConfig"]
+__all__ = [
+    "DISTILLATION_CONFIG_NAME",
+    "PAPER_OPTIMIZER_DEFAULTS",
+    "StepCoTDistillationConfig",
+    "StepCoTRecipeArguments",
+    "StepCoTTeacherTrainingConfig",
+]

@@ -2,7 +2,9 @@
 feature caches, scoring."""
 
 import argparse
+import copy
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,39 +113,85 @@ class DataArguments:
     )
 
 
-TRAINING_DEFAULTS = dict(
-    output_dir="outputs/stepcot",
-    per_device_train_batch_size=32,
-    per_device_eval_batch_size=64,
-    num_train_epochs=40,
-    max_grad_norm=1.0,
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=1,
-    logging_steps=10,
-    report_to="none",
-    remove_unused_columns=False,
-    label_names=["labels"],
-    ddp_find_unused_parameters=False,
-    dataloader_num_workers=0,
-    seed=42,
+# The `TrainingArguments` options `--help` shows next to the recipe's own (`--help-all` lists every one).
+COMMON_TRAINING_OPTIONS = (
+    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_scheduler_type", "max_grad_norm",
+    "eval_strategy", "save_strategy", "save_total_limit", "logging_steps", "seed", "bf16", "use_cpu",
+    "resume_from_checkpoint", "report_to",
 )
+HELP_ALL_FLAG = "--help-all"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Argument defaults in the help, and the script's docstring (with its examples) kept as written."""
 
 
-def parse_run_args(argument_classes, argv=None, *, help_text: str | None = None, **defaults):
-    """HfArgumentParser over `argument_classes` (TrainingArguments last) with the Step-CoT training defaults.
-    `--verbose` (show every library message) is taken out of `argv` here; `help_text` heads the `--help`."""
-    argv = pop_verbose_flag(list(sys.argv[1:] if argv is None else argv))
-    parser = HfArgumentParser(argument_classes, description=help_text, formatter_class=_HelpFormatter,
+def _short_help(parser, argument_classes, prog, help_text) -> str:
+    """The recipe's own options first (the config's fields that `TrainingArguments` lacks), then the model and data
+    options, then the common `TrainingArguments` ones; each option under its underscore spelling only."""
+    from dataclasses import fields as dataclass_fields
+
+    from transformers import TrainingArguments
+
+    inherited = {f.name for f in dataclass_fields(TrainingArguments)}
+    by_dest = {}
+    for action in parser._actions:  # a boolean's `--name` comes before its `--no_name`
+        by_dest.setdefault(action.dest, action)
+    sections = []
+    for cls in argument_classes:
+        names = [f.name for f in dataclass_fields(cls) if f.init]
+        if issubclass(cls, TrainingArguments):
+            own = [name for name in names if name not in inherited]
+            if own:
+                sections.insert(0, (f"{cls.__name__} (the recipe)", own))
+            unused = {f.name for f in dataclass_fields(cls) if f.name in inherited
+                      and str(f.metadata.get("help", "")).startswith("not used")}
+            sections.append(("training (TrainingArguments; --help-all lists them all)",
+                             [name for name in COMMON_TRAINING_OPTIONS if name in names and name not in unused]))
+        else:
+            sections.append((cls.__name__.replace("Arguments", "").lower(), names))
+    summary = "\n\n".join((help_text or "").split("\n\n")[:2])  # what it does and the examples
+    width = min(119, max(100, shutil.get_terminal_size().columns - 2))
+    display = argparse.ArgumentParser(
+        prog=prog, description=summary or None, add_help=False,
+        formatter_class=lambda prog: _HelpFormatter(prog, width=width, max_help_position=36),
+        usage=f"%(prog)s [--option VALUE ...]   ({HELP_ALL_FLAG}: every TrainingArguments option)",
+        epilog="--verbose: show every message of the libraries (transformers, datasets) too",
+    )
+    for title, names in sections:
+        group = display.add_argument_group(title)
+        for name in names:
+            action = copy.copy(by_dest[name])
+            action.option_strings = action.option_strings[:1]
+            group._add_action(action)
+    return display.format_help()
+
+
+def build_run_parser(argument_classes, *, help_text: str | None = None, prog: str | None = None):
+    """`HfArgumentParser` over `argument_classes` (the training config last): `--help` is short (see `_short_help`),
+    `--help-all` is the full listing."""
+    parser = HfArgumentParser(argument_classes, prog=prog, description=help_text, formatter_class=_HelpFormatter,
                               epilog="--verbose: show every message of the libraries (transformers, datasets) too")
-    parser.set_defaults(**{**TRAINING_DEFAULTS, **defaults})
-    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        # accelerate treats a multi-process launch as DDP on CPU (gloo) only when told it runs on the CPU
-        parser.set_defaults(use_cpu=True)
+    full_help = parser.format_help
+    short = _short_help(parser, argument_classes, parser.prog, help_text)
+
+    class _HelpAll(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(full_help())
+            parser.exit()
+
+    parser.add_argument(HELP_ALL_FLAG, nargs=0, action=_HelpAll, default=argparse.SUPPRESS,
+                        help="list every option, TrainingArguments' too")
+    parser.format_help = lambda: short
+    return parser
+
+
+def parse_run_args(argument_classes, argv=None, *, help_text: str | None = None, prog: str | None = None):
+    """Parse a training script's arguments into `argument_classes` (the training config last; its defaults are the
+    recipe's). `--verbose` (show every library message) is taken out of `argv` here; `help_text` heads the help."""
+    argv = pop_verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    parser = build_run_parser(argument_classes, help_text=help_text, prog=prog)
     parsed = parser.parse_args_into_dataclasses(args=argv)
     validate_run_args(*parsed)
     return parsed

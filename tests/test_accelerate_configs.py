@@ -1,0 +1,57 @@
+"""The shipped `accelerate` configs do what their comments say: each loads with accelerate's own reader, and each
+CPU config, launched with `accelerate launch --config_file`, starts the processes it names as one gloo group."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO_ROOT / "configs" / "accelerate").glob("*.yaml"))
+
+PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+from trainers.training.distillation_config import StepCoTDistillationConfig
+
+config = StepCoTDistillationConfig(output_dir={out!r})
+state = config.distributed_state
+print(f"RANK {{config.process_index}} WORLD {{config.world_size}} TYPE {{state.distributed_type.value}} "
+      f"BACKEND {{state.backend}}", flush=True)
+"""
+
+
+def _load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    return load_config_from_file(str(path))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_its_comment_names_its_process_count(path):
+    config = _load(path)
+    comment = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert config.num_processes > 1 and config.distributed_type.value == "MULTI_GPU"  # the launcher's multi-process
+    if config.use_cpu:
+        assert re.search(rf"\b{['', 'One', 'Two', 'Three', 'Four'][config.num_processes]} processes", comment)
+    else:  # "One machine, 8 GPUs" / "Two machines x 8 GPUs (num_processes counts all of them)"
+        per_machine = config.num_processes // config.num_machines
+        assert re.search(rf"\b{per_machine} GPUs", comment), comment
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in CONFIGS if _load(p).use_cpu], ids=lambda p: p.name)
+def test_cpu_config_launches_its_processes_as_one_gloo_group(path, tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE.format(root=str(REPO_ROOT), out=str(tmp_path / "out")))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([str(accelerate), "launch", "--config_file", str(path), str(script)],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("RANK "))
+    processes = _load(path).num_processes
+    assert lines == [f"RANK {rank} WORLD {processes} TYPE MULTI_CPU BACKEND gloo" for rank in range(processes)]
