@@ -91,7 +91,7 @@ CSS = """
 .stepcot-model {flex: 1 1 340px; min-width: 0; max-width: 100%; box-sizing: border-box;}
 .stepcot-model h3 {margin: 4px 0 2px 0;}
 .stepcot-trained {color: #4b5563; font-size: 0.85em; margin-bottom: 6px;}
-.stepcot-unreliable .stepcot-steps, .stepcot-unreliable .stepcot-chain {opacity: 0.45; filter: grayscale(1);}
+.stepcot-unreliable .stepcot-steps, .stepcot-unreliable .stepcot-flags {opacity: 0.45; filter: grayscale(1);}
 .stepcot-banner {background: #fef3c7; color: #78350f; border: 2px solid #d97706; border-radius: 8px;
   padding: 10px 14px; font-weight: 700; margin-bottom: 10px;}
 .stepcot-banner.refused {background: #fee2e2; color: #7f1d1d; border-color: #dc2626;}
@@ -123,7 +123,6 @@ CSS = """
 .stepcot-colourbar {height: 10px; border-radius: 3px; background: COLOURBAR;}
 .stepcot-colourbar-labels {display: flex; justify-content: space-between; font-size: 0.75em; color: #4b5563;}
 #stepcot-examples .thumbnail-item {max-width: 96px;}
-.gradio-container {overflow-x: hidden;}
 """
 
 
@@ -487,7 +486,7 @@ def write_synthetic_examples(folder, count: int = 3, size: int = 320) -> list[st
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index, diagnosis in enumerate(["Pneumothorax", "Pleural effusion", "Pneumonia", "Normal"][:count]):
+    for index, diagnosis in enumerate(["Pneumothorax", "Effusion", "Pneumonia", "Normal"][:count]):
         path = folder / f"synthetic_{index + 1}_{diagnosis.lower().replace(' ', '_')}.png"
         if not path.is_file():
             try:
@@ -521,7 +520,7 @@ def step_choices(data: dict | None, label: str | None) -> list[tuple[str, int]]:
     entry = next((m for m in (data or {}).get("models", []) if m["model"] == label), None)
     for step in entry["steps"] if entry else []:
         answer = step["answer"] if step.get("trained") is not False else UNTRAINED
-        choices.append((f"{step['step']}. {plain_label(step)}: {answer}", step["step"]))
+        choices.append((f"{step['step']}. {plain_label(step)} — {answer}", step["step"]))
     return choices
 
 
@@ -607,12 +606,12 @@ def build_demo(model: str = DEFAULT_MODEL, compare: str | None = DEFAULT_COMPARE
                                          "contradictions)", value=False, elem_id="stepcot-consistent")
                 button = gr.Button("Answer the seven steps", variant="primary", elem_id="stepcot-run")
                 gallery = gr.Gallery(value=thumbnails or None, label="Examples (click one)", columns=4,
-                                     allow_preview=False, height="auto", object_fit="contain",
+                                     allow_preview=False, height=150, object_fit="contain",
                                      elem_id="stepcot-examples", visible=bool(thumbnails), interactive=False)
             with gr.Column(scale=3, min_width=280):
                 message = gr.HTML(elem_id="stepcot-message")
                 picture = gr.Image(label="Radiograph and Grad-CAM", interactive=False, elem_id="stepcot-picture",
-                                   height=420, show_label=True)
+                                   height=380, show_label=True)
                 gr.HTML('<div class="stepcot-colourbar"></div><div class="stepcot-colourbar-labels">'
                         "<span>no evidence</span><span>evidence for the answer →</span><span>strongest</span></div>",
                         elem_id="stepcot-colourbar")
