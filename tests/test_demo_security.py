@@ -213,3 +213,24 @@ def test_the_watch_sees_a_probe(hostile, monkeypatch):
     with pytest.raises(demo_app.DemoError):
         demo_app.load_demo_pipeline(hostile["etc"])
     assert {name for name, _ in watch.seen} >= {"stat", "load_model"}
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_requests(choice, checkpoints, image):
+    """20 requests (with maps, consistent decoding on and off) and 16 spellings of a served folder: the resident
+    memory after them is within 60 MB of what it was after 5 warm-up requests."""
+    psutil = pytest.importorskip("psutil")
+    process = psutil.Process()
+
+    def requests(count):
+        for index in range(count):
+            message, *_ = demo_app.respond(str(image), ["Student", "Teacher"], index % 2, choice)
+            assert message == ""
+
+    requests(5)
+    before = process.memory_info().rss
+    requests(20)
+    for spelling in spellings(str(checkpoints / "student")):
+        demo_app.respond(str(image), [spelling], False, choice)
+    growth = (process.memory_info().rss - before) / 2**20
+    assert growth < 60, f"resident memory grew by {growth:.0f} MB over 20 requests"
