@@ -123,6 +123,10 @@ CSS = """
 .stepcot-colourbar {height: 10px; border-radius: 3px; background: COLOURBAR;}
 .stepcot-colourbar-labels {display: flex; justify-content: space-between; font-size: 0.75em; color: #4b5563;}
 #stepcot-examples .thumbnail-item {max-width: 96px;}
+@media (max-width: 640px) {
+  #stepcot-step label, #stepcot-map-model label {padding: 3px 8px; font-size: 0.85em;}
+  .stepcot-banner {padding: 8px 10px;}
+}
 """
 
 
