@@ -33,7 +33,7 @@ from PIL import Image
 
 from dataset_script.safe_paths import UnsafePathError, is_inside, safe_relative_path
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
-from modeling_stepcot.processing_stepcot import image_to_8bit
+from modeling_stepcot.processing_stepcot import MAX_IMAGE_PIXELS, image_to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -236,9 +236,6 @@ def _inside_release(candidate: Path, root: Path, image_path) -> Path:
     return candidate
 
 
-# Decompression-bomb guard: images above this many pixels are rejected before decoding (a 10,000 x 10,000 chest
-# X-ray is larger than any real one; PIL's own guard alone would warn or raise mid-build).
-MAX_IMAGE_PIXELS = 10_000 * 10_000
 # Near-duplicate images: 256-bit perceptual hashes (imagehash.phash, hash_size 16) at most this many bits apart.
 # Measured: resized (0.5-1.5x) and JPEG re-saved (quality 50-90) copies differ by <= 8 bits; distinct real chest
 # X-rays (1,100 from ../shared/data) by >= 50, distinct synthetic demo images by >= 12.
@@ -268,7 +265,7 @@ def inspect_image(path, max_pixels: int = MAX_IMAGE_PIXELS, perceptual_hash: boo
             mode, size = image.mode, image.size
             if size[0] * size[1] > max_pixels:
                 raise ImageTooLargeError(f"{size[0]} x {size[1]} pixels is above the limit of {max_pixels:,} "
-                                         "(decompression-bomb guard, dataset_script.release.MAX_IMAGE_PIXELS)")
+                                         "(decompression-bomb guard, MAX_IMAGE_PIXELS)")
             image.verify()
         truncated_allowed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
         try:

@@ -135,3 +135,70 @@ def test_a_valid_release_still_assembles(tmp_path):
     assert done == {"unpacked": {"images.zip": "images"}, "copied": ["data.json"]}
     assert (tmp_path / "release" / "images" / "a.png").is_file()
     assert [p.name for p in (tmp_path / "release").iterdir() if p.name.startswith(".")] == []
+
+
+def _rotated_jpeg(path):
+    """A 60 x 30 (w x h) JPEG, bright on its left half, stored with EXIF orientation 6 (displayed rotated 90
+    degrees clockwise: 30 wide, 60 high, bright on top)."""
+    pixels = np.zeros((30, 60), dtype=np.uint8)
+    pixels[:, :30] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    return path
+
+
+def test_exif_orientation_is_applied_where_images_become_pixels(tmp_path):
+    from modeling_stepcot.processing_stepcot import image_to_8bit, image_to_rgb
+
+    path = _rotated_jpeg(tmp_path / "rotated.jpg")
+    for convert in (image_to_8bit, lambda image: image_to_rgb(image, 16)):
+        with Image.open(path) as image:
+            upright = np.asarray(convert(image).convert("L"), dtype=np.float32)
+        assert upright.shape == (60, 30)
+        assert upright[:30].mean() > 200 and upright[30:].mean() < 50
+
+
+def test_predict_reports_the_upright_image_size(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import tiny_student
+
+    from trainers.inference.predict import build_pipeline
+
+    path = _rotated_jpeg(tmp_path / "rotated.jpg")
+    result = build_pipeline(tiny_student())(str(path))
+    assert tuple(result["image_size"]) == (60, 30)  # (height, width) as displayed
+
+
+def _png_claiming(path, width, height):
+    """A PNG whose header claims WIDTH x HEIGHT (its data is a tiny image's)."""
+    import struct
+    import zlib
+
+    raw = bytearray(_png(path).read_bytes())
+    ihdr = raw.index(b"IHDR")
+    raw[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    raw[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(raw[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("size", [(60_000, 60_000), (11_000, 10_000)])
+def test_predict_refuses_an_image_claiming_too_many_pixels_in_one_line(tmp_path, capsys, size):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import tiny_student
+
+    from trainers import cli
+
+    tiny_student().save_pretrained(tmp_path / "student")
+    bomb = _png_claiming(tmp_path / "bomb.png", *size)
+    capsys.readouterr()
+    assert cli.main(["predict", str(bomb), "--model", str(tmp_path / "student")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "bomb.png" in error and "decompression-bomb guard" in error
