@@ -792,7 +792,7 @@ class StepCoTRelease:
         if unanswered:  # kept (e.g. a report silent about the lungs), but they teach and score nothing
             self.notes.append(dict(index=None, patient_id=None, field="vqa_chain",
                                    message=f"{unanswered} records answer no step (all 'No Answer' / left out)"))
-        records = self._check_image_claims(records)
+        records = self._check_image_claims(self._drop_exact_duplicates(records))
         self.split_source = self._assign_splits(records)
         self.records = [record for record in records if record.get("split") is not None]
         self._check_leakage()
@@ -875,6 +875,23 @@ class StepCoTRelease:
             raise StepCoTDataError(format_problem(problem) if problem["index"] is not None
                                    else f"{problem['field']}: {problem['message']}")
         self.warnings.append(problem)
+
+    def _drop_exact_duplicates(self, records: list[dict]) -> list[dict]:
+        """A record with the same patient_id and image as an earlier one is a duplicate (it would count twice, and
+        split files cannot tell the two apart): reported naming the first, skipped in lenient mode."""
+        first, kept = {}, []
+        for record in records:
+            image = record.get("resolved_image_path")
+            key = (record["patient_id"], str(Path(image).resolve()) if image else record["image_path"])
+            if key in first:
+                same = "same answers" if first[key]["labels"] == record["labels"] else "different answers"
+                self._reject([dict(index=record["index"], patient_id=record["patient_id"], field="record",
+                                   message=f"exact duplicate of {_describe(first[key]['index'], record['patient_id'])}"
+                                           f" (same patient_id and image, {same})")])
+                continue
+            first[key] = record
+            kept.append(record)
+        return kept
 
     def _check_image_claims(self, records: list[dict]) -> list[dict]:
         """An image found only by its file name (`missing_subdir/x.png` -> `images/x.png`) must not be another

@@ -202,3 +202,29 @@ def test_predict_refuses_an_image_claiming_too_many_pixels_in_one_line(tmp_path,
     assert cli.main(["predict", str(bomb), "--model", str(tmp_path / "student")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "bomb.png" in error and "decompression-bomb guard" in error
+
+
+def _duplicate_first_record(folder):
+    records = json.loads((folder / "data.json").read_text())
+    records.append(dict(records[0]))
+    (folder / "data.json").write_text(json.dumps(records))
+    return len(records) - 1
+
+
+@pytest.mark.parametrize("with_split_files", [True, False])
+def test_an_exact_duplicate_record_is_reported_as_one(release, with_split_files):
+    from dataset_script.release import StepCoTRelease
+
+    if not with_split_files:
+        for sheet in release.glob("*.xlsx"):
+            sheet.unlink()
+    duplicate = _duplicate_first_record(release)
+    lenient = StepCoTRelease(release, strict=False)
+    texts = [p["text"] for entry in lenient.report["skipped"] for p in entry["problems"]]
+    assert [t for t in texts if f"record {duplicate}" in t] == [
+        next(t for t in texts if f"record {duplicate}" in t)]
+    assert any(f"record {duplicate}" in t and "exact duplicate of record 0" in t for t in texts)
+    assert not any("listed in no split file" in t for t in texts)
+    assert [r["index"] for r in lenient.records].count(0) == 1
+    with pytest.raises(StepCoTDataError, match="exact duplicate"):
+        StepCoTRelease(release)
