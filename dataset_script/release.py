@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import sys
 import unicodedata
 import warnings
 from collections import Counter, defaultdict
@@ -240,6 +241,8 @@ def _inside_release(candidate: Path, root: Path, image_path) -> Path:
 # Measured: resized (0.5-1.5x) and JPEG re-saved (quality 50-90) copies differ by <= 8 bits; distinct real chest
 # X-rays (1,100 from ../shared/data) by >= 50, distinct synthetic demo images by >= 12.
 NEAR_DUPLICATE_HASH_SIZE = 16
+# Validating this many records or more shows a progress bar (each image is decoded: ~100 records/s).
+PROGRESS_MIN_RECORDS = 500
 NEAR_DUPLICATE_MAX_DISTANCE = 10
 
 
@@ -774,7 +777,11 @@ class StepCoTRelease:
         else:
             self.config, self.schema_source = infer_schema(raw_records)
         records = []
-        for index, raw in enumerate(raw_records):
+        from tqdm.auto import tqdm
+
+        progress = tqdm(enumerate(raw_records), total=len(raw_records), desc="validating records", unit="record",
+                        disable=len(raw_records) < PROGRESS_MIN_RECORDS, file=sys.stderr)
+        for index, raw in progress:
             if index in self._line_problems:
                 self._reject([self._line_problems[index]])
                 continue

@@ -228,3 +228,11 @@ def test_an_exact_duplicate_record_is_reported_as_one(release, with_split_files)
     assert [r["index"] for r in lenient.records].count(0) == 1
     with pytest.raises(StepCoTDataError, match="exact duplicate"):
         StepCoTRelease(release)
+
+
+def test_validating_a_large_release_shows_progress(release, monkeypatch, capsys):
+    import dataset_script.release as release_module
+
+    monkeypatch.setattr(release_module, "PROGRESS_MIN_RECORDS", 1)
+    release_module.StepCoTRelease(release, strict=False)
+    assert "validating records" in capsys.readouterr().err
