@@ -28,7 +28,13 @@ from transformers import Pipeline
 
 from .chain_stepcot import DEFAULT_REPAIR_CONFIDENCE, ChainChecker
 from .configuration_stepcot import NA_OPTION
-from .processing_stepcot import MAX_IMAGE_PIXELS, image_processor_for_config, image_to_rgb, upright_size
+from .processing_stepcot import (
+    MAX_IMAGE_PIXELS,
+    image_processor_for_config,
+    image_to_rgb,
+    pixel_values_from_images,
+    upright_size,
+)
 
 TASK = "stepcot-vqa"
 UNCALIBRATED = "softmax (uncalibrated)"
@@ -262,7 +268,8 @@ class StepCoTVQAPipeline(Pipeline):
         except OSError as error:  # truncated or corrupt data surfaces only when decoding
             name = getattr(image, "filename", "") or "the image"
             raise ValueError(f"{name} could not be decoded ({error})") from None
-        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+        processor = self.image_processor
+        pixel_values = pixel_values_from_images(rgb, size, processor.image_mean, processor.image_std)
         return {"pixel_values": pixel_values, "image_size": torch.tensor([[height, width]])}
 
     def _forward(self, model_inputs, maps=False):
