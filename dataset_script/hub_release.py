@@ -20,6 +20,7 @@ import re
 import shutil
 import stat
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -31,6 +32,14 @@ logger = logging.getLogger(__name__)
 RELEASE_MARKERS = ("data.json", "data.jsonl")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 SOURCE_FILE = "hub_source.json"
+# Archive limits (a zip bomb is refused before anything is written); each can be set by its environment variable.
+ARCHIVE_LIMITS = {
+    "STEPCOT_MAX_UNPACKED_BYTES": 200 * 2**30,  # total size of the members (the real release: ~10 GB)
+    "STEPCOT_MAX_ARCHIVE_MEMBERS": 2_000_000,
+    "STEPCOT_MAX_COMPRESSION_RATIO": 100,  # unpacked / archive bytes (images barely compress; text ~10x)
+}
+# Below this many unpacked bytes the compression ratio is not checked (a small text file may compress 1000x).
+RATIO_CHECK_MIN_BYTES = 50_000_000
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -87,19 +96,97 @@ def _top_folder(names: list[PurePosixPath]) -> str | None:
     return tops.pop() if len(tops) == 1 and any(len(name.parts) > 1 for name in names) else None
 
 
+def archive_limits() -> dict[str, int]:
+    """`ARCHIVE_LIMITS`, each overridden by its environment variable (a positive integer)."""
+    limits = {}
+    for name, default in ARCHIVE_LIMITS.items():
+        text = os.environ.get(name, "").strip().replace("_", "")
+        try:
+            limits[name] = int(float(text)) if text else default
+        except ValueError:
+            raise StepCoTDataError(f"{name}={text!r} is not a number") from None
+        if limits[name] < 1:
+            raise StepCoTDataError(f"{name}={text!r} must be positive")
+    return limits
+
+
+def _check_members(archive: Path, entries: list[tuple[PurePosixPath, bool, int]]) -> None:
+    """Refuse, before anything is written: more members, unpacked bytes or compression than `archive_limits()`
+    allow, a name that is both a file and a folder, a file listed twice. `entries`: (name, is_dir, size)."""
+    limits = archive_limits()
+    if len(entries) > limits["STEPCOT_MAX_ARCHIVE_MEMBERS"]:
+        raise StepCoTDataError(f"{archive.name}: {len(entries):,} members, above the limit of "
+                               f"{limits['STEPCOT_MAX_ARCHIVE_MEMBERS']:,} (STEPCOT_MAX_ARCHIVE_MEMBERS); "
+                               "refusing to unpack")
+    total = sum(size for _, is_dir, size in entries if not is_dir)
+    if total > limits["STEPCOT_MAX_UNPACKED_BYTES"]:
+        raise StepCoTDataError(f"{archive.name}: unpacks to {total:,} bytes, above the limit of "
+                               f"{limits['STEPCOT_MAX_UNPACKED_BYTES']:,} (STEPCOT_MAX_UNPACKED_BYTES); "
+                               "refusing to unpack")
+    ratio = total / max(archive.stat().st_size, 1)
+    if total >= RATIO_CHECK_MIN_BYTES and ratio > limits["STEPCOT_MAX_COMPRESSION_RATIO"]:
+        raise StepCoTDataError(f"{archive.name}: unpacks to {total:,} bytes, {ratio:,.0f} times its size, above "
+                               f"the ratio limit of {limits['STEPCOT_MAX_COMPRESSION_RATIO']} "
+                               "(STEPCOT_MAX_COMPRESSION_RATIO; a zip bomb?); refusing to unpack")
+    files, folders = set(), set()
+    for name, is_dir, _ in entries:
+        if not name.parts:
+            continue
+        folders.update(name.parents)
+        if is_dir:
+            folders.add(name)
+        elif name in files:
+            raise StepCoTDataError(f"{archive.name}: member {str(name)!r} appears twice; refusing to unpack")
+        else:
+            files.add(name)
+    clash = sorted(files & folders)
+    if clash:
+        raise StepCoTDataError(f"{archive.name}: {str(clash[0])!r} is both a file and a folder in the archive; "
+                               "refusing to unpack")
+
+
+def _copy_at_most(source, sink, limit: int, archive: Path, name: str) -> None:
+    """Copy, refusing a member that yields more bytes than it declares."""
+    written = 0
+    while chunk := source.read(1 << 20):
+        written += len(chunk)
+        if written > limit:
+            raise StepCoTDataError(f"{archive.name}: member {name!r} holds more than its declared {limit:,} bytes; "
+                                   "refusing to unpack")
+        sink.write(chunk)
+
+
 def safe_unpack(archive, target) -> Path:
     """Unpack a .zip / .tar / .tar.gz archive under `target` and return the folder holding its files.
 
     Every member is checked before anything is written: no absolute or Windows paths, no '..', no symbolic or hard
-    link that points outside the target, no device files. An archive `images.zip` whose members all sit in one
-    `images/` folder unpacks into `target/images`; a flat one also unpacks into `target/images` (its stem), so
-    `image_path` values such as `images/x.png` or `x.png` resolve either way.
+    link that points outside the target, no device files, no name both a file and a folder, and the limits of
+    `archive_limits()` (member count, unpacked bytes, compression ratio). An archive `images.zip` whose members all
+    sit in one `images/` folder unpacks into `target/images`; a flat one also unpacks into `target/images` (its
+    stem), so `image_path` values such as `images/x.png` or `x.png` resolve either way. The archive is unpacked
+    into a hidden staging folder and renamed into place when complete: a refused or failed unpack leaves nothing.
     """
     archive, target = Path(archive), Path(target)
     stem = archive_stem(archive.name)
     if stem is None:
         raise StepCoTDataError(f"{archive.name}: not an archive this tool unpacks ({', '.join(ARCHIVE_SUFFIXES)})")
+    final = target / stem
+    if final.exists() or final.is_symlink():
+        kind = "folder" if final.is_dir() else "file"
+        raise StepCoTDataError(f"{archive.name} unpacks into {stem}/, but the release already holds a {kind} "
+                               f"{stem}; rename one of them")
     target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{stem}.unpacking-", dir=target))
+    try:
+        _unpack_into(archive, staging, stem)
+        (staging / stem).mkdir(exist_ok=True)  # an empty archive gives an empty folder
+        os.replace(staging / stem, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _unpack_into(archive: Path, staging: Path, stem: str) -> None:
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as handle:
             infos = handle.infolist()
@@ -109,7 +196,8 @@ def safe_unpack(archive, target) -> Path:
                 if stat.S_ISLNK(mode):
                     raise StepCoTDataError(f"{archive.name}: member {info.filename!r} is a symbolic link; "
                                            "refusing to unpack")
-            destination = target if _top_folder(names) == stem else target / stem
+            _check_members(archive, [(name, info.is_dir(), info.file_size) for info, name in zip(infos, names)])
+            destination = staging if _top_folder(names) == stem else staging / stem
             for info, name in zip(infos, names):
                 out = destination / name
                 if not _inside(destination, out):
@@ -120,12 +208,14 @@ def safe_unpack(archive, target) -> Path:
                     continue
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with handle.open(info) as source, open(out, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
-        return target / stem
+                    _copy_at_most(source, sink, info.file_size, archive, info.filename)
+        return
     with tarfile.open(archive) as handle:
         members = handle.getmembers()
         names = [_checked_member_name(archive, member.name) for member in members]
-        destination = target if _top_folder(names) == stem else target / stem
+        _check_members(archive, [(name, member.isdir(), member.size if member.isfile() else 0)
+                                 for member, name in zip(members, names)])
+        destination = staging if _top_folder(names) == stem else staging / stem
         for member, name in zip(members, names):
             if member.isdev() or member.isfifo():
                 raise StepCoTDataError(f"{archive.name}: member {member.name!r} is a device or pipe; "
@@ -139,7 +229,6 @@ def safe_unpack(archive, target) -> Path:
                                            "outside the target folder; refusing to unpack")
         destination.mkdir(parents=True, exist_ok=True)
         handle.extractall(destination, filter="data")  # the stdlib's own guard on top of the checks above
-    return target / stem
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,17 +260,25 @@ def assemble_release(snapshot_dir, release_dir) -> dict:
         shutil.rmtree(release_dir)
     release_dir.mkdir(parents=True)
     unpacked, copied = {}, []
-    for path in sorted(snapshot_dir.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(snapshot_dir).parts):
-            continue
-        relative = path.relative_to(snapshot_dir)
-        if archive_stem(path.name) is not None:
-            folder = safe_unpack(path, release_dir / relative.parent)
-            unpacked[str(relative)] = str(folder.relative_to(release_dir))
-        else:
-            (release_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, release_dir / relative)  # follows the cache's symlink to the blob
+    try:
+        for path in sorted(snapshot_dir.rglob("*")):
+            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(snapshot_dir).parts):
+                continue
+            relative = path.relative_to(snapshot_dir)
+            if archive_stem(path.name) is not None:
+                folder = safe_unpack(path, release_dir / relative.parent)
+                unpacked[str(relative)] = str(folder.relative_to(release_dir))
+                continue
+            destination = release_dir / relative
+            if destination.exists():  # an archive unpacked into this name already
+                raise StepCoTDataError(f"{relative}: the release also has an archive that unpacks into "
+                                       f"{relative}/; rename one of them")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)  # follows the cache's symlink to the blob
             copied.append(str(relative))
+    except BaseException:
+        shutil.rmtree(release_dir, ignore_errors=True)  # a refused or interrupted release leaves nothing behind
+        raise
     return {"unpacked": unpacked, "copied": copied}
 
 

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import sys
 import unicodedata
 import warnings
 from collections import Counter, defaultdict
@@ -33,7 +34,7 @@ from PIL import Image
 
 from dataset_script.safe_paths import UnsafePathError, is_inside, safe_relative_path
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
-from modeling_stepcot.processing_stepcot import image_to_8bit
+from modeling_stepcot.processing_stepcot import MAX_IMAGE_PIXELS, image_to_8bit
 
 logger = logging.getLogger(__name__)
 
@@ -236,13 +237,12 @@ def _inside_release(candidate: Path, root: Path, image_path) -> Path:
     return candidate
 
 
-# Decompression-bomb guard: images above this many pixels are rejected before decoding (a 10,000 x 10,000 chest
-# X-ray is larger than any real one; PIL's own guard alone would warn or raise mid-build).
-MAX_IMAGE_PIXELS = 10_000 * 10_000
 # Near-duplicate images: 256-bit perceptual hashes (imagehash.phash, hash_size 16) at most this many bits apart.
 # Measured: resized (0.5-1.5x) and JPEG re-saved (quality 50-90) copies differ by <= 8 bits; distinct real chest
 # X-rays (1,100 from ../shared/data) by >= 50, distinct synthetic demo images by >= 12.
 NEAR_DUPLICATE_HASH_SIZE = 16
+# Validating this many records or more shows a progress bar (each image is decoded: ~100 records/s).
+PROGRESS_MIN_RECORDS = 500
 NEAR_DUPLICATE_MAX_DISTANCE = 10
 
 
@@ -268,7 +268,7 @@ def inspect_image(path, max_pixels: int = MAX_IMAGE_PIXELS, perceptual_hash: boo
             mode, size = image.mode, image.size
             if size[0] * size[1] > max_pixels:
                 raise ImageTooLargeError(f"{size[0]} x {size[1]} pixels is above the limit of {max_pixels:,} "
-                                         "(decompression-bomb guard, dataset_script.release.MAX_IMAGE_PIXELS)")
+                                         "(decompression-bomb guard, MAX_IMAGE_PIXELS)")
             image.verify()
         truncated_allowed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
         try:
@@ -777,7 +777,11 @@ class StepCoTRelease:
         else:
             self.config, self.schema_source = infer_schema(raw_records)
         records = []
-        for index, raw in enumerate(raw_records):
+        from tqdm.auto import tqdm
+
+        progress = tqdm(enumerate(raw_records), total=len(raw_records), desc="validating records", unit="record",
+                        disable=len(raw_records) < PROGRESS_MIN_RECORDS, file=sys.stderr)
+        for index, raw in progress:
             if index in self._line_problems:
                 self._reject([self._line_problems[index]])
                 continue
@@ -795,7 +799,7 @@ class StepCoTRelease:
         if unanswered:  # kept (e.g. a report silent about the lungs), but they teach and score nothing
             self.notes.append(dict(index=None, patient_id=None, field="vqa_chain",
                                    message=f"{unanswered} records answer no step (all 'No Answer' / left out)"))
-        records = self._check_image_claims(records)
+        records = self._check_image_claims(self._drop_exact_duplicates(records))
         self.split_source = self._assign_splits(records)
         self.records = [record for record in records if record.get("split") is not None]
         self._check_leakage()
@@ -878,6 +882,23 @@ class StepCoTRelease:
             raise StepCoTDataError(format_problem(problem) if problem["index"] is not None
                                    else f"{problem['field']}: {problem['message']}")
         self.warnings.append(problem)
+
+    def _drop_exact_duplicates(self, records: list[dict]) -> list[dict]:
+        """A record with the same patient_id and image as an earlier one is a duplicate (it would count twice, and
+        split files cannot tell the two apart): reported naming the first, skipped in lenient mode."""
+        first, kept = {}, []
+        for record in records:
+            image = record.get("resolved_image_path")
+            key = (record["patient_id"], str(Path(image).resolve()) if image else record["image_path"])
+            if key in first:
+                same = "same answers" if first[key]["labels"] == record["labels"] else "different answers"
+                self._reject([dict(index=record["index"], patient_id=record["patient_id"], field="record",
+                                   message=f"exact duplicate of {_describe(first[key]['index'], record['patient_id'])}"
+                                           f" (same patient_id and image, {same})")])
+                continue
+            first[key] = record
+            kept.append(record)
+        return kept
 
     def _check_image_claims(self, records: list[dict]) -> list[dict]:
         """An image found only by its file name (`missing_subdir/x.png` -> `images/x.png`) must not be another

@@ -17,6 +17,7 @@ This file ships inside checkpoints (remote code): it imports only torch, numpy, 
 """
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,13 @@ from transformers import Pipeline
 
 from .chain_stepcot import DEFAULT_REPAIR_CONFIDENCE, ChainChecker
 from .configuration_stepcot import NA_OPTION
-from .processing_stepcot import image_processor_for_config, image_to_rgb, pixel_values_from_images
+from .processing_stepcot import (
+    MAX_IMAGE_PIXELS,
+    image_processor_for_config,
+    image_to_rgb,
+    pixel_values_from_images,
+    upright_size,
+)
 
 TASK = "stepcot-vqa"
 UNCALIBRATED = "softmax (uncalibrated)"
@@ -167,9 +174,20 @@ def load_image(image):
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
         try:
-            return Image.open(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below applies instead
+                image = Image.open(path)
+        except Image.DecompressionBombError:
+            raise ValueError(f"{path} claims more than {MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard); "
+                             "not decoded") from None
         except OSError as error:  # UnidentifiedImageError, or a header cut short
             raise ValueError(f"{path} is not a readable image file ({error})") from None
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            image.close()
+            raise ValueError(f"{path} is {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS:,} "
+                             "(decompression-bomb guard); not decoded")
+        return image
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, np.ndarray):
@@ -243,7 +261,7 @@ class StepCoTVQAPipeline(Pipeline):
         if isinstance(image, np.ndarray):
             height, width = image.shape[:2]
         else:
-            width, height = image.size  # from the header, before any draft-mode decoding
+            width, height = upright_size(image)  # from the header, before any draft-mode decoding
         size = int(self.model.config.image_size)
         try:
             rgb = image_to_rgb(image, size)

@@ -19,13 +19,41 @@ from transformers.feature_extraction_utils import BatchFeature
 from .configuration_stepcot import DEFAULT_STEP_QUESTIONS
 from .modeling_stepcot import VISION_ENCODERS
 
+# Decompression-bomb guard: an image above this many pixels is refused from its header, before decoding (a
+# 10,000 x 10,000 chest X-ray is larger than any real one).
+MAX_IMAGE_PIXELS = 10_000 * 10_000
+# EXIF orientations that swap width and height (rotated by 90 or 270 degrees, possibly mirrored).
+EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(image) -> int:
+    """The EXIF orientation of a PIL image (1, upright, when it has none)."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except (AttributeError, OSError, SyntaxError, ValueError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_size(image) -> tuple[int, int]:
+    """(width, height) of the image as displayed: swapped when its EXIF orientation rotates it by 90 degrees."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in _TRANSPOSED_ORIENTATIONS else (width, height)
+
 
 def image_to_8bit(image) -> Image.Image:
-    """An 8-bit PIL image ("L" or "RGB") from a PIL image or array of any depth.
+    """An 8-bit PIL image ("L" or "RGB") from a PIL image or array of any depth, upright.
 
-    16-bit / 32-bit / float grayscale (common for X-rays) is windowed to its own min-max range; alpha is dropped
-    (X-ray PNGs carry an opaque alpha channel); palette, 1-bit and CMYK images are converted.
+    This is where every image becomes pixels (build, training, prediction, the demo), so the EXIF orientation is
+    applied here (`ImageOps.exif_transpose`: a phone photo of a film is turned as it is displayed). 16-bit /
+    32-bit / float grayscale (common for X-rays) is windowed to its own min-max range; alpha is dropped (X-ray PNGs
+    carry an opaque alpha channel); palette, 1-bit and CMYK images are converted.
     """
+    if isinstance(image, Image.Image) and exif_orientation(image) != 1:
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 3 and array.shape[-1] == 1:

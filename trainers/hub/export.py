@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from trainers.evaluation.loading import stamp_step_options
 from trainers.hub.model_card import write_model_card
 from trainers.inference.predict import add_pipeline_to_checkpoint
 from trainers.training.lora import merge_vision_lora
@@ -22,13 +23,15 @@ def make_config_portable(config) -> None:
 
 
 def export(models: dict, processor, output_dir: Path, results: dict, run_args: dict, table: str):
-    """Each model to OUTPUT_DIR/ROLE: weights + code, processor, the pipeline, and a filled-in model card."""
+    """Each model to OUTPUT_DIR/ROLE: weights (with a fingerprint of the step options) + code, processor, the
+    pipeline, and a filled-in model card."""
     for role, model in models.items():
         folder = output_dir / role
         if run_args["model"].get("lora_r"):
             merge_vision_lora(model)  # the export is a plain Step-CoT model: no peft needed to load it
         make_config_portable(model.config)
         model.save_pretrained(folder)
+        stamp_step_options(folder, model.config.step_options)  # loaders warn when config.json's options differ
         processor.save_pretrained(folder)
         add_pipeline_to_checkpoint(folder)  # `pipeline(model=folder, trust_remote_code=True)` without this package
         write_model_card(folder, role, model.config, run_args=run_args, metrics=results.get(role), table=table)
