@@ -23,3 +23,8 @@ ABLATION_VARIANTS = {
 # `stepcot bench-efficiency`
 EFFICIENCY_PRESETS = ("vision_encoder", "teacher", "student", "clip", "blip", "flava")
 EFFICIENCY_DEFAULT_MODELS = ("vision_encoder", "teacher", "student", "clip")
+
+# Images per forward pass: `stepcot eval` and `stepcot predict` (as eval), and `stepcot predict --maps`, whose
+# Grad-CAM backward keeps every image's encoder activations
+EVAL_BATCH_SIZE = 32
+MAPS_BATCH_SIZE = 8
