@@ -16,7 +16,7 @@ EXAMPLES = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from trainers.paper.ablations import VARIANTS
+    from trainers.choices import ABLATION_VARIANTS as VARIANTS
 
     parser.add_argument("--dataset", default="demo",
                         help="'demo' (synthetic), a release folder (data.json), a built folder or a Hub id")

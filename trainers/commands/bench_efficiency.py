@@ -15,7 +15,8 @@ EXAMPLES = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from trainers.paper.efficiency import DEFAULT_MODELS, PRESETS
+    from trainers.choices import EFFICIENCY_DEFAULT_MODELS as DEFAULT_MODELS
+    from trainers.choices import EFFICIENCY_PRESETS as PRESETS
 
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
                         help=f"presets {PRESETS}, hf:NAME (a real backbone as a baseline) or dir:PATH (a saved "

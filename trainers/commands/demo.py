@@ -15,7 +15,8 @@ EXAMPLES = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from trainers.inference.demo_app import DEFAULT_COMPARE, DEFAULT_MODEL
+    from trainers.choices import DEFAULT_DEMO_COMPARE as DEFAULT_COMPARE
+    from trainers.choices import DEFAULT_DEMO_MODEL as DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"Step-CoT checkpoint served: folder or Hub id (default {DEFAULT_MODEL}, the README "

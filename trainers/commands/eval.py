@@ -19,6 +19,7 @@ EXAMPLES = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.choices import EVAL_BATCH_SIZE
     from trainers.evaluation.loading import add_trust_remote_code_argument
 
     parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder for metrics.json, tables and plots")
     parser.add_argument("--name", default=None,
                         help="model name in the tables (default: Teacher / Student / ablation)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     parser.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples")
     add_evaluation_arguments(parser)
     add_trust_remote_code_argument(parser)

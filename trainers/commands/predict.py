@@ -15,6 +15,7 @@ EXAMPLES = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainers.choices import EVAL_BATCH_SIZE, MAPS_BATCH_SIZE
     from trainers.evaluation.loading import add_trust_remote_code_argument
 
     parser.add_argument("images", nargs="+", help="chest X-ray image files (PNG, JPEG, ...) or folders of them")
@@ -24,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also show a chain without contradictions: only answers with p < 0.9 may change, steps "
                              "without training labels are never used (changes are flagged)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"images per forward pass (default {EVAL_BATCH_SIZE}, as stepcot eval; "
+                             f"{MAPS_BATCH_SIZE} with --maps, whose Grad-CAM keeps each image's encoder activations)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     add_trust_remote_code_argument(parser)
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         predict_images,
     )
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         print(f"stepcot predict: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
     try:

@@ -10,6 +10,10 @@ EXAMPLES = [
 
 
 def main(argv: list[str]) -> int:
+    from trainers.commands.help_cache import help_requested, print_cached_help
+
+    if help_requested(argv):  # served from a cache: building it imports transformers' trainer stack
+        return print_cached_help("train-teacher", lambda: _parse_args(argv))
     from trainers.console import run_interruptible
     from trainers.run_teacher import DEFAULT_OUTPUT_DIR
     from trainers.run_teacher import main as run_teacher  # imported when the command runs: keeps `--help` fast
@@ -21,3 +25,9 @@ def main(argv: list[str]) -> int:
     except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
         print(f"stepcot train-teacher: error: {error}", file=sys.stderr)
         return 2
+
+
+def _parse_args(argv: list[str]):
+    from trainers.run_teacher import parse_args
+
+    return parse_args(argv)

@@ -520,6 +520,9 @@ def load_model(name_or_path, device: str | None = None, trust_remote_code: bool 
             transformers.utils.logging.enable_progress_bar()
     _check_loading_info(info, name_or_path)
     _check_finite(model, name_or_path)
+    # from_pretrained leaves every weight trainable: the encoders the config freezes are frozen again, which also
+    # lets the teacher encode its step questions once rather than in every forward (its cache needs a frozen encoder)
+    model._apply_freezing()
     return model.to(device) if device else model
 
 

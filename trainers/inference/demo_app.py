@@ -34,14 +34,14 @@ import numpy as np
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
 import trainers
 from dataset_script.demo import make_demo_example
+from trainers.choices import DEFAULT_DEMO_COMPARE, DEFAULT_DEMO_MODEL
 from trainers.evaluation.loading import load_model
 from trainers.inference.predict import IMAGE_SUFFIXES, build_pipeline, json_ready
 from trainers.inference.saliency import COLORMAP, figure_and_maps, overlay
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "outputs/demo/student"  # what the README's main job writes
-DEFAULT_COMPARE = "outputs/demo/teacher"
+DEFAULT_MODEL, DEFAULT_COMPARE = DEFAULT_DEMO_MODEL, DEFAULT_DEMO_COMPARE  # what the README's main job writes
 # Largest image accepted (width x height): 20 MP covers digital radiographs (up to ~4,300 x 3,500 px) while keeping
 # the decoded image and its seven full-size maps (7 x 4 bytes per pixel) well under a few GB. Checked on the
 # header, before any decoding; the upload itself is capped at MAX_UPLOAD_SIZE by the server.

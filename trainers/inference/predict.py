@@ -18,6 +18,7 @@ from pathlib import Path
 
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
 from modeling_stepcot.pipeline_stepcot import TASK, StepCoTVQAPipeline, load_image
+from trainers.choices import EVAL_BATCH_SIZE, MAPS_BATCH_SIZE
 from trainers.evaluation.loading import load_model
 from trainers.inference.saliency import FIGURE_MAX_SIDE, save_step_maps
 
@@ -150,13 +151,16 @@ def _map_folders(paths: list[Path], out: Path) -> list[Path]:
 
 
 def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consistent: bool = False,
-                   batch_size: int = 8) -> list[tuple[dict, dict | None]]:
+                   batch_size: int | None = None) -> list[tuple[dict, dict | None]]:
     """Run the pipeline over image files; with `maps_dir`, write each image's PNGs. Returns (result, map paths).
 
     Streams: one batch at a time goes through the pipeline, its maps are drawn and dropped before the next batch,
     and the maps are made at the figures' size (`FIGURE_MAX_SIDE`), not the radiograph's: memory stays flat over a
-    folder of any length (full-resolution maps were 7 x 4 bytes per pixel, ~1.8 GB for one 8000 x 8000 image)."""
+    folder of any length (full-resolution maps were 7 x 4 bytes per pixel, ~1.8 GB for one 8000 x 8000 image).
+    `batch_size` defaults to `stepcot eval`'s (`EVAL_BATCH_SIZE`), or `MAPS_BATCH_SIZE` with maps."""
     folders = _map_folders(paths, maps_dir) if maps_dir is not None else [None] * len(paths)
+    if batch_size is None:
+        batch_size = MAPS_BATCH_SIZE if maps_dir is not None else EVAL_BATCH_SIZE
     batch_size = max(1, min(batch_size, len(paths)))
     options = {"maps": True, "maps_max_side": FIGURE_MAX_SIDE} if maps_dir is not None else {}
     output = []

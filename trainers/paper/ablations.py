@@ -21,14 +21,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainers.choices import ABLATION_VARIANTS
 from trainers.evaluation.report import format_estimate, load_metrics, step_label, write_comparison
 from trainers.run_distill import parse_args, train
 
-VARIANTS = {  # name -> (ModelArguments fields of the ablation, rows: (metrics folder under the run, model name))
-    "full": ({}, [("teacher", "Teacher"), ("student", "Student")]),
-    "no_memory": ({"use_memory": False}, [("teacher", "w/o Memory")]),
-    "no_text": ({"use_text": False}, [("teacher", "w/o Text")]),
-}
+VARIANTS = ABLATION_VARIANTS
 # Flags this command sets itself; passing them after `--` would make the variants differ in more than the ablation.
 RESERVED_TRAIN_FLAGS = ("--output_dir", "--dataset", "--cache_dir", "--use_memory", "--use_text", "--demo_size",
                         "--demo_image_size")

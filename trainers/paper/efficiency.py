@@ -38,11 +38,11 @@ from torch import nn
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
+from trainers.choices import EFFICIENCY_DEFAULT_MODELS, EFFICIENCY_PRESETS
 from trainers.evaluation.loading import load_model
 from trainers.paper.baselines import QUESTION_PREFIX, StepBaselineHead, load_backbone, pooled_output
 
-PRESETS = ("vision_encoder", "teacher", "student", "clip", "blip", "flava")
-DEFAULT_MODELS = ("vision_encoder", "teacher", "student", "clip")
+PRESETS, DEFAULT_MODELS = EFFICIENCY_PRESETS, EFFICIENCY_DEFAULT_MODELS
 
 # Small shapes for smoke tests (`--tiny`): same code paths, a second instead of minutes.
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
+from trainers.choices import MULTI_FINDING_POLICIES
 from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
 from trainers.evaluation.loading import load_model
 from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, EvaluationMetrics, compute_step_metrics
@@ -56,7 +57,6 @@ NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass
 CSV_FINDING_NAMES = {"infiltrate": "Infiltration"}
 IMAGE_COLUMN, FINDING_COLUMN = "Image Index", "Finding Label"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-MULTI_FINDING_POLICIES = ("exclude", "each")
 AUC_NOTE = ("restricted to the 8 findings: one-vs-rest AUC of the softmax over the 8 finding logits (the model's "
             "Normal logit is dropped); the other metrics use the argmax over all the model's diagnosis classes")
 

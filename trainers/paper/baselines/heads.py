@@ -16,9 +16,10 @@ from torch import nn
 
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
+from trainers.choices import BASELINE_SETTINGS
 from trainers.paper.baselines.backbones import SplitEmbeddings, backbone_display_name, load_backbone
 
-SETTINGS = {"with": "with_stepcot", "without": "without_stepcot", "probe": "linear_probe", "majority": "majority"}
+SETTINGS = BASELINE_SETTINGS
 SETTING_LABELS = {"with": "with Step-CoT", "without": "without Step-CoT", "probe": "linear probe (image only)",
                   "majority": "majority class"}
 FEATURE_BASELINES = {"probe": "Linear probe", "majority": "Majority"}  # fitted on the image embeddings alone
