@@ -275,8 +275,33 @@ def _copy_image(image: Path, images_out: Path, taken: set[str], link: bool = Fal
     return f"images/{name}"
 
 
-def write_release(rows: list[dict], mapping: LabelMapping, out_dir, origin: str, copy_images: bool = True) -> dict:
-    """Map `rows` (from `folder_rows` / `table_rows`) and write the release folder. Returns the import report."""
+SPLIT_CHOICES = ("auto", "all", "none")
+WHOLE_SET_SPLIT = "test"
+
+
+def write_split(out_dir, records: list[dict], split: str = "auto") -> str | None:
+    """`split` "auto": no split file (`data build` splits 70/15/15 by patient, seeded); "all" or "none": the whole
+    set is one split, written as a `test.csv` listing every patient (what `stepcot eval` scores as one split).
+    Returns the split file's name, or None."""
+    if split not in SPLIT_CHOICES:
+        raise StepCoTDataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
+    if split == "auto":
+        return None
+    path = Path(out_dir) / f"{WHOLE_SET_SPLIT}.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id"])
+        for patient in dict.fromkeys(record["patient_id"] for record in records):
+            writer.writerow([patient])
+    return path.name
+
+
+def write_release(rows: list[dict], mapping: LabelMapping, out_dir, origin: str, copy_images: bool = True,
+                  split: str = "auto") -> dict:
+    """Map `rows` (from `folder_rows` / `table_rows`) and write the release folder (`split`: see `write_split`).
+    Returns the import report."""
+    if split not in SPLIT_CHOICES:
+        raise StepCoTDataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
     out_dir = Path(out_dir)
     if (out_dir / "data.json").exists():
         raise StepCoTDataError(f"{out_dir} already holds a data.json; choose an empty output folder")
@@ -327,24 +352,28 @@ def write_release(rows: list[dict], mapping: LabelMapping, out_dir, origin: str,
         "labels": dict(label_counts.most_common()), "unmapped_labels": dict(unmapped.most_common()),
         "steps_left_unanswered_by_conflicting_labels": dict(conflicts.most_common()),
         "answers": {name: dict(counts.most_common()) for name, counts in zip(mapping.config.step_names, answers)},
+        "split": write_split(out_dir, records, split) or "auto (70/15/15 by patient at build)",
         "left_out_rows": skipped,
     }
     (out_dir / IMPORT_REPORT).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     return report
 
 
-def import_folders(root, out_dir, mapping_file=None, patient_id: str | None = None, copy_images=True) -> dict:
+def import_folders(root, out_dir, mapping_file=None, patient_id: str | None = None, copy_images=True,
+                   split: str = "auto") -> dict:
     rows = folder_rows(root)
     mapping = _mapping(mapping_file, [label for row in rows for label in row["labels"]], patient_id)
-    return write_release(rows, mapping, out_dir, origin=f"imported from {Path(root).name}", copy_images=copy_images)
+    return write_release(rows, mapping, out_dir, origin=f"imported from {Path(root).name}", copy_images=copy_images,
+                         split=split)
 
 
 def import_table(table, out_dir, mapping_file=None, images_dir=None, separator="|", image_column=None,
-                 label_column=None, patient_id: str | None = None, copy_images=True) -> dict:
+                 label_column=None, patient_id: str | None = None, copy_images=True, split: str = "auto") -> dict:
     rows = table_rows(table, images_dir, separator, image_column, label_column)
     single = [row["labels"][0] for row in rows if len(row["labels"]) == 1]
     mapping = _mapping(mapping_file, single, patient_id)
-    return write_release(rows, mapping, out_dir, origin=f"imported from {Path(table).name}", copy_images=copy_images)
+    return write_release(rows, mapping, out_dir, origin=f"imported from {Path(table).name}", copy_images=copy_images,
+                         split=split)
 
 
 def _mapping(mapping_file, labels, patient_id) -> LabelMapping:
@@ -354,7 +383,7 @@ def _mapping(mapping_file, labels, patient_id) -> LabelMapping:
     return mapping
 
 
-def import_reports(reports, out_dir, images_dir=None, strict=False, copy_images=True) -> dict:
+def import_reports(reports, out_dir, images_dir=None, strict=False, copy_images=True, split: str = "auto") -> dict:
     """Image + report pairs through the rules annotator: each report's chain (steps the report is silent about stay
     "No Answer"); view, license and patient / group keys of the input rows are kept."""
     import argparse
@@ -386,10 +415,11 @@ def import_reports(reports, out_dir, images_dir=None, strict=False, copy_images=
             no_answer[step["step"]] += step["answer"] == "No Answer"
     report = {"out_dir": str(out_dir), "rows": len(read.rows) + len(read.skipped), "records": len(kept),
               "left_out": len(read.skipped) + len(skipped), "no_answer_per_step": dict(no_answer),
+              "split": write_split(out_dir, kept, split) or "auto (70/15/15 by patient at build)",
               "left_out_rows": read.skipped + skipped}
     (out_dir / IMPORT_REPORT).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     return report
 
 
-__all__ = ["IMPORT_REPORT", "LabelMapping", "folder_rows", "import_folders", "import_reports", "import_table",
-           "table_rows", "write_release"]
+__all__ = ["IMPORT_REPORT", "SPLIT_CHOICES", "LabelMapping", "folder_rows", "import_folders", "import_reports",
+           "import_table", "table_rows", "write_release", "write_split"]

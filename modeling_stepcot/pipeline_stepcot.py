@@ -27,7 +27,7 @@ from transformers import Pipeline
 
 from .chain_stepcot import DEFAULT_REPAIR_CONFIDENCE, ChainChecker
 from .configuration_stepcot import NA_OPTION
-from .processing_stepcot import image_processor_for_config, image_to_rgb
+from .processing_stepcot import image_processor_for_config, image_to_rgb, pixel_values_from_images
 
 TASK = "stepcot-vqa"
 UNCALIBRATED = "softmax (uncalibrated)"
@@ -250,7 +250,8 @@ class StepCoTVQAPipeline(Pipeline):
         except OSError as error:  # truncated or corrupt data surfaces only when decoding
             name = getattr(image, "filename", "") or "the image"
             raise ValueError(f"{name} could not be decoded ({error})") from None
-        pixel_values = self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+        processor = self.image_processor
+        pixel_values = pixel_values_from_images(rgb, size, processor.image_mean, processor.image_std)
         return {"pixel_values": pixel_values, "image_size": torch.tensor([[height, width]])}
 
     def _forward(self, model_inputs, maps=False):

@@ -11,6 +11,7 @@ This file ships inside checkpoints (remote code): it imports only torch, transfo
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
@@ -55,16 +56,38 @@ def _window_to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def image_to_rgb(image, size: int | None = None) -> Image.Image:
-    """8-bit RGB, shrunk cheaply towards `size` first when the image is much larger (decoding a 2,000 px JPEG at
-    reduced scale and box-reducing are several times faster than resizing the full image)."""
-    if isinstance(image, Image.Image) and size is not None and image.format == "JPEG" and image.mode in ("L", "RGB"):
-        image.draft(image.mode, (2 * size, 2 * size))
+    """8-bit RGB, box-reduced cheaply towards `size` first when the image is much larger (several times faster than
+    resizing the full image). JPEGs are decoded at full scale: `datasets` hands training images over already
+    decoded, so a reduced-scale (draft) decode at inference would give other pixels than training saw."""
     image = image_to_8bit(image)
     if size is not None:
         factor = min(image.size) // (2 * size)
         if factor >= 2:
             image = image.reduce(factor)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def pixel_values_from_images(images, size: int, mean, std) -> torch.Tensor:
+    """(B, 3, size, size) float32 from PIL images or arrays: 8-bit RGB (`image_to_rgb`), the whole image resized
+    (bicubic with antialiasing, rounded to 8 bit as PIL does), rescaled to [0, 1] and normalised with `mean`/`std`.
+
+    The one preprocessing function of the project: the feature cache that models train on, the processor, the
+    pipeline and `stepcot eval` all call it, so a model sees the same pixels in training and in use.
+    """
+    if isinstance(images, (Image.Image, np.ndarray)):
+        images = [images]
+    mean = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
+    std = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+    pixels = []
+    for image in images:
+        rgb = torch.from_numpy(np.array(image_to_rgb(image, size), dtype=np.uint8)).permute(2, 0, 1)
+        if tuple(rgb.shape[1:]) != (size, size):
+            resized = F.interpolate(rgb[None].float(), size=(size, size), mode="bicubic", antialias=True)[0]
+            rgb = resized.round_().clamp_(0, 255)
+        pixels.append(rgb.float())
+    if not pixels:
+        return torch.empty(0, 3, size, size)
+    return (torch.stack(pixels) * (1 / 255.0) - mean) / std
 
 
 def image_processor_for_config(config):
@@ -92,8 +115,9 @@ class StepCoTProcessor(ProcessorMixin):
     Image processor + tokenizer + the seven step questions of a Step-CoT model.
 
     Images (grayscale, 16-bit, RGBA...) become 8-bit RGB, resized to the model's `image_size` (whole image, no
-    crop: lung edges matter) and normalised with the backbone's mean/std. The step questions are tokenized to
-    `question_max_length` tokens, exactly as the teacher's stored question buffers.
+    crop: lung edges matter) and normalised with the backbone's mean/std by `pixel_values_from_images`, the
+    function that also computes the training features (the image processor holds the size, mean and std). The
+    step questions are tokenized to `question_max_length` tokens, exactly as the teacher's stored question buffers.
 
     Args:
         image_processor (`CLIPImageProcessor`): resize + rescale + normalise.
@@ -133,11 +157,8 @@ class StepCoTProcessor(ProcessorMixin):
 
     def preprocess_images(self, images) -> torch.Tensor:
         """(B, 3, image_size, image_size) float32 from one image or a list (PIL images or arrays)."""
-        if isinstance(images, (Image.Image, np.ndarray)):
-            images = [images]
-        size = self.image_size
-        rgb = [image_to_rgb(image, size) for image in images]
-        return self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+        processor = self.image_processor
+        return pixel_values_from_images(images, self.image_size, processor.image_mean, processor.image_std)
 
     # -- questions ---------------------------------------------------------------------------------------------
 
@@ -224,4 +245,5 @@ __all__ = [
     "image_processor_for_config",
     "image_to_8bit",
     "image_to_rgb",
+    "pixel_values_from_images",
 ]

@@ -38,7 +38,8 @@ def _result(seed, model, n=120, empty_step=None):
 
 
 def _table_rows(markdown):
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    """The first table of `markdown` (the metrics table; per-class tables follow it)."""
+    lines = markdown.split("\n\n")[0].splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return header, [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--lenient", action="store_true",
                        help="skip bad records and list them in OUT/validation_report.json "
                             "(default: stop at the first)")
-    build.add_argument("--seed", type=int, default=0, help="seed of the split when the release has no split files")
+    build.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0,
+                       help="seed of the split when the release has no split files")
     build.add_argument("--max-shard-mb", type=int, default=500, help="largest Parquet shard, in MiB of images")
 
     demo = commands.add_parser("demo", help="render the synthetic demo release (release layout)")
@@ -69,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imports.add_argument("--separator", default="|", help="between several labels in one cell (default '|')")
     imports.add_argument("--image-column", default=None, help="table column holding the image path")
     imports.add_argument("--label-column", default=None, help="table column holding the label(s)")
+    imports.add_argument("--split", choices=("auto", "all", "none"), default="auto",
+                         help="auto: `data build` splits 70/15/15 by patient (seeded); all (or none): the whole set "
+                              "is one split, 'test', for scoring a labelled set with `stepcot eval`")
     imports.add_argument("--no-copy", action="store_true",
                          help="hard-link the images into OUT/images instead of copying them (a copy where the "
                               "file system cannot link); a release never points outside its folder")
@@ -134,14 +138,14 @@ def _import(args) -> int:
 
     copy = not args.no_copy
     if args.layout == "folders":
-        report = importers.import_folders(args.source, args.out, args.mapping, args.patient_id, copy)
+        report = importers.import_folders(args.source, args.out, args.mapping, args.patient_id, copy, args.split)
     elif args.layout == "table":
         report = importers.import_table(args.source, args.out, args.mapping, args.images, args.separator,
-                                        args.image_column, args.label_column, args.patient_id, copy)
+                                        args.image_column, args.label_column, args.patient_id, copy, args.split)
     else:
         if args.mapping:
             raise FileNotFoundError("--mapping applies to labels (folders / table); reports go through the annotator")
-        report = importers.import_reports(args.source, args.out, args.images, copy_images=copy)
+        report = importers.import_reports(args.source, args.out, args.images, copy_images=copy, split=args.split)
     summary = {key: value for key, value in report.items() if key != "left_out_rows"}
     print(json.dumps(summary, indent=2))
     print(f"wrote {report['records']} records to {args.out}; {report['left_out']} rows left out (listed in "

@@ -13,6 +13,7 @@ HELP = "evaluate a model on a dataset split: metrics, tables, plots"
 EXAMPLES = [
     "stepcot eval --model outputs/demo/student --dataset outputs/demo/dataset --split test "
     "--output-dir reports/student",
+    "stepcot eval --model outputs/run/student --dataset my_labelled_release --split all --output-dir reports/held_out",
 ]
 
 
@@ -24,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True,
                         help="'demo', a release folder (built under $STEPCOT_CACHE), a built folder "
                              "(`stepcot data build` output) or a Hub id")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test; 'val' = validation)")
+    parser.add_argument("--split", default="test",
+                        help="split to evaluate (default: test; 'val' = validation; 'all' = every split as one, "
+                             "e.g. a labelled set imported with `stepcot data import --split all`)")
     parser.add_argument("--output-dir", "--out", dest="out", metavar="DIR", required=True, type=Path,
                         help="output folder for metrics.json, tables and plots")
     parser.add_argument("--name", default=None,
@@ -37,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trainers.evaluation.evaluate_model import evaluate
+    from trainers.evaluation.report import per_class_markdown
 
     try:
         result = evaluate(args.model, args.dataset, split=args.split, out=args.out, batch_size=args.batch_size,
@@ -52,4 +56,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.metadata['model']} on {result.metadata['split']} ({result.num_examples} examples): "
           f"mean accuracy {100 * mean['accuracy'].value:.1f}%, mean AUC {100 * mean['auc'].value:.1f}%; "
           f"report in {args.out} ({result.metadata['seconds']} s)")
+    print(per_class_markdown([(result.metadata["model"], result)]), end="")
     return 0

@@ -18,12 +18,13 @@ import numpy as np
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
 from dataset_script.release import StepCoTDataError
 from dataset_script.sources import load_source
-from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
+from modeling_stepcot.processing_stepcot import image_processor_for_config, pixel_values_from_images
 from trainers.evaluation.loading import load_model, load_processor
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
 
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+WHOLE_SET = "all"  # every split of the dataset, scored as one
 PREDICTIONS_FILENAME = "predictions.npz"
 
 
@@ -58,17 +59,25 @@ class ImagePreprocessor:
         if self._processor is not None:
             return self._processor.preprocess_images(images)
 
-        rgb = [image_to_rgb(image, self._size) for image in images]
-        return self._image_processor(rgb, return_tensors="pt")["pixel_values"]
+        processor = self._image_processor
+        return pixel_values_from_images(images, self._size, processor.image_mean, processor.image_std)
 
 
 def load_split(dataset: str, split: str, max_examples: int | None = None):
     """One split of "demo", a release folder (validated and built under $STEPCOT_CACHE), a built folder
-    (`stepcot data build` output) or a Hub dataset id (`dataset_script.sources`)."""
+    (`stepcot data build` output) or a Hub dataset id (`dataset_script.sources`); `split` "all": every split
+    concatenated, scored as one."""
 
     split = SPLIT_ALIASES.get(split, split)
     try:
-        data = load_source(dataset, split=split)
+        if split == WHOLE_SET:
+            from datasets import concatenate_datasets
+
+            splits = load_source(dataset)
+            data = concatenate_datasets([splits[name] for name in splits])
+            split = f"{WHOLE_SET} ({' + '.join(f'{name} {len(splits[name])}' for name in splits)})"
+        else:
+            data = load_source(dataset, split=split)
     except ValueError as error:  # datasets says "Unknown split ..." and lists the splits
         if isinstance(error, StepCoTDataError):
             raise

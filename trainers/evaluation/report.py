@@ -149,11 +149,57 @@ def _rows(result: EvaluationMetrics, include_mean: bool):
         yield MEAN_ROW_LABEL, None, result.mean
 
 
+def per_class_scores(confusion: np.ndarray) -> list[dict]:
+    """Per class (row = true, column = predicted counts): support, precision, recall and F1 (None where undefined:
+    precision of a class never predicted, recall of a class with no examples)."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    rows = []
+    for cls in range(confusion.shape[0]):
+        true_positive, support, predicted = confusion[cls, cls], confusion[cls].sum(), confusion[:, cls].sum()
+        precision = true_positive / predicted if predicted else None
+        recall = true_positive / support if support else None
+        f1 = (2 * true_positive / (support + predicted)) if support + predicted else None
+        rows.append({"support": int(support), "predicted": int(predicted), "precision": precision, "recall": recall,
+                     "f1": f1})
+    return rows
+
+
+def _percent(value, decimals: int) -> str:
+    return MISSING_CELL if value is None else f"{100 * value:.{decimals}f}"
+
+
+def per_class_markdown(runs: Sequence[tuple[str, EvaluationMetrics]], steps: str = "last", decimals: int = 1) -> str:
+    """Per-class precision / recall / F1 and the confusion matrix (rows: true class, columns: predicted) of each
+    run's labelled steps: `steps` "last" (the last labelled step, the diagnosis in the Step-CoT schema) or "all"."""
+    blocks = []
+    for model, result in runs:
+        labelled = [step for step in result.steps if step.count > 0]
+        for step in labelled[-1:] if steps == "last" else labelled:
+            options = [_short(option, 28) for option in step.options]
+            lines = [f"### {model}: {step_label(step.name)} per class (n = {step.count})", "",
+                     "| Class | n | Precision | Recall | F1 |", "|---|---|---|---|---|"]
+            scores = per_class_scores(step.confusion_matrix)
+            for option, row in zip(options, scores):
+                lines.append(f"| {option} | {row['support']} | {_percent(row['precision'], decimals)} | "
+                             f"{_percent(row['recall'], decimals)} | {_percent(row['f1'], decimals)} |")
+            present = [row["f1"] or 0.0 for row in scores if row["support"]]
+            macro = sum(present) / len(present) if present else None
+            lines += ["", f"Macro-F1 over the {len(present)} classes present: {_percent(macro, decimals)}; "
+                          f"precision is undefined ({MISSING_CELL}) for a class never predicted.", "",
+                      "Confusion matrix (rows: true class, columns: predicted):", "",
+                      "| true \\ predicted | " + " | ".join(options) + " |", "|---|" + "---|" * len(options)]
+            for option, counts in zip(options, np.asarray(step.confusion_matrix, dtype=np.int64)):
+                lines.append(f"| {option} | " + " | ".join(str(int(c)) for c in counts) + " |")
+            blocks.append("\n".join(lines))
+    return ("\n\n".join(blocks) + "\n") if blocks else ""
+
+
 def markdown_table(
     runs: Sequence[tuple[str, EvaluationMetrics]],
     decimals: int = 1,
     include_mean: bool = True,
     sources: Sequence[str] | None = None,
+    per_class: str | None = "last",
 ) -> str:
     """The paper's Table 8/9 layout (Model | Step | six metrics), one block of rows per model, followed by notes:
     the interval method, per-step example counts, undefined values with their reasons and short definitions.
@@ -204,7 +250,9 @@ def markdown_table(
         "examples labelled -100 are excluded; full definitions in metrics.json):",
     ]
     notes += [f"- {METRIC_DISPLAY_NAMES[name]}: {SHORT_DEFINITIONS[name]}" for name in METRIC_NAMES]
-    return "\n".join(lines + notes) + "\n"
+    table = "\n".join(lines + notes) + "\n"
+    classes = per_class_markdown(runs, per_class, decimals) if per_class else ""
+    return table + ("\n" + classes if classes else "")
 
 
 def comparison_csv(
@@ -345,7 +393,7 @@ def write_report(result: EvaluationMetrics, out_dir: str | Path, model_name: str
     model_name = model_name or result.metadata.get("model") or out_dir.name
     written = {"metrics": write_metrics_json(result, out_dir / METRICS_FILENAME)}
     table = out_dir / TABLE_FILENAME
-    table.write_text(markdown_table([(model_name, result)]), encoding="utf-8")
+    table.write_text(markdown_table([(model_name, result)], per_class="all"), encoding="utf-8")
     written["table"] = table
     if plots:
         written["step_plot"] = plot_step_metrics(result, out_dir / STEP_PLOT_FILENAME, title=model_name)

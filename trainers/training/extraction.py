@@ -1,8 +1,7 @@
 """Image-feature extraction for the feature cache: fast on one process, sharded across many.
 
-- Decoding and preprocessing run in DataLoader workers, with tensor ops instead of the image processor's PIL path
-  (the same resize-rescale-normalise: bit-identical pixels when an image is already at the model's size, bicubic
-  with antialiasing otherwise, within one grey level of PIL's).
+- Decoding and preprocessing run in DataLoader workers through `pixel_values_from_images`, the processor's and
+  pipeline's own preprocessing function (training and serving see the same pixels).
 - The encoder runs in `channels_last` (convolutions ~1.5x faster on CPU; same features to ~1e-5), optionally under
   bf16 autocast (`--extraction_bf16`: ~2x more, features to ~1e-3 relative; cached under their own key).
 - Under a multi-process launch (`accelerate launch`, `torchrun`) each rank encodes a contiguous shard of the split;
@@ -10,28 +9,11 @@
   would write.
 """
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from modeling_stepcot.processing_stepcot import image_to_rgb
-
-
-def pixel_values_from_images(images, size: int, mean, std) -> torch.Tensor:
-    """(B, 3, size, size) float32: `StepCoTProcessor.preprocess_images` with tensor ops (whole image resized,
-    rescaled to [0, 1], normalised with the backbone's mean/std)."""
-    mean = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
-    std = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
-    pixels = []
-    for image in images:
-        rgb = torch.from_numpy(np.array(image_to_rgb(image, size), dtype=np.uint8)).permute(2, 0, 1)
-        if tuple(rgb.shape[1:]) != (size, size):
-            resized = F.interpolate(rgb[None].float(), size=(size, size), mode="bicubic", antialias=True)[0]
-            rgb = resized.round_().clamp_(0, 255)  # PIL resizes in 8 bit
-        pixels.append(rgb.float())
-    return (torch.stack(pixels) * (1 / 255.0) - mean) / std
+from modeling_stepcot.processing_stepcot import pixel_values_from_images
 
 
 def shard_bounds(num_rows: int, rank: int, world_size: int) -> tuple:

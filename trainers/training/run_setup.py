@@ -87,6 +87,10 @@ class DataArguments:
                                           "overlapping anatomy, 4 per cent label noise)", "choices": ["easy", "hard"]}
     )
     eval_split: str = field(default="test", metadata={"help": "split for the final evaluation"})
+    split_seed: int = field(
+        default=0, metadata={"help": "seed of the patient-grouped 70/15/15 split of a release without split files "
+                                     "(separate from --seed, which seeds training only)"}
+    )
     feature_cache: bool = field(
         default=True, metadata={"help": "with frozen encoders, encode every image once and train on cached features"}
     )
@@ -195,7 +199,8 @@ def start_run(training_args, inputs: dict | None = None, overwrite: bool = False
 def load_splits(data_args, output_dir: Path):
     """A `DatasetDict` with `image` and `labels` columns from the demo, a release folder, a built folder or the Hub
     (`dataset_script.sources`: a release is built into OUTPUT_DIR/dataset, rebuilt when it changed)."""
-    built = prepare_source(data_args.dataset, output_dir, lenient=data_args.lenient, demo_size=data_args.demo_size,
+    built = prepare_source(data_args.dataset, output_dir, lenient=data_args.lenient, seed=data_args.split_seed,
+                           demo_size=data_args.demo_size,
                            demo_image_size=data_args.demo_image_size, demo_difficulty=data_args.demo_difficulty,
                            log=logger.info)
     splits = load_built(built)
