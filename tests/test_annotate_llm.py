@@ -194,7 +194,7 @@ def test_cli_llm_backend_end_to_end(endpoint, tmp_path, monkeypatch, capsys):
     args = parser.parse_args(["--reports", str(reports), "--out", str(out), "--backend", "llm", "--base-url",
                               endpoint.url, "--model", "m", "--api-key-env", "STEPCOT_TEST_KEY", "--cache-dir",
                               str(tmp_path / "cache"), "--max-retries", "1", "--requests-per-minute", "0",
-                              "--lenient", "--no-progress"])
+                              "--lenient", "--no-progress", "--concurrency", "1"])  # scripted: in order
     assert run(args) == 0
     records = json.loads(out.read_text())
     assert [r["patient_id"] for r in records] == ["r0", "r2"]  # r1 failed twice and is listed as skipped

@@ -52,6 +52,7 @@ def test_resume_command_replaces_an_earlier_checkpoint(tmp_path):
     for step, complete in ((2, True), (4, True), (6, False)):  # checkpoint-6 was cut off while being written
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
+        (folder / "trainable_weights.safetensors").write_bytes(b"")
         if complete:
             (folder / "trainer_state.json").write_text("{}")
     checkpoint = console.last_complete_checkpoint(tmp_path)

@@ -152,7 +152,8 @@ def _cli_args(tmp_path, endpoint_url, reports, *extra):
     add_arguments(parser)
     return parser.parse_args(["--reports", str(reports), "--out", str(tmp_path / "data.json"), "--backend", "llm",
                               "--base-url", endpoint_url, "--model", "m", "--cache-dir", "none",
-                              "--requests-per-minute", "0", "--no-progress", "--timeout", "2", *extra])
+                              "--requests-per-minute", "0", "--no-progress", "--timeout", "2",
+                              "--concurrency", "1", *extra])  # scripted replies: in request order
 
 
 def _reports(tmp_path, count):

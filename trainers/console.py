@@ -149,16 +149,10 @@ def _option(argv: list[str], name: str) -> str | None:
 
 
 def last_complete_checkpoint(output_dir) -> Path | None:
-    """The newest `checkpoint-N` folder whose trainer_state.json was written (the Trainer writes it last)."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = []
-    for path in folder.glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir() and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    """The newest complete `checkpoint-N` folder (what `--resume_from_checkpoint true` resumes), or None."""
+    from trainers.training.checkpoints import last_complete_checkpoint as newest_complete  # only after a Ctrl-C
+
+    return newest_complete(output_dir)[0]
 
 
 def resume_command(command: str, argv: list[str], checkpoint: Path) -> str:

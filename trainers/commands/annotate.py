@@ -20,6 +20,16 @@ EXAMPLES = [
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "stepcot" / "annotate"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the `llm` backend (shared with `stepcot annotate-eval`)."""
     group = parser.add_argument_group("llm backend (any OpenAI-compatible chat endpoint)")
@@ -34,6 +44,17 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
     group.add_argument("--requests-per-minute", type=float, default=60.0,
                        help="rate limit; 0 = unlimited (default: %(default)s)")
+    group.add_argument("--tokens-per-minute", type=float, default=0.0,
+                       help="token rate limit (prompt + completion); 0 = unlimited (default: %(default)s)")
+    group.add_argument("--concurrency", type=_positive_int, default=8,
+                       help="requests in flight at once, sharing the rate limits and honouring Retry-After "
+                            "(default: %(default)s; 1 = one at a time)")
+    group.add_argument("--max-reply-bytes", type=_positive_int, default=1_000_000,
+                       help="largest reply body read; a larger one fails that report (default: %(default)s)")
+    group.add_argument("--on-disagreement", choices=("hold", "mark", "keep"), default="hold",
+                       help="an LLM chain the offline rule extractor contradicts on detection or diagnosis: hold it "
+                            "back (written to OUT.held.jsonl for review), mark it (an 'annotation_check' field) or "
+                            "keep it; counted in the summary either way (default: %(default)s)")
     group.add_argument("--price-prompt", type=float, default=0.0, help="cost per 1,000 prompt tokens")
     group.add_argument("--price-completion", type=float, default=0.0, help="cost per 1,000 completion tokens")
 
@@ -83,8 +104,15 @@ def run(args: argparse.Namespace) -> int:
         return 130
     write_records(records, args.out)
     journal.remove()
-    skipped = read.skipped + skipped
+    held = [item for item in skipped if item.get("held")]
+    skipped = read.skipped + [item for item in skipped if not item.get("held")]
     message = f"wrote {len(records)} records to {args.out}"
+    if held:
+        held_path = Path(str(args.out) + ".held.jsonl")
+        held_path.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in held),
+                             encoding="utf-8")
+        message += (f"; held back {len(held)} whose LLM chain the rule extractor contradicts on detection or "
+                    f"diagnosis (in {held_path}, for review)")
     if skipped:
         skipped_path = Path(str(args.out) + ".skipped.jsonl")
         skipped_path.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in skipped),

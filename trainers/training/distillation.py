@@ -21,13 +21,13 @@ from accelerate.utils import DistributedType
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import ModelOutput
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 from trainers.evaluation.metrics import compute_step_metrics
-from trainers.training.checkpoints import LeanCheckpointMixin, raise_if_not_finite
-from trainers.training.distillation_config import StepCoTDistillationConfig
+from trainers.training.checkpoints import LeanCheckpointMixin, raise_if_not_finite, resolve_resume_checkpoint
+from trainers.training.distillation_config import DISTILLATION_CONFIG_NAME, StepCoTDistillationConfig
 from trainers.training.losses import distillation_losses
 
 
@@ -215,8 +215,8 @@ class DistillationConfigCheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            if os.path.isdir(folder):
-                args.save_distillation_values(folder)
+            if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, DISTILLATION_CONFIG_NAME)):
+                args.save_distillation_values(folder)  # (a staged checkpoint holds it already)
 
 
 class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
@@ -295,12 +295,10 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
         return super().set_initial_training_values(whole_run, dataloader)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
+        checkpoint = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
         if checkpoint:
             self.args.check_matches_checkpoint(checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        return super().train(checkpoint, *args, **kwargs)
 
     # -- schedule ------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -92,18 +92,36 @@ def cached_image_embeds(model, batches, dataset_fingerprint, cache_dir, total=No
             return embeds, path, True
     embeds = compute() if compute is not None else compute_image_embeds(model, batches, total=total, device=device)
     if write:
-        save_file_atomically({"image_embeds": embeds.contiguous()}, path,
-                             metadata={"dataset": dataset_fingerprint, "backbone": model.config.vision_backbone})
+        embeds = embeds.contiguous()
+        save_file_atomically({"image_embeds": embeds}, path, metadata={
+            "dataset": dataset_fingerprint, "backbone": model.config.vision_backbone,
+            "shape": json.dumps(list(embeds.shape)), "content_digest": content_digest(embeds)})
     return embeds, path, False
 
 
+def content_digest(tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes: what a feature cache records when written and checks on read."""
+    digest = hashlib.sha256(f"{tensor.dtype}:{list(tensor.shape)}".encode())
+    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _read_cached_embeds(path: Path, num_rows=None):
-    """The cached embeddings, or None (with a warning) when the file is damaged (e.g. truncated by a write killed
-    before writes became atomic, or holding the wrong number of rows); the caller then rebuilds it."""
+    """The cached embeddings, or None (with a warning) when the file is damaged (truncated, holding the wrong
+    number of rows), or its shape or content differs from what was recorded when it was written (another width,
+    replaced values, a file without a recorded digest); the caller then rebuilds it. Never used unverified."""
     try:
+        with safe_open(str(path), framework="pt") as reader:
+            metadata = reader.metadata() or {}
         embeds = load_file(path)["image_embeds"]
     except (SafetensorError, KeyError, OSError, ValueError) as error:
         logger.warning("damaged feature cache %s (%s): rebuilding it", path, error)
+        return None
+    recorded_shape, recorded_digest = metadata.get("shape"), metadata.get("content_digest")
+    if recorded_shape != json.dumps(list(embeds.shape)) or recorded_digest != content_digest(embeds):
+        logger.warning("feature cache %s holds %s values that differ from what was written (recorded shape %s, "
+                       "digest %s): rebuilding it", path, list(embeds.shape), recorded_shape,
+                       (recorded_digest or "none")[:12])
         return None
     if embeds.ndim != 2 or (num_rows is not None and embeds.shape[0] != num_rows) or not torch.isfinite(embeds).all():
         logger.warning("damaged feature cache %s (shape %s or non-finite values): rebuilding it", path,

@@ -8,6 +8,7 @@ from; a run whose inputs differ, or a fresh run over another run's checkpoints, 
 (`--overwrite_output_dir` starts over, `--resume_from_checkpoint` continues).
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -17,11 +18,13 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trainers.training.checkpoints import TrainingError
+from trainers.training.checkpoints import CHECKPOINT_INPUTS_NAME, TrainingError, resolve_resume_checkpoint
 
 logger = logging.getLogger("stepcot.train")
 
 RUN_RECORD = "run.json"
+LOCK_FILE = ".stepcot-run.lock"  # flock-ed by the run writing into the folder, for the run's whole life
+_held_locks = {}  # resolved folder -> open lock file (closing it, or the process ending, releases the lock)
 # what a training run writes into its output folder (the feature cache is keyed by content and stays reusable)
 RUN_OUTPUTS = ("dataset", "demo-release", "best", "teacher", "student", "metrics", "results.json", RUN_RECORD)
 # arguments that do not change what a run is built from
@@ -120,3 +123,72 @@ def claim_output_dir(folder: Path, inputs: dict, resume_from_checkpoint=None, ov
     temporary.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     os.replace(temporary, record_path)
     return run_id
+
+
+def lock_output_dir(folder) -> None:
+    """Take an exclusive lock on `folder` for the rest of this process (a second run into it refuses in one line,
+    naming the holder). Re-entrant within one process; released when the process ends, however it ends."""
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _held_locks:
+        return
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's life
+    except OSError as error:
+        raise TrainingError(f"cannot write to the output folder {folder}: {error.strerror or error}") from error
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()[:80]
+        handle.close()
+        raise TrainingError(f"{folder} is in use by another training run ({holder or 'holder unknown'}): wait for it "
+                            "to finish, or use another --output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+    handle.flush()
+    _held_locks[key] = handle
+
+
+def release_output_dir(folder) -> None:
+    handle = _held_locks.pop(str(Path(folder).resolve()), None)
+    if handle is not None:
+        handle.close()
+
+
+def check_checkpoint_inputs(checkpoint, inputs: dict) -> None:
+    """Refuse to resume `checkpoint` with data or model arguments other than the ones it was trained with (its own
+    copy of the run's inputs, which an edited run.json does not change)."""
+    path = Path(checkpoint) / CHECKPOINT_INPUTS_NAME
+    if not path.is_file():
+        return  # a checkpoint written without a run record (a library Trainer): nothing to compare
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict):
+            raise ValueError("not an object")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise TrainingError(f"damaged checkpoint: {path} is unreadable ({error})") from None
+    changed = sorted(key for key in set(inputs) | set(recorded) if inputs.get(key) != recorded.get(key))
+    if changed:
+        details = ", ".join(f"{key}={recorded.get(key)!r} (now {inputs.get(key)!r})" for key in changed)
+        raise TrainingError(f"cannot resume from {checkpoint}: it was trained with other data or model arguments: "
+                            f"{details}; resume with the same arguments, or start a new run")
+
+
+def open_run(folder, inputs: dict, resume_from_checkpoint=None, overwrite=False):
+    """Lock `folder` for this run, resolve `--resume_from_checkpoint` (`true`: the last complete checkpoint), check a
+    resume against the checkpoint's recorded inputs and claim the folder (`claim_output_dir`). Returns the
+    checkpoint to resume from, or None."""
+    folder = Path(folder)
+    check_writable(folder)
+    lock_output_dir(folder)
+    if overwrite and resume_from_checkpoint:
+        raise TrainingError("--overwrite_output_dir and --resume_from_checkpoint contradict each other")
+    checkpoint = resolve_resume_checkpoint(folder, resume_from_checkpoint)
+    if checkpoint is not None:
+        check_checkpoint_inputs(checkpoint, inputs)
+    claim_output_dir(folder, inputs, checkpoint, overwrite)
+    return checkpoint

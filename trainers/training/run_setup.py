@@ -31,7 +31,7 @@ from trainers.evaluation.linear_probe import baseline_scores
 from trainers.evaluation.metrics import compute_step_metrics, paired_difference, to_step_probabilities
 from trainers.evaluation.report import markdown_table, strict_json, write_report
 from trainers.hub.export import export
-from trainers.training.checkpoints import TrainingError
+from trainers.training.checkpoints import TrainingError, resolve_resume_checkpoint
 from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import (
     EmbeddingDataset,
@@ -40,7 +40,7 @@ from trainers.training.feature_cache import (
     split_identity,
 )
 from trainers.training.offline_encoders import OFFLINE_VISION_ENCODER, local_encoder_path, offline_text_encoder_path
-from trainers.training.run_folder import check_writable, claim_output_dir
+from trainers.training.run_folder import check_writable, open_run
 
 logger = logging.getLogger("stepcot.train")
 
@@ -232,9 +232,11 @@ def start_run(training_args, inputs: dict | None = None, overwrite: bool = False
     _ = training_args.device  # sets up the process group, so main_process_first really waits
     with training_args.main_process_first(desc="output folder"):
         if inputs is not None and training_args.process_index == 0:
-            claim_output_dir(output_dir, inputs, training_args.resume_from_checkpoint, overwrite)
+            checkpoint = open_run(output_dir, inputs, training_args.resume_from_checkpoint, overwrite)
         else:
             check_writable(output_dir)
+            checkpoint = resolve_resume_checkpoint(output_dir, training_args.resume_from_checkpoint)
+    training_args.resume_from_checkpoint = checkpoint  # `true`: the last complete checkpoint's folder
     return output_dir
 
 
