@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 
 from trainers import console
 from trainers.console import quiet_progress
+from trainers.evaluation.calibration import calibrate_run
 from trainers.training.distillation import (
     BestModelExportCallback,
     StepCoTDistillationPair,
@@ -125,6 +126,11 @@ def train(model_args, data_args, training_args) -> int:
                                               prediction.label_ids, teacher.config, data_args.num_bootstrap)
     results, table = score_and_report(role_logits, prediction.label_ids, eval_split, output_dir,
                                       data_args.num_bootstrap, teacher.config, write=write, extra_runs=baseline_runs)
+    validation_prediction = trainer.predict(datasets_by_split["validation"], metric_key_prefix="validation")
+    results["calibration"], calibration_table = calibrate_run(
+        {"teacher": pair.teacher, "student": pair.student}, validation_prediction, prediction, eval_split,
+        output_dir, write)
+    table += "\n" + calibration_table
     if baseline_runs:
         table += "\n" + differences + "\n"
         results["baselines"] = baseline_results

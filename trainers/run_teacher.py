@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 from transformers import Trainer, TrainingArguments
 
 from trainers.console import quiet_progress
+from trainers.evaluation.calibration import calibrate_run
 from trainers.evaluation.metrics import build_compute_metrics
 from trainers.training.distillation_config import PAPER_OPTIMIZER_DEFAULTS
 from trainers.training.lora import add_vision_lora
@@ -86,6 +87,12 @@ def main(argv=None) -> int:
     results, table = score_and_report({"teacher": prediction.predictions}, prediction.label_ids, eval_split,
                                       output_dir, data_args.num_bootstrap, teacher.config,
                                       write=trainer.is_world_process_zero())
+    validation_prediction = trainer.predict(datasets_by_split["validation"], ignore_keys=NON_PREDICTION_KEYS,
+                                            metric_key_prefix="validation")
+    results["calibration"], calibration_table = calibrate_run(
+        {"teacher": teacher}, validation_prediction, prediction, eval_split, output_dir,
+        trainer.is_world_process_zero())
+    table += "\n" + calibration_table
     record_training_facts({"teacher": teacher}, splits, datasets_by_split if use_cache else None)
     run_args = {"model": asdict(model_args), "data": asdict(data_args), "eval_split": eval_split,
                 "feature_cache": use_cache, "stage": "teacher only",
