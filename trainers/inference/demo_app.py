@@ -39,7 +39,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Result and step fields drawn specially; any other field is listed generically.
 KNOWN_RESULT_FIELDS = {"steps", "chain", "violations", "is_consistent", "probability_method", "image_size", "maps",
-                       "consistent_chain", "changed_steps"}
+                       "consistent_chain", "changed_steps", "reliable", "warnings", "refused", "rules_checked"}
 KNOWN_STEP_FIELDS = {"step", "name", "question", "answer", "label", "score", "probabilities", "is_na",
                      "consistent_answer", "consistent_label", "changed", "trained"}
 UNTRAINED = "unknown (not trained)"
@@ -201,14 +201,23 @@ def render_step(step: dict) -> str:
 
 
 def render_result(label: str, result: dict) -> str:
+    if result.get("refused"):  # the sanity gate: no answers at all
+        return (f'<div class="stepcot-model"><h3>{_escape(label)}</h3><div class="stepcot-flags bad" role="alert">'
+                f"<b>Not answered:</b> {_escape(result['refused'])}</div></div>")
+    warnings = "".join(f"<li>{_escape(w)}</li>" for w in result.get("warnings") or [])
+    warning_box = (f'<div class="stepcot-flags bad" role="alert"><b>Unreliable answers</b><ul>{warnings}</ul></div>'
+                   if result.get("reliable") is False else "")
     violations = result.get("violations") or []
     if violations:
         items = "".join(f"<li>{_escape(v.get('message', v))} <i>[{_escape(v.get('rule', ''))}]</i></li>"
                         for v in violations)
         flags = (f'<div class="stepcot-flags bad"><b>Contradictions ({len(violations)})</b><ul>{items}</ul>'
                  "</div>")
+    elif result.get("rules_checked") == 0:
+        flags = '<div class="stepcot-info">Contradictions not checked (no consistency rule applies)</div>'
     else:
         flags = '<div class="stepcot-flags good">No contradictions between the steps</div>'
+    flags = warning_box + flags
     consistent = ""
     if "consistent_chain" in result:
         changed = ", ".join(result.get("changed_steps") or []) or "none"
