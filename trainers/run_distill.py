@@ -48,6 +48,7 @@ from trainers.training.run_setup import (
     build_student,
     build_teacher,
     dataset_schema,
+    early_stopping_callbacks,
     feature_baselines,
     finish_run,
     load_best,
@@ -106,7 +107,7 @@ def train(model_args, data_args, training_args) -> int:
         eval_dataset=datasets_by_split["validation"],
         data_collator=data_collator,
         compute_metrics=build_pair_compute_metrics(teacher.config.num_classes_per_step),
-        callbacks=[BestModelExportCallback(str(output_dir))],
+        callbacks=[BestModelExportCallback(str(output_dir)), *early_stopping_callbacks(data_args, training_args)],
         class_weights=class_weights,
     )
     quiet_progress(trainer)

@@ -29,6 +29,7 @@ from trainers.training.run_setup import (
     build_processor,
     build_teacher,
     dataset_schema,
+    early_stopping_callbacks,
     finish_run,
     parse_run_args,
     prepare_splits,
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
         eval_dataset=datasets_by_split["validation"],
         data_collator=data_collator,
         compute_metrics=build_compute_metrics(config=teacher.config),
+        callbacks=early_stopping_callbacks(data_args, training_args),
     )
     quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint,
