@@ -229,8 +229,15 @@ def early_stopping_callbacks(data_args, training_args) -> list:
     if training_args.eval_strategy == "no":
         raise TrainingError("early stopping needs an evaluation each epoch: drop --eval_strategy no, or use "
                             "--recipe paper")
+    class StopOnValidationLoss(EarlyStoppingCallback):
+        """Early stopping alone: the best teacher and student are kept by `BestModelExportCallback` (by validation
+        accuracy), not by `load_best_model_at_end`, whose absence the parent class warns about."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            pass
+
     training_args.metric_for_best_model, training_args.greater_is_better = "loss", False
-    return [EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience)]
+    return [StopOnValidationLoss(early_stopping_patience=data_args.early_stopping_patience)]
 
 
 def _image_size_kwargs(model_args):
