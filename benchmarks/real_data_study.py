@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/real_data_study.py --out /tmp/stepcot-study            # everything, ~40 min CPU
     nice -n 10 python benchmarks/real_data_study.py --datasets kermany --seeds 0 --out /tmp/s   # one run
+    nice -n 10 python benchmarks/real_data_study.py --datasets kermany3 kermany --seeds 0 1 2 3 4 --lean --out /tmp/l
 
 For each dataset (Kermany-480, the COVID case notes: `benchmarks/real_data_release.py`) and split seed: a
 patient-grouped 70/15/15 split, `stepcot train` (offline encoders, feature cache) which itself fits the majority
@@ -48,14 +49,15 @@ def train_run(dataset_dir: Path, out: Path, seed: int, epochs: int, extra=()) ->
 def encode(model, images, batch_size=16):
     import torch
 
-    from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
+    from modeling_stepcot.processing_stepcot import image_processor_for_config, pixel_values_from_images
 
     processor = image_processor_for_config(model.config)
     chunks = []
     for start in range(0, len(images), batch_size):
-        rgb = [image_to_rgb(image, model.config.image_size) for image in images[start:start + batch_size]]
+        pixels = pixel_values_from_images(images[start:start + batch_size], model.config.image_size,
+                                          processor.image_mean, processor.image_std)
         with torch.no_grad():
-            chunks.append(model.encode_images(processor(rgb, return_tensors="pt")["pixel_values"]))
+            chunks.append(model.encode_images(pixels))
     return torch.cat(chunks)
 
 
@@ -136,6 +138,97 @@ def ood_check(run_dir: Path, dataset_dir: Path) -> dict:
 
 
 FINE_TARGETS = {"kermany": ("Normal", "Bacterial", "Viral"), "covid": ("COVID-19", "other pneumonia")}
+
+# The three-class problem as a user imports it (README): one "Diagnosis" step, patients from the file names.
+KERMANY3_MAPPING = """\
+steps:
+  - name: Diagnosis
+    question: "What does the radiograph show?"
+    options: [Normal, Bacterial pneumonia, Viral pneumonia]
+labels:
+  Normal: {Diagnosis: Normal}
+  bacteria: {Diagnosis: Bacterial pneumonia}
+  Virus: {Diagnosis: Viral pneumonia}
+  Pnemonia: {}
+patient_id: '(person\\d+|IM-\\d+)'
+"""
+
+
+def write_kermany3_release(out: Path) -> None:
+    from dataset_script.importers import import_table
+
+    mapping = out.parent / "kermany3.yaml"
+    mapping.write_text(KERMANY3_MAPPING, encoding="utf-8")
+    import_table(SHARED_DATA / "kermany-pediatric-cxr-480" / "records.jsonl", out, mapping)
+
+
+def diagnosis_record(run_dir: Path, built: Path) -> dict:
+    """The diagnosis step of each model: accuracy, per-class recall, macro-F1 (test split); each model's
+    calibration (ECE on test without / with the validation temperature) and the OOD false-flag rate of the
+    teacher and student on their own unseen test images (in distribution: nominally 1 %)."""
+    from datasets import load_dataset
+
+    from trainers.evaluation.report import load_metrics, per_class_scores
+    from trainers.inference.predict import build_pipeline
+
+    record = {}
+    for model in ("majority", "linear_probe", "teacher", "student"):
+        step = [s for s in load_metrics(run_dir / "metrics" / model).steps if s.count][-1]
+        rows = per_class_scores(step.confusion_matrix)
+        present = [row for row in rows if row["support"]]
+        record[model] = {"accuracy": float(np.trace(step.confusion_matrix) / step.count), "n": step.count,
+                         "recall": {o: row["recall"] for o, row in zip(step.options, rows) if row["support"]},
+                         "macro_f1": float(np.mean([row["f1"] or 0.0 for row in present]))}
+    results = json.loads((run_dir / "results.json").read_text())["results"]
+    test_images = list(load_dataset(str(built), split="test")["image"])
+    for role in ("teacher", "student"):
+        steps = results["calibration"][role]["steps"]
+        record[role]["ece_before"] = steps[-1]["ece_uncalibrated"]
+        record[role]["ece_after"] = steps[-1]["ece_calibrated"]
+        outputs = build_pipeline(str(run_dir / role))(test_images, batch_size=16)
+        flagged = [o["out_of_distribution"]["flagged"] for o in outputs if "out_of_distribution" in o]
+        record[role]["ood_flagged"], record[role]["ood_n"] = int(sum(flagged)), len(flagged)
+    return record
+
+
+def lean_summary(runs: list[dict]) -> str:
+    """Per dataset: each model's diagnosis accuracy, macro-F1 and per-class recall (mean over split seeds, and the
+    range), calibration and the OOD false-flag rate pooled over seeds (Wilson 95 %)."""
+    from trainers.evaluation.metrics import wilson_interval
+
+    lines = []
+    for dataset in dict.fromkeys(run["dataset"] for run in runs):
+        chosen = [run for run in runs if run["dataset"] == dataset and "diagnosis" in run]
+        if not chosen:
+            continue
+        seeds = ", ".join(str(run["seed"]) for run in chosen)
+        classes = list(chosen[0]["diagnosis"]["teacher"]["recall"])
+        lines += [f"### {dataset}: split seeds {seeds} (test n = "
+                  f"{', '.join(str(run['diagnosis']['teacher']['n']) for run in chosen)})", "",
+                  "| Model | accuracy mean [min, max] | macro-F1 mean | " + " | ".join(f"recall {c}" for c in classes)
+                  + " | minus probe, pp (per seed) |", "|---|---|---|" + "---|" * len(classes) + "---|"]
+        for model in ("majority", "linear_probe", "teacher", "student"):
+            acc = [run["diagnosis"][model]["accuracy"] for run in chosen]
+            f1 = [run["diagnosis"][model]["macro_f1"] for run in chosen]
+            recalls = [np.mean([run["diagnosis"][model]["recall"].get(c) or 0.0 for run in chosen]) for c in classes]
+            gap = [100 * (run["diagnosis"][model]["accuracy"] - run["diagnosis"]["linear_probe"]["accuracy"])
+                   for run in chosen]
+            lines.append(f"| {model.replace('_', ' ')} | {100 * np.mean(acc):.1f} [{100 * min(acc):.1f}, "
+                         f"{100 * max(acc):.1f}] | {100 * np.mean(f1):.1f} | "
+                         + " | ".join(f"{100 * r:.1f}" for r in recalls)
+                         + f" | {' / '.join(f'{g:+.1f}' for g in gap)} (mean {np.mean(gap):+.1f}) |")
+        lines += ["", "| Model | ECE uncalibrated (mean) | ECE with the validation temperature (mean) | "
+                      "OOD flags on unseen test images, pooled [Wilson 95 %] |", "|---|---|---|---|"]
+        for role in ("teacher", "student"):
+            before = np.mean([run["diagnosis"][role]["ece_before"] for run in chosen])
+            after = np.mean([run["diagnosis"][role]["ece_after"] for run in chosen])
+            flagged = sum(run["diagnosis"][role]["ood_flagged"] for run in chosen)
+            total = sum(run["diagnosis"][role]["ood_n"] for run in chosen)
+            low, high = wilson_interval(flagged, total) if total else (float("nan"), float("nan"))
+            lines.append(f"| {role} | {100 * before:.1f} | {100 * after:.1f} | {flagged} of {total} = "
+                         f"{100 * flagged / max(total, 1):.1f} % [{100 * low:.1f}, {100 * high:.1f}] |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def fine_label_baselines(dataset: str, run_dir: Path, built: Path, release: Path, seed: int) -> dict:
@@ -255,11 +348,16 @@ def summarise(runs: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--datasets", nargs="+", default=["kermany", "covid", "demo"])
+    parser.add_argument("--datasets", nargs="+", default=["kermany", "covid", "demo"],
+                        help="kermany (Normal / Pneumonia in the seven-step schema), kermany3 (Normal / Bacterial / "
+                             "Viral, one step, imported as the README does), covid, demo")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20, help="distillation epochs (default 20; paper 40)")
     parser.add_argument("--demo-size", type=int, default=600)
     parser.add_argument("--ood", action="store_true", help="also run the out-of-distribution check (Kermany)")
+    parser.add_argument("--lean", action="store_true",
+                        help="only the diagnosis record per run (accuracy, per-class recall, macro-F1, calibration, "
+                             "OOD false flags): no chain decoding, no finer-label baselines")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from dataset_script.hub import build_hub_dataset
@@ -279,7 +377,7 @@ def main(argv=None) -> int:
             else:
                 release = args.out / f"{dataset}-release"
                 if not (release / "data.json").is_file():
-                    write_release(dataset, release)
+                    write_kermany3_release(release) if dataset == "kermany3" else write_release(dataset, release)
                 built = args.out / f"{dataset}-built-seed{seed}"
                 if not (built / "README.md").is_file():
                     build_hub_dataset(release, built, strict=False, seed=seed)
@@ -288,6 +386,15 @@ def main(argv=None) -> int:
                        for model in ("majority", "linear_probe", "teacher", "student")}
             differences_file = run_dir / "metrics" / DIFFERENCES_FILENAME
             differences = [line for line in differences_file.read_text().splitlines() if "Diagnosis" in line]
+            if args.lean:
+                record_file = run_dir / "diagnosis.json"
+                if not record_file.is_file():
+                    record_file.write_text(json.dumps(diagnosis_record(run_dir, built), indent=1))
+                runs.append({"dataset": dataset, "seed": seed, "differences": differences,
+                             "diagnosis": json.loads(record_file.read_text())})
+                (args.out / "summary.json").write_text(json.dumps(runs, indent=1, default=str))
+                print(f"[{time.perf_counter() - started:.0f} s] {dataset} seed {seed} done", flush=True)
+                continue
             chains_file = run_dir / "chains.json"  # a rerun reuses what a finished run measured
             if not chains_file.is_file():
                 chains_file.write_text(json.dumps(evaluate_chains(run_dir, built), indent=1))
@@ -307,8 +414,9 @@ def main(argv=None) -> int:
             runs.append(run)
             (args.out / "summary.json").write_text(json.dumps(runs, indent=1, default=str))
             print(f"[{time.perf_counter() - started:.0f} s] {dataset} seed {seed} done", flush=True)
-    (args.out / "summary.md").write_text(summarise(runs))
-    print(summarise(runs))
+    summary = lean_summary(runs) if args.lean else summarise(runs)
+    (args.out / "summary.md").write_text(summary)
+    print(summary)
     return 0
 
 

@@ -86,8 +86,9 @@ def embedding_distance(embeds, statistics) -> np.ndarray:
 
 def embedding_statistics(train_embeds, reference_embeds=None, quantile: float = OOD_QUANTILE) -> dict:
     """What `config.embedding_statistics` holds: the training embeddings' per-dimension mean and scale, and the
-    `quantile` of the distances of `reference_embeds` (held-out images, e.g. the validation split; the training
-    images themselves when None) as the threshold above which an image is flagged."""
+    threshold above which an image is flagged: the conformal `quantile` (`conformal_threshold`) of the distances of
+    `reference_embeds` (held-out images the model did not train on, the validation split; the training images
+    themselves when None, which lie closer than unseen images and flag too many)."""
     train = np.asarray(train_embeds, dtype=np.float64)
     if train.ndim != 2 or train.shape[0] < 2:
         raise ValueError(f"need at least 2 training embeddings (N, D), got shape {train.shape}")
@@ -97,9 +98,21 @@ def embedding_statistics(train_embeds, reference_embeds=None, quantile: float = 
     statistics = {"mean": train.mean(0).tolist(), "scale": scale.tolist()}
     reference = train if reference_embeds is None or len(reference_embeds) == 0 else reference_embeds
     distances = embedding_distance(reference, statistics)
-    statistics.update(threshold=float(np.quantile(distances, quantile)), quantile=quantile,
-                      reference="validation" if reference is not train else "train", num_train=int(train.shape[0]))
+    threshold, false_flag_rate = conformal_threshold(distances, quantile)
+    statistics.update(threshold=threshold, quantile=quantile, expected_false_flag_rate=false_flag_rate,
+                      reference="validation" if reference is not train else "train",
+                      num_reference=int(len(distances)), num_train=int(train.shape[0]))
     return statistics
+
+
+def conformal_threshold(distances, quantile: float = OOD_QUANTILE) -> tuple[float, float]:
+    """(threshold, expected false-flag rate): the k-th smallest of n held-out distances, k = ceil((n + 1) q), so
+    that a new image exchangeable with them lies above it with probability 1 - k / (n + 1) <= 1 - q (split
+    conformal); with too few distances for that rank (k > n), the largest, flagged with probability 1 / (n + 1)."""
+    ordered = np.sort(np.asarray(distances, dtype=np.float64))
+    n = len(ordered)
+    rank = min(n, math.ceil((n + 1) * quantile))
+    return float(ordered[rank - 1]), 1.0 - rank / (n + 1)
 
 
 def out_of_distribution(distance: float, statistics) -> dict:
@@ -107,6 +120,39 @@ def out_of_distribution(distance: float, statistics) -> dict:
     threshold = float(statistics["threshold"])
     return {"distance": float(distance), "threshold": threshold, "quantile": float(statistics.get("quantile", 0)),
             "flagged": bool(distance > threshold)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sanity gate before the model: inputs no chest radiograph looks like are refused, not answered
+# ---------------------------------------------------------------------------------------------------------------
+
+MIN_IMAGE_SIDE = 32  # pixels: below this there is no anatomy to read
+MAX_ASPECT_RATIO = 3.0  # long side / short side: chest films are about 1:1.4 at most
+MAX_COLOUR_SPREAD = 20.0  # mean (max - min) over the RGB channels, in grey levels: radiographs are grey
+MIN_GREY_STD = 2.0  # grey levels: a blank (near-constant) image
+
+
+def image_statistics(rgb) -> tuple[float, float]:
+    """(colour spread, grey standard deviation) of an 8-bit RGB image, in grey levels: the mean over pixels of the
+    largest minus the smallest channel (0 for a grey image), and the spread of the grey values."""
+    array = np.asarray(rgb, dtype=np.int16)
+    spread = float((array.max(-1) - array.min(-1)).mean())
+    return spread, float(array.mean(-1).std())
+
+
+def refusal_reason(height: int, width: int, colour_spread: float, grey_std: float) -> str | None:
+    """Why the model must not answer for this input (it looks like no radiograph it could read), or None."""
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return f"the image is too small ({width} x {height} px; at least {MIN_IMAGE_SIDE} px a side is needed)"
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT_RATIO:
+        return f"the aspect ratio {ratio:.1f}:1 is far from a chest radiograph's (at most {MAX_ASPECT_RATIO:g}:1)"
+    if colour_spread > MAX_COLOUR_SPREAD:
+        return (f"the image is in colour (mean channel spread {colour_spread:.0f} grey levels > "
+                f"{MAX_COLOUR_SPREAD:g}); radiographs are greyscale")
+    if grey_std < MIN_GREY_STD:
+        return f"the image is blank (grey-level spread {grey_std:.1f} < {MIN_GREY_STD:g})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,7 +263,12 @@ class StepCoTVQAPipeline(Pipeline):
     `changed`), `chain` (one readable line), `untrained_steps`, `violations` (broken consistency rules),
     `is_consistent`, `probability_method`, `image_size` (H, W), with `consistent=True`: `consistent_chain`,
     `changed_steps`, `unresolved_contradiction`; and `out_of_distribution` ({distance, threshold, flagged}) when
-    the model recorded its training embeddings' statistics.
+    the model recorded its training embeddings' statistics. `rules_checked`: how many consistency rules applied
+    (0: the chain was not checked, e.g. a one-step schema). `reliable` (bool) and `warnings` (list of one-line
+    reasons) say whether the answers can be used: False for an out-of-distribution image and for a refused one.
+
+    A sanity gate runs before the answers are given: an image smaller than `MIN_IMAGE_SIDE`, with an aspect ratio
+    beyond `MAX_ASPECT_RATIO`, in colour, or blank is refused (`refused` holds the reason; every answer is None).
 
     A step the model had no training labels for (`config.step_training_counts` 0) is unknown: `answer`, `label`,
     `score`, `probabilities` and `is_na` are None, it is left out of the chain and of the consistency rules.
@@ -270,11 +321,12 @@ class StepCoTVQAPipeline(Pipeline):
             raise ValueError(f"{name} could not be decoded ({error})") from None
         processor = self.image_processor
         pixel_values = pixel_values_from_images(rgb, size, processor.image_mean, processor.image_std)
-        return {"pixel_values": pixel_values, "image_size": torch.tensor([[height, width]])}
+        return {"pixel_values": pixel_values, "image_size": torch.tensor([[height, width]]),
+                "image_statistics": torch.tensor([image_statistics(rgb)], dtype=torch.float64)}
 
     def _forward(self, model_inputs, maps=False):
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
-        outputs = {"image_size": model_inputs["image_size"]}
+        outputs = {"image_size": model_inputs["image_size"], "image_statistics": model_inputs["image_statistics"]}
         statistics = getattr(self.model.config, "embedding_statistics", None)
         if maps:
             step_logits, grid_maps = stepwise_grad_cam(self.model, pixel_values)
@@ -317,19 +369,37 @@ class StepCoTVQAPipeline(Pipeline):
             else:  # an untrained head's output is noise: no answer, no probabilities
                 entry.update(answer=None, label=None, score=None, probabilities=None, is_na=None)
             steps.append(entry)
-        violations = self.checker.violations(labels)  # its rules leave untrained steps out
+        image_size = tuple(int(v) for v in model_outputs["image_size"][0])
+        refused = refusal_reason(*image_size, *(float(v) for v in model_outputs["image_statistics"][0]))
+        if refused:  # no answer at all: the scores of an input like this mean nothing
+            for entry in steps:
+                entry.update(answer=None, label=None, score=None, probabilities=None, is_na=None)
+            labels = None
+        violations = self.checker.violations(labels) if labels is not None else []  # untrained steps left out
         result = {
             "steps": steps,
             "chain": format_chain(config.step_names, [s["answer"] for s in steps]),
             "untrained_steps": [s["name"] for s in steps if not s["trained"]],
             "is_consistent": not violations,
             "violations": violations,
+            "rules_checked": 0 if refused else len(self.checker.rules),
             "probability_method": self.probability_method,
-            "image_size": tuple(int(v) for v in model_outputs["image_size"][0]),
+            "image_size": image_size,
+            "refused": refused,
         }
+        warnings = [f"refused: {refused}"] if refused else []
         if "embedding_distance" in model_outputs:
-            result["out_of_distribution"] = out_of_distribution(
-                float(model_outputs["embedding_distance"].reshape(-1)[0]), config.embedding_statistics)
+            ood = out_of_distribution(float(model_outputs["embedding_distance"].reshape(-1)[0]),
+                                      config.embedding_statistics)
+            result["out_of_distribution"] = ood
+            if ood["flagged"] and not refused:
+                warnings.append(f"out of distribution: the image lies far from the training images (distance "
+                                f"{ood['distance']:.2f} > threshold {ood['threshold']:.2f}); the answers are "
+                                "unreliable for it")
+        result["reliable"] = not warnings
+        result["warnings"] = warnings
+        if refused:
+            consistent = False  # nothing to decode
         if consistent:
             repaired = self.checker.repair(log_probs, self.repair_confidence)
             for step, label in enumerate(repaired["labels"]):
@@ -354,9 +424,12 @@ __all__ = [
     "TASK",
     "embedding_distance",
     "embedding_statistics",
+    "conformal_threshold",
     "encode_with_grid",
     "format_chain",
+    "image_statistics",
     "load_image",
+    "refusal_reason",
     "step_temperatures",
     "stepwise_grad_cam",
     "upsample_maps",

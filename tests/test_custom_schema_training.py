@@ -14,7 +14,7 @@ CLASSES = ("NORMAL", "BACTERIA", "VIRUS")
 
 @pytest.fixture(scope="module")
 def folder_release(tmp_path_factory):
-    """Kermany-style class folders (16 px images, brightness by class) imported into a one-step release."""
+    """Kermany-style class folders (40 px images, brightness by class) imported into a one-step release."""
     from dataset_script.importers import import_folders
 
     root = tmp_path_factory.mktemp("custom_schema")
@@ -22,7 +22,7 @@ def folder_release(tmp_path_factory):
     for label_index, label in enumerate(CLASSES):
         (root / "folders" / label).mkdir(parents=True)
         for patient in range(12):
-            pixels = rng.integers(0, 80, (16, 16)) + 80 * label_index
+            pixels = rng.integers(0, 80, (40, 40)) + 80 * label_index
             Image.fromarray(pixels.astype(np.uint8)).save(root / "folders" / label / f"person{patient}{label}_0.png")
     report = import_folders(root / "folders", root / "release")
     assert report["answers"] == {"Diagnosis": {label: 12 for label in CLASSES}}

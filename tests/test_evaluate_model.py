@@ -37,7 +37,8 @@ def test_eval_command_writes_a_report_that_matches_a_hand_run_forward(hub_datase
                      "--out", str(out), "--num-bootstrap", "50", "--batch-size", "4"])
     assert code == 0
     assert {p.name for p in out.iterdir()} == {
-        "metrics.json", "metrics.md", "step_metrics.png", "confusion_matrices.png", "predictions.npz"
+        "metrics.json", "metrics.md", "step_metrics.png", "confusion_matrices.png", "reliability.png",
+        "predictions.npz"
     }
     data = json.loads((out / "metrics.json").read_text())
     assert data["model"] == "Teacher w/o Memory" and data["split"] == "test"

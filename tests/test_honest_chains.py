@@ -161,7 +161,7 @@ def test_pipeline_reports_out_of_distribution(tmp_path):
     assert all(set(r["out_of_distribution"]) >= {"distance", "threshold", "flagged"} for r in results)
     assert results[1]["out_of_distribution"]["distance"] > results[0]["out_of_distribution"]["distance"]
     assert results[1]["out_of_distribution"]["flagged"]
-    assert "WARNING: this image lies far" in format_table("far.png", results[1], "student")
+    assert "!! UNRELIABLE" in format_table("far.png", results[1], "student")
     assert "out_of_distribution" not in pipeline(TASK, model=tiny_student(seed=8), device="cpu")(similar)
 
 

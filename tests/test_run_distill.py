@@ -128,7 +128,8 @@ def test_teacher_stage_then_distillation_from_the_saved_teacher(tmp_path):
                           *teacher_stage]) == 0
     teacher_dir = tmp_path / "teacher_stage" / "teacher"
     results = json.loads((tmp_path / "teacher_stage" / "results.json").read_text())
-    assert set(results["results"]) == {"teacher"} and "mean_accuracy" in results["results"]["teacher"]
+    assert set(results["results"]) == {"teacher", "calibration"} and "mean_accuracy" in results["results"]["teacher"]
+    assert results["results"]["calibration"]["teacher"]["fitted_on"] == "validation"
     assert (tmp_path / "teacher_stage" / "metrics" / "teacher" / "metrics.md").is_file()
 
     joint = tmp_path / "joint"

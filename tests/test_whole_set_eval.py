@@ -64,7 +64,9 @@ def test_import_whole_set_and_eval_it_as_one_split(tmp_path, split, capsys):
     for text in (table, printed):
         assert "Diagnosis step per class (n = 18)" in text and "| Class | n | Precision | Recall | F1 |" in text
         assert "Confusion matrix (rows: true class, columns: predicted)" in text
-    assert (report / "confusion_matrices.png").stat().st_size > 0
+    assert (report / "confusion_matrices.png").stat().st_size > 0 and (report / "reliability.png").is_file()
+    assert "Calibration: none stored (T = 1); scored on all" in table
+    assert metrics["calibration"]["method"] == "softmax (uncalibrated)"
 
 
 def test_eval_all_pools_every_split_of_a_seeded_release(tmp_path):

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 
 from trainers import console
 from trainers.console import quiet_progress
+from trainers.evaluation.calibration import calibrate_run
 from trainers.training.distillation import (
     BestModelExportCallback,
     StepCoTDistillationPair,
@@ -47,6 +48,7 @@ from trainers.training.run_setup import (
     build_student,
     build_teacher,
     dataset_schema,
+    early_stopping_callbacks,
     feature_baselines,
     finish_run,
     load_best,
@@ -107,7 +109,7 @@ def train(model_args, data_args, training_args) -> int:
         eval_dataset=datasets_by_split["validation"],
         data_collator=data_collator,
         compute_metrics=build_pair_compute_metrics(teacher.config.num_classes_per_step),
-        callbacks=[BestModelExportCallback(str(output_dir))],
+        callbacks=[BestModelExportCallback(str(output_dir)), *early_stopping_callbacks(data_args, training_args)],
         class_weights=class_weights,
     )
     quiet_progress(trainer)
@@ -127,6 +129,11 @@ def train(model_args, data_args, training_args) -> int:
                                               prediction.label_ids, teacher.config, data_args.num_bootstrap)
     results, table = score_and_report(role_logits, prediction.label_ids, eval_split, output_dir,
                                       data_args.num_bootstrap, teacher.config, write=write, extra_runs=baseline_runs)
+    validation_prediction = trainer.predict(datasets_by_split["validation"], metric_key_prefix="validation")
+    results["calibration"], calibration_table = calibrate_run(
+        {"teacher": pair.teacher, "student": pair.student}, validation_prediction, prediction, eval_split,
+        output_dir, write)
+    table += "\n" + calibration_table
     if baseline_runs:
         table += "\n" + differences + "\n"
         results["baselines"] = baseline_results

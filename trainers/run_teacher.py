@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 from transformers import Trainer
 
 from trainers.console import quiet_progress
+from trainers.evaluation.calibration import calibrate_run
 from trainers.evaluation.metrics import build_compute_metrics
 from trainers.training.distillation_config import StepCoTTeacherTrainingConfig
 from trainers.training.lora import add_vision_lora
@@ -29,6 +30,7 @@ from trainers.training.run_setup import (
     build_processor,
     build_teacher,
     dataset_schema,
+    early_stopping_callbacks,
     finish_run,
     parse_run_args,
     prepare_splits,
@@ -74,6 +76,7 @@ def main(argv=None, prog=None) -> int:
         eval_dataset=datasets_by_split["validation"],
         data_collator=data_collator,
         compute_metrics=build_compute_metrics(config=teacher.config),
+        callbacks=early_stopping_callbacks(data_args, training_args),
     )
     quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint,
@@ -83,6 +86,12 @@ def main(argv=None, prog=None) -> int:
     results, table = score_and_report({"teacher": prediction.predictions}, prediction.label_ids, eval_split,
                                       output_dir, data_args.num_bootstrap, teacher.config,
                                       write=trainer.is_world_process_zero())
+    validation_prediction = trainer.predict(datasets_by_split["validation"], ignore_keys=NON_PREDICTION_KEYS,
+                                            metric_key_prefix="validation")
+    results["calibration"], calibration_table = calibrate_run(
+        {"teacher": teacher}, validation_prediction, prediction, eval_split, output_dir,
+        trainer.is_world_process_zero())
+    table += "\n" + calibration_table
     record_training_facts({"teacher": teacher}, splits, datasets_by_split if use_cache else None)
     run_args = {"model": asdict(model_args), "data": asdict(data_args), "eval_split": eval_split,
                 "feature_cache": use_cache, "stage": "teacher only",

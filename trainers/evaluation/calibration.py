@@ -99,6 +99,136 @@ def fit_calibration(step_logits, labels, split: str | None = None) -> dict:
             "nll_before": nll_before, "nll_after": nll_after, "ece_before": ece_before, "ece_after": ece_after}
 
 
+def step_logits_of(padded_logits, num_classes_per_step) -> list[np.ndarray]:
+    """Per-step (N, C_s) logits from padded (N, steps, max_classes) logits (the trainer's predictions)."""
+    padded = np.asarray(padded_logits, dtype=np.float64)
+    return [padded[:, step, :classes] for step, classes in enumerate(num_classes_per_step)]
+
+
+def calibrate_models(models: dict, role_logits: dict, labels, split: str = "validation") -> dict:
+    """Fit each role's per-step temperatures on its `split` predictions (padded logits, as the trainer returns them)
+    and store them as `model.config.calibration`, so that the exported model's probabilities are calibrated.
+    Returns {role: calibration dict}."""
+    fitted = {}
+    for role, model in models.items():
+        step_logits = step_logits_of(role_logits[role], model.config.num_classes_per_step)
+        model.config.calibration = fitted[role] = fit_calibration(step_logits, labels, split=split)
+    return fitted
+
+
+def reliability_bins(logits, labels, temperature: float = 1.0, bins: int = 10) -> dict:
+    """Per equal-width confidence bin: count, mean top-1 confidence and accuracy (None for an empty bin)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    valid = labels != IGNORE_INDEX
+    scaled = logits[valid] / temperature
+    probabilities = np.exp(scaled - scaled.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels[valid]
+    edges = np.linspace(0, 1, bins + 1)
+    rows = {"edges": edges.tolist(), "count": [], "confidence": [], "accuracy": []}
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        rows["count"].append(int(in_bin.sum()))
+        rows["confidence"].append(float(confidence[in_bin].mean()) if in_bin.any() else None)
+        rows["accuracy"].append(float(correct[in_bin].mean()) if in_bin.any() else None)
+    return rows
+
+
+def calibration_summary(step_logits, labels, temperatures, step_names) -> list[dict]:
+    """Per labelled step of a scored split: the stored temperature and ECE without and with it."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = []
+    for step, (logits, temperature, name) in enumerate(zip(step_logits, temperatures, step_names)):
+        target = labels[:, step]
+        if not (target != IGNORE_INDEX).any():
+            continue
+        rows.append({"step": step + 1, "name": name, "temperature": float(temperature),
+                     "n": int((target != IGNORE_INDEX).sum()),
+                     "ece_uncalibrated": expected_calibration_error(logits, target),
+                     "ece_calibrated": expected_calibration_error(logits, target, temperature)})
+    return rows
+
+
+def calibration_markdown(summaries: dict, split: str, fitted_on: str | None = "validation") -> str:
+    """'Calibration' section: per role and labelled step, T and the ECE on `split` without and with it
+    (`fitted_on` None: the model stores no temperatures, T = 1)."""
+    how = f"temperature scaling fitted on {fitted_on}" if fitted_on else "none stored (T = 1)"
+    lines = [f"Calibration: {how}; scored on {split} "
+             "(expected calibration error of the top-1 probability, 10 bins, in %; lower is better):", "",
+             "| Model | Step | n | Temperature | ECE uncalibrated | ECE calibrated |", "|---|---|---|---|---|---|"]
+    for role, rows in summaries.items():
+        for row in rows:
+            lines.append(f"| {role} | {row['name']} | {row['n']} | {row['temperature']:.3g} | "
+                         f"{100 * row['ece_uncalibrated']:.1f} | {100 * row['ece_calibrated']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_reliability(step_logits, labels, temperatures, step_names, path, title: str | None = None):
+    """Reliability diagram of each labelled step: accuracy against mean confidence per bin, uncalibrated and with
+    the stored temperature, beside the diagonal of perfect calibration."""
+    from pathlib import Path
+
+    from trainers.evaluation.report import _new_figure
+
+    labels = np.asarray(labels, dtype=np.int64)
+    steps = [s for s in range(len(step_logits)) if (labels[:, s] != IGNORE_INDEX).any()]
+    if not steps:
+        return None
+    figure = _new_figure(3.6 * len(steps), 3.6)
+    axes = figure.subplots(1, len(steps), squeeze=False)[0]
+    for axis, step in zip(axes, steps):
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        for temperature, label, marker in ((1.0, "uncalibrated", "o"),
+                                           (temperatures[step], f"T = {temperatures[step]:.2g}", "s")):
+            bins = reliability_bins(step_logits[step], labels[:, step], temperature)
+            points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"]) if c is not None]
+            ece = expected_calibration_error(step_logits[step], labels[:, step], temperature)
+            axis.plot(*zip(*points), marker=marker, label=f"{label} (ECE {100 * ece:.1f})")
+        axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=step_names[step])
+        axis.legend(fontsize=7, loc="upper left")
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def calibrate_run(models: dict, validation_prediction, eval_prediction, eval_split: str, output_dir=None,
+                  write: bool = True) -> tuple[dict, str]:
+    """The end of a training run: fit each model's temperatures on the validation predictions (stored in its
+    config, so the exported model answers with calibrated probabilities), then score them on the evaluation split's
+    predictions: ECE without and with the temperatures, and a reliability diagram per model
+    (OUTPUT_DIR/metrics/ROLE/reliability.png). `*_prediction`: `Trainer.predict` outputs whose `predictions`
+    hold one padded logits array per role, in the order of `models`. Returns ({role: summary}, Markdown)."""
+    roles = list(models)
+
+    def by_role(prediction):
+        predictions = prediction.predictions
+        predictions = predictions if isinstance(predictions, (tuple, list)) else (predictions,)
+        return dict(zip(roles, predictions[:len(roles)]))
+
+    fitted = calibrate_models(models, by_role(validation_prediction), validation_prediction.label_ids)
+    eval_logits, summaries = by_role(eval_prediction), {}
+    for role, model in models.items():
+        config = model.config
+        step_logits = step_logits_of(eval_logits[role], config.num_classes_per_step)
+        temperatures = fitted[role]["temperatures"]
+        rows = calibration_summary(step_logits, eval_prediction.label_ids, temperatures, config.step_names)
+        summaries[role] = {"fitted_on": "validation", "scored_on": eval_split, "temperatures": temperatures,
+                           "validation_ece_before": fitted[role]["ece_before"],
+                           "validation_ece_after": fitted[role]["ece_after"], "steps": rows}
+        if write and output_dir is not None:
+            from pathlib import Path
+
+            plot_reliability(step_logits, eval_prediction.label_ids, temperatures, config.step_names,
+                             Path(output_dir) / "metrics" / role / "reliability.png",
+                             title=f"{role.capitalize()}: reliability on {eval_split}")
+    markdown = calibration_markdown({role.capitalize(): s["steps"] for role, s in summaries.items()}, eval_split)
+    return summaries, markdown
+
+
 def calibrate(model, data, preprocess=None, split: str | None = None, batch_size: int = 32, device: str = "cpu"):
     """Fit per-step temperatures of `model` on `data` (a `datasets` split with `image` and `labels` columns) and
     store them as `model.config.calibration`. Returns the calibration dict."""
@@ -121,4 +251,6 @@ def calibrate_checkpoint(model_dir, dataset, split: str = "validation", batch_si
     return calibration
 
 
-__all__ = ["calibrate", "calibrate_checkpoint", "expected_calibration_error", "fit_calibration", "fit_temperature"]
+__all__ = ["calibrate", "calibrate_checkpoint", "calibrate_models", "calibrate_run", "calibration_markdown",
+           "calibration_summary", "expected_calibration_error", "fit_calibration", "fit_temperature",
+           "plot_reliability", "reliability_bins", "step_logits_of"]

@@ -3,8 +3,9 @@
     stepcot eval --model runs/best/teacher --dataset step_cot_hub --split test --output-dir reports/teacher
 
 writes into OUT: metrics.json (every number with its definition and bootstrap CI), metrics.md (the paper's
-Table 8/9 layout), step_metrics.png, confusion_matrices.png and predictions.npz (per-step logits and labels, so
-metrics can be recomputed without the model). Several OUT folders compare with `stepcot report`.
+Table 8/9 layout, per-class tables, calibration), step_metrics.png, confusion_matrices.png, reliability.png
+and predictions.npz (per-step logits and labels, so metrics can be recomputed without the model). Several OUT
+folders compare with `stepcot report`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from trainers.evaluation.report import write_report
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 WHOLE_SET = "all"  # every split of the dataset, scored as one
 PREDICTIONS_FILENAME = "predictions.npz"
+RELIABILITY_FILENAME = "reliability.png"
 
 
 def model_display_name(config) -> str:
@@ -187,10 +189,23 @@ def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_boot
             "notes": notes,
         },
     )
+    from modeling_stepcot.pipeline_stepcot import step_temperatures
+    from trainers.evaluation.calibration import calibration_markdown, calibration_summary, plot_reliability
+
+    temperatures, method = step_temperatures(config)
+    calibration_rows = calibration_summary(logits, labels, temperatures, list(config.step_names))
+    result.metadata["calibration"] = {"method": method, "steps": calibration_rows}
     result.metadata["seconds"] = round(time.perf_counter() - started, 2)  # model loading, inference, bootstrap
     if out is not None:
         out = Path(out)
-        write_report(result, out, model_name=name, plots=plots)
+        written = write_report(result, out, model_name=name, plots=plots)
+        stored = getattr(config, "calibration", None)
+        fitted_on = (stored.get("split") or "a held-out split") if isinstance(stored, dict) else None
+        with open(written["table"], "a", encoding="utf-8") as table:
+            table.write("\n" + calibration_markdown({name: calibration_rows}, split, fitted_on))
+        if plots:
+            plot_reliability(logits, labels, temperatures, list(config.step_names), out / RELIABILITY_FILENAME,
+                             title=f"{name}: reliability on {split} ({method})")
         np.savez_compressed(out / PREDICTIONS_FILENAME, labels=labels,
                             **{f"step{index + 1}_logits": step for index, step in enumerate(logits)})
     return result

@@ -72,7 +72,8 @@ PLAIN_LABELS = {
 # Result and step fields drawn specially; any other field is listed generically.
 KNOWN_RESULT_FIELDS = {"steps", "chain", "violations", "is_consistent", "probability_method", "image_size", "maps",
                        "consistent_chain", "changed_steps", "untrained_steps", "out_of_distribution",
-                       "unresolved_contradiction", "image", "model", "trained_on", "test_accuracy"}
+                       "unresolved_contradiction", "image", "model", "trained_on", "test_accuracy", "reliable",
+                       "warnings", "refused", "rules_checked"}
 KNOWN_STEP_FIELDS = {"step", "name", "question", "answer", "label", "score", "probabilities", "is_na",
                      "consistent_answer", "consistent_label", "changed", "trained"}
 UNTRAINED = "unknown (not trained)"
@@ -368,6 +369,8 @@ def render_model(entry: dict) -> str:
         items = "".join(f"<li>{_escape(v.get('message', v))}</li>" for v in violations)
         flags = (f'<div class="stepcot-flags bad"><b>{len(violations)} contradiction(s) between the steps</b>'
                  f"<ul>{items}</ul></div>")
+    elif entry.get("rules_checked") == 0:
+        flags = '<div class="stepcot-info">Contradictions not checked: no consistency rule applies here.</div>'
     else:
         flags = '<div class="stepcot-flags good">The steps do not contradict each other.</div>'
     notes = []
@@ -444,12 +447,15 @@ def analyse(image_path, models: list[ServedModel], consistent: bool = False, map
             result = model.pipe(str(image_path), maps=maps, consistent=consistent, maps_max_side=MAP_SIDE)
         except (ValueError, OSError) as error:  # decoding problems of the image, one line each
             raise DemoError(str(error).replace(str(image_path), name)) from None
+        if result.get("refused"):  # the pipeline's own sanity gate: no answers to show
+            raise ImageRefused(name, [result["refused"]])
         if maps:
             picture, step_maps = figure_and_maps(str(image_path), result)
             pictures[model.label] = [picture] + [overlay(picture, saliency) for saliency in step_maps]
         ood = result.get("out_of_distribution") or {}
         entry = {"model": model.label, "trained_on": model.trained_on, "test_accuracy": model.test_accuracy,
-                 "unreliable": bool(ood.get("flagged")), **json_ready(result, name, None)}
+                 "unreliable": bool(ood.get("flagged")) or result.get("reliable") is False,
+                 **json_ready(result, name, None)}
         entry.pop("image")
         data["models"].append(entry)
     data["unreliable"] = any(entry["unreliable"] for entry in data["models"])

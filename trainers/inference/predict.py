@@ -97,12 +97,21 @@ def format_table(name: str, result: dict, model_label: str) -> str:
     header = f"{'#':>2}  {'Step':<22} {'Answer':<22} {'p':>5}  N/A"
     if consistent:
         header += f"   {'Consistent answer':<22}"
-    lines = [f"{name}  [{model_label}; probabilities: {result['probability_method']}]", header, "-" * len(header)]
+    lines = [f"{name}  [{model_label}; probabilities: {result['probability_method']}]"]
+    if result.get("refused"):
+        lines += ["!" * 100, f"!! REFUSED, NOT ANSWERED: {result['refused']}.", "!" * 100]
+        return "\n".join(lines)
+    unreliable = result.get("reliable") is False
+    if unreliable:
+        lines += ["!" * 100] + [f"!! UNRELIABLE: {warning}." for warning in result.get("warnings", [])]
+        lines += ["!" * 100]
+    lines += [header, "-" * len(header)]
     for step in result["steps"]:
         if step.get("trained") is False:  # an untrained head's output is noise: never shown as an answer
             lines.append(f"{step['step']:>2}  {step['name']:<22} {UNKNOWN_ANSWER:<22} {'':>5}  {'':<3}")
             continue
-        line = (f"{step['step']:>2}  {step['name']:<22} {step['answer']:<22} {step['score']:5.2f}  "
+        answer = f"{step['answer']} (?)" if unreliable else step["answer"]
+        line = (f"{step['step']:>2}  {step['name']:<22} {answer:<22} {step['score']:5.2f}  "
                 f"{'yes' if step['is_na'] else '-':<3}")
         if consistent:
             line += f"   {step['consistent_answer']:<22}" + ("  (changed)" if step["changed"] else "")
@@ -116,6 +125,8 @@ def format_table(name: str, result: dict, model_label: str) -> str:
         lines += [f"  - {v['message']} [{v['rule']}: {' / '.join(v['steps'])}]" for v in result["violations"]]
     elif untrained and len(untrained) == len(result["steps"]) - 1:
         lines.append("Contradictions: not checked (one trained step)")
+    elif result.get("rules_checked") == 0:
+        lines.append("Contradictions: not checked (no consistency rule applies to this model's steps)")
     else:
         lines.append("Contradictions: none" + (" among the trained steps" if untrained else ""))
     if consistent:
@@ -125,9 +136,9 @@ def format_table(name: str, result: dict, model_label: str) -> str:
         lines.append(f"Consistent chain: {result['consistent_chain']} (changed steps: {changed}{note})")
     ood = result.get("out_of_distribution")
     if ood and ood["flagged"]:
-        lines.append(f"WARNING: this image lies far from the training images (embedding distance "
-                     f"{ood['distance']:.2f} > {ood['threshold']:.2f}, the {100 * ood['quantile']:g}th percentile of "
-                     "held-out images like the training ones): the answers above are unreliable for it.")
+        lines.append(f"!! UNRELIABLE (answers marked (?)): this image lies far from the training images (embedding "
+                     f"distance {ood['distance']:.2f} > {ood['threshold']:.2f}, the {100 * ood['quantile']:g}th "
+                     "percentile of held-out images like the training ones).")
     return "\n".join(lines)
 
 
@@ -168,7 +179,8 @@ def predict_images(pipe, paths: list[Path], maps_dir: Path | None = None, consis
         batch = paths[start : start + batch_size]
         results = _run_naming_the_file(pipe, batch, consistent=consistent, **options)
         for path, result, folder in zip(batch, results, folders[start : start + batch_size]):
-            written = save_step_maps(path, result, folder) if folder is not None else None
+            drawn = folder is not None and not result.get("refused")  # a refused image has no answers to map
+            written = save_step_maps(path, result, folder) if drawn else None
             result.pop("maps", None)  # drawn, not kept
             output.append((result, written))
         del results

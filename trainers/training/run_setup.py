@@ -89,6 +89,16 @@ class DataArguments:
                                           "overlapping anatomy, 4 per cent label noise)", "choices": ["easy", "hard"]}
     )
     eval_split: str = field(default="test", metadata={"help": "split for the final evaluation"})
+    recipe: str = field(
+        default="auto",
+        metadata={"help": "auto: early stopping on the validation loss for real data (a release, built folder or Hub "
+                          "set) and the paper's fixed epochs for the synthetic demo; paper: the paper's fixed epochs "
+                          "(best checkpoints by validation accuracy), unchanged; early-stopping: always stop early",
+                  "choices": ["auto", "paper", "early-stopping"]},
+    )
+    early_stopping_patience: int = field(
+        default=5, metadata={"help": "with early stopping: epochs without a lower validation loss before stopping"}
+    )
     split_seed: int = field(
         default=0, metadata={"help": "seed of the patient-grouped 70/15/15 split of a release without split files "
                                      "(separate from --seed, which seeds training only)"}
@@ -203,7 +213,7 @@ _ARGUMENT_BOUNDS = (
     ("per_device_train_batch_size", 1, False), ("per_device_eval_batch_size", 1, False),
     ("gradient_accumulation_steps", 1, False), ("max_train_samples", 1, False), ("demo_size", 1, False),
     ("num_train_epochs", 0, True), ("learning_rate", 0, False), ("lora_r", 0, False),
-    ("extraction_workers", 0, False),
+    ("extraction_workers", 0, False), ("early_stopping_patience", 1, False),
 )
 
 
@@ -256,6 +266,28 @@ def load_splits(data_args, output_dir: Path):
     # `dataset_schema` so that a release with its own steps trains and exports a model that names them.
     splits.step_names = [step.get("name") for step in built_step_schema(built) or []] or None
     return splits
+
+
+def early_stopping_callbacks(data_args, training_args) -> list:
+    """[EarlyStoppingCallback] on the validation loss when the recipe stops early (`--recipe`; "auto": real data,
+    not the synthetic demo), else []. The best checkpoints are still chosen by validation accuracy."""
+    from transformers import EarlyStoppingCallback
+
+    recipe = getattr(data_args, "recipe", "auto")
+    if recipe == "paper" or (recipe == "auto" and data_args.dataset == "demo"):
+        return []
+    if training_args.eval_strategy == "no":
+        raise TrainingError("early stopping needs an evaluation each epoch: drop --eval_strategy no, or use "
+                            "--recipe paper")
+    class StopOnValidationLoss(EarlyStoppingCallback):
+        """Early stopping alone: the best teacher and student are kept by `BestModelExportCallback` (by validation
+        accuracy), not by `load_best_model_at_end`, whose absence the parent class warns about."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            pass
+
+    training_args.metric_for_best_model, training_args.greater_is_better = "loss", False
+    return [StopOnValidationLoss(early_stopping_patience=data_args.early_stopping_patience)]
 
 
 def _image_size_kwargs(model_args):
