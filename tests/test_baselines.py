@@ -38,7 +38,8 @@ def test_pooled_embedding_from_tensors_model_outputs_and_per_token_projections()
 
 
 def test_shared_head_masks_each_step_to_its_own_classes():
-    head = baselines.StepBaselineHead(image_dim=3, text_dim=2, num_classes_per_step=[4, 6, 9], hidden_size=8)
+    torch.manual_seed(0)  # seeded and 32 wide: with 8 unseeded ReLU units all could be inactive for the one sample
+    head = baselines.StepBaselineHead(image_dim=3, text_dim=2, num_classes_per_step=[4, 6, 9], hidden_size=32)
     images, texts = torch.randn(3, 3, requires_grad=True), torch.randn(3, 2)
     logits = head(images, texts, torch.tensor([0, 1, 2]))
     assert logits.shape == (3, 9)

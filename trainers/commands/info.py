@@ -72,6 +72,7 @@ def describe(model_dir: str) -> dict:
         CONFIG_FILENAME,
         STEPCOT_MODEL_TYPES,
         ModelLoadError,
+        check_model_size,
         check_stepcot_config,
         model_type_of,
         read_config,
@@ -85,6 +86,10 @@ def describe(model_dir: str) -> dict:
     steps = _steps(config, model_dir)
     check_stepcot_config(SimpleNamespace(image_size=config.get("image_size"), calibration=config.get("calibration"),
                                          num_steps=len(steps)), model_dir)
+    # the loader's size check reads attributes: the same limits as `predict`, on the JSON as read
+    check_model_size(SimpleNamespace(**{key: SimpleNamespace(**value) if isinstance(value, dict) else value
+                                        for key, value in config.items() if isinstance(key, str)}
+                                     | {"num_steps": len(steps)}), model_dir)
     teacher = model_type == "stepcot"
     tensors = stored_tensors(model_dir)
     stored = sum(_values(entry) for entry in tensors.values())
