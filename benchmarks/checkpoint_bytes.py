@@ -1,8 +1,10 @@
-"""Bytes a `stepcot train` run writes, and the size of one per-epoch checkpoint (issue 14, lean checkpoints).
+"""Bytes a `stepcot train` run writes and leaves behind, next to the bytes of the models it exports.
 
 Runs `trainers.run_distill.main` in a child process from the source tree `--tree` (this checkout by default; point
 it at an export of an older commit to compare) and reads the child's `wchar` from /proc (bytes passed to write
-calls: also counts on tmpfs, where `write_bytes` stays 0). Arguments after `--` go to the training script.
+calls: also counts on tmpfs, where `write_bytes` stays 0). Arguments after `--` go to the training script. Reports
+the bytes left in the output folder (in all and per top-level entry), the exported `teacher/` + `student/` bytes and
+the two ratios the lean-run targets bound: left / exports (<= 1.5) and written / everything left (<= 3).
 
     python benchmarks/checkpoint_bytes.py --label after -- --output_dir /tmp/run --num_train_epochs 2
     git archive OLD | tar -x -C /tmp/old && python benchmarks/checkpoint_bytes.py --tree /tmp/old --label before -- ...
@@ -46,11 +48,17 @@ def main(argv=None):
         sys.exit(f"training failed ({result.returncode}): {result.stderr[-2000:]}")
     measured = json.loads(lines[-1][len("BYTES "):])
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    entries = {entry.name: folder_bytes(entry) if entry.is_dir() else entry.stat().st_size
+               for entry in sorted(output_dir.iterdir())}
+    export_bytes = sum(folder_bytes(output_dir / role) for role in ("teacher", "student"))
+    left = sum(entries.values())
     record = {
         "label": args.label, "args": train_args, "seconds": round(seconds, 1),
-        "bytes_written": measured["wchar"],
+        "bytes_written": measured["wchar"], "bytes_left": left, "export_bytes": export_bytes,
+        "left_over_exports": round(left / export_bytes, 2) if export_bytes else None,
+        "written_over_left": round(measured["wchar"] / left, 2) if left else None,
         "checkpoint_bytes": folder_bytes(checkpoints[-1]) if checkpoints else 0,
-        "export_bytes": sum(folder_bytes(output_dir / role) for role in ("teacher", "student")),
+        "left_by_entry": entries,
     }
     print(json.dumps(record))
     if args.json:

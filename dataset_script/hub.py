@@ -2,7 +2,8 @@
 `load_dataset("fl-15o/Step-CoT")` (datasets 5.x has no loading scripts).
 
     DIR/README.md                                card with YAML `configs` + `dataset_info`
-    DIR/data/{split}-00000-of-0000N.parquet      image bytes inlined, features in the Parquet schema
+    DIR/data/{split}-00000-of-0000N.parquet      image bytes inlined, features in the Parquet schema; written as the
+                                                 records stream (`shard_writer`), at most MAX_SHARD_BYTES each
     DIR/validation_report.json                   skipped records and notes (not uploaded)
     DIR/build_info.json                          what the build was made from, its content digest (not uploaded)
 
@@ -22,16 +23,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
-from datasets import Dataset, DatasetInfo, Features, Image, List, Value
+from datasets import DatasetInfo, Features, Image, List, Value
 from datasets.info import DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
-from datasets.table import InMemoryTable
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dataset_script.demo import DEMO_ORIGIN
 from dataset_script.release import SPLITS, StepCoTDataError, StepCoTRelease, release_fingerprint
+from dataset_script.shard_writer import ShardWriter
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, StepCoTSchemaConfig
 from modeling_stepcot.processing_stepcot import image_to_8bit
 
@@ -93,21 +93,6 @@ def _row(record: dict) -> tuple[dict, bool]:
     return row, converted
 
 
-def _shard_plan(records: list[dict], max_shard_bytes: int) -> list[list[dict]]:
-    """Group records into shards of at most `max_shard_bytes` of image files (the bulk of the data)."""
-    shards, current, size = [], [], 0
-    for record in records:
-        nbytes = Path(record["resolved_image_path"]).stat().st_size
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(record)
-        size += nbytes
-    if current:
-        shards.append(current)
-    return shards
-
-
 class BuildOutputError(StepCoTDataError):
     """An output folder that would overwrite or mix with the release it is built from."""
 
@@ -125,22 +110,6 @@ def check_output_folder(source, out_dir) -> None:
     if source.is_relative_to(out):
         raise BuildOutputError(f"the output folder {out_dir} contains the release folder {source}; choose an output "
                                "folder outside the release")
-
-
-def _write_shard(rows: list[dict], features: Features, folder: Path, stem: str) -> tuple[Path, int, str]:
-    """One Parquet shard named after its content (`STEM-<sha256[:16]>.parquet`); returns (path, bytes, sha256).
-
-    The rows go into Arrow as given: `Dataset.from_list` would keep only the path of an image whose base name
-    happens to exist in the current folder, and drop its bytes. A content-derived name gives every distinct build a
-    distinct identity, so `load_dataset` never serves the cached Arrow data of an earlier build."""
-    table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
-    dataset = Dataset(InMemoryTable(table))
-    partial = folder / f"{stem}.partial"
-    dataset.to_parquet(str(partial))
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
-    path = folder / f"{stem}-{digest[:16]}.parquet"
-    os.replace(partial, path)
-    return path, dataset.data.nbytes, digest
 
 
 def export_hub_layout(release: StepCoTRelease, out_dir, max_shard_bytes: int = MAX_SHARD_BYTES,
@@ -173,21 +142,22 @@ def _write_build(release: StepCoTRelease, folder: Path, max_shard_bytes: int, bu
     data_dir.mkdir()
     features = step_cot_features(release.config.num_steps)
     split_infos, converted, files, digests = {}, 0, [], hashlib.sha256()
-    for split, records in release.splits.items():
-        shards = _shard_plan(records, max_shard_bytes)
-        num_bytes = 0
-        for shard_index, shard in enumerate(shards):
-            rows = []
-            for record in shard:
+    for split, records in release.splits.items():  # streamed: one row group in memory at a time
+        writer = ShardWriter(data_dir, split, features, max_shard_bytes)
+        try:
+            for record in records:
                 row, was_converted = _row(record)
                 converted += was_converted
-                rows.append(row)
-            path, nbytes, digest = _write_shard(rows, features, data_dir,
-                                                f"{split}-{shard_index:05d}-of-{len(shards):05d}")
-            num_bytes += nbytes
-            files.append(f"data/{path.name}")
-            digests.update(f"{path.name}\n".encode())
-        split_infos[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(records))
+                writer.add(row)
+            shards = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        for shard in shards:
+            files.append(f"data/{shard.path.name}")
+            digests.update(f"{shard.path.name}\n".encode())
+        split_infos[split] = SplitInfo(name=split, num_bytes=sum(shard.num_bytes for shard in shards),
+                                       num_examples=len(records))
     content_digest = digests.hexdigest()
     shard_files = {split: [f for f in files if f.startswith(f"data/{split}-")] for split in split_infos}
     write_dataset_card(release, folder, features, split_infos, content_digest=content_digest, shard_files=shard_files,

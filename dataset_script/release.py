@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataset_script.record_stream import JsonArrayRecords, compact_record, looks_like_json_array, unpack_hash
 from dataset_script.safe_paths import UnsafePathError, is_inside, safe_relative_path
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX, NA_OPTION, NO_ANSWER, StepCoTSchemaConfig
 from modeling_stepcot.processing_stepcot import MAX_IMAGE_PIXELS, image_to_8bit
@@ -244,6 +245,7 @@ NEAR_DUPLICATE_HASH_SIZE = 16
 # Validating this many records or more shows a progress bar (each image is decoded: ~100 records/s).
 PROGRESS_MIN_RECORDS = 500
 NEAR_DUPLICATE_MAX_DISTANCE = 10
+NEAR_DUPLICATE_PAIRS_PER_BLOCK = 2**20  # image pairs compared at once (32 MiB of hash words)
 
 
 class ImageTooLargeError(OSError):
@@ -632,17 +634,15 @@ def read_schema_file(path) -> StepCoTSchemaConfig:
         raise StepCoTDataError(f"{path}: {error}") from None
 
 
-def _chain_entries(raw_records: list) -> list[list[dict]]:
-    chains = []
+def _chain_entries(raw_records):
     for record in raw_records:
         if not isinstance(record, dict):
             continue
         _, raw_chain = get_field(record, RECORD_FIELD_ALIASES["vqa_chain"])
         try:
-            chains.append([step for step in _chain_as_list(raw_chain) if isinstance(step, dict)])
+            yield [step for step in _chain_as_list(raw_chain) if isinstance(step, dict)]
         except StepCoTDataError:
             continue
-    return chains
 
 
 def _fits(chains: list[list[dict]], config: StepCoTSchemaConfig) -> bool:
@@ -673,11 +673,13 @@ def infer_schema(raw_records: list, base: StepCoTSchemaConfig | None = None) -> 
     from the data: one step per distinct step number / name / question, in order, with the most common question
     and option list of that step (e.g. a single "Diagnosis" step with Normal / Bacterial / Viral)."""
     base = base or StepCoTSchemaConfig()
-    chains = _chain_entries(raw_records)
-    if 2 * sum(_fits([chain], base) for chain in chains) >= len(chains):
+    fitting = total = 0  # (raw_records is iterated twice: a list, or records streamed from the file)
+    for chain in _chain_entries(raw_records):
+        fitting, total = fitting + _fits([chain], base), total + 1
+    if 2 * fitting >= total:
         return base, "the Step-CoT schema"
     order, questions, options, labels = [], defaultdict(Counter), defaultdict(Counter), {}
-    for chain in chains:
+    for chain in _chain_entries(raw_records):
         for position, step in enumerate(chain):
             key = step_key(step) or ("position", position + 1)
             if key not in labels:
@@ -794,7 +796,9 @@ class StepCoTRelease:
             if problems:
                 self._reject(problems)
                 continue
-            records.append(clean)
+            records.append(compact_record(clean))
+        if not len(raw_records):
+            raise StepCoTDataError(f"{self.root / 'data.json'}: the release has no records")
         unanswered = sum(all(label == IGNORE_INDEX for label in record["labels"]) for record in records)
         if unanswered:  # kept (e.g. a report silent about the lungs), but they teach and score nothing
             self.notes.append(dict(index=None, patient_id=None, field="vqa_chain",
@@ -825,6 +829,8 @@ class StepCoTRelease:
 
     def _load_raw_records(self) -> list:
         json_path, jsonl_path = self.root / "data.json", self.root / "data.jsonl"
+        if json_path.is_file() and looks_like_json_array(json_path):  # streamed, one record at a time
+            return JsonArrayRecords(json_path, error=StepCoTDataError)
         if json_path.is_file():
             try:
                 data = json.loads(_read_utf8(json_path))
@@ -1058,7 +1064,8 @@ class StepCoTRelease:
         its first split and skips the later copies."""
         hashed = [r for r in self.records if r.get("perceptual_hash") is not None]
         packed = {split: (np.array([r for r in hashed if r["split"] == split], dtype=object),
-                          np.packbits(np.array([r["perceptual_hash"] for r in hashed if r["split"] == split],
+                          np.packbits(np.array([unpack_hash(r["perceptual_hash"]) for r in hashed
+                                                if r["split"] == split],
                                                dtype=bool).reshape(-1, NEAR_DUPLICATE_HASH_SIZE ** 2), axis=1)
                           .view(np.uint64))
                   for split in SPLITS}
@@ -1069,8 +1076,9 @@ class StepCoTRelease:
                 earlier_records, earlier_hashes = packed[earlier]
                 if not len(later_records) or not len(earlier_records):
                     continue
-                for start in range(0, len(later_records), 256):
-                    chunk = later_hashes[start:start + 256]
+                rows = max(1, min(256, NEAR_DUPLICATE_PAIRS_PER_BLOCK // len(earlier_records)))  # bounded memory
+                for start in range(0, len(later_records), rows):
+                    chunk = later_hashes[start:start + rows]
                     distances = np.bitwise_count(chunk[:, None, :] ^ earlier_hashes[None, :, :]).sum(-1)
                     for row, column in zip(*np.nonzero(distances <= NEAR_DUPLICATE_MAX_DISTANCE)):
                         record, original = later_records[start + row], earlier_records[column]

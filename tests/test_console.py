@@ -76,7 +76,8 @@ def test_ctrl_c_during_train_names_the_checkpoint_and_the_resume_command(tmp_pat
     out = tmp_path / "run"
     argv = ["--output_dir", str(out), "--demo_size", "24", "--demo_image_size", "32", "--image_size", "32",
             "--num_train_epochs", "200", "--per_device_train_batch_size", "4", "--eval_strategy", "steps",
-            "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--num_bootstrap", "0"]
+            "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--num_bootstrap", "0",
+            "--checkpoint_every_minutes", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "trainers.cli", "train", *argv], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

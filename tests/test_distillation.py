@@ -139,7 +139,7 @@ def trainer_for(pair, dataset, tmp_path, **overrides):
     args = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, use_cpu=True, disable_tqdm=True,
         save_strategy="no", eval_strategy="no", save_total_limit=None, logging_steps=1, seed=0, data_seed=0,
-        teacher_pretrain_epochs=0, relation_dim=16,
+        teacher_pretrain_epochs=0, relation_dim=16, checkpoint_every_minutes=0,
     )
     args.update(overrides)
     return StepCoTDistillationTrainer(model=pair, args=StepCoTDistillationConfig(**args), train_dataset=dataset,
@@ -273,7 +273,7 @@ def test_short_run_learns_and_exports_best_models(tmp_path):
                           eval_strategy="epoch", per_device_train_batch_size=16,
                           teacher_learning_rate=3e-3, student_learning_rate=3e-2, eval_dataset=held_out,
                           compute_metrics=build_pair_compute_metrics(CLASSES),
-                          callbacks=[BestModelExportCallback(str(tmp_path))])
+                          callbacks=[best := BestModelExportCallback()])
     trainer.train()
     metrics = trainer.evaluate()
     # labels depend on the embedding: a chance-level model would sit near the majority rate
@@ -284,8 +284,10 @@ def test_short_run_learns_and_exports_best_models(tmp_path):
     ])
     assert metrics["eval_teacher_mean_accuracy"] > majority + 0.1
     assert metrics["eval_student_mean_accuracy"] > majority + 0.1
-    assert (tmp_path / "best" / "teacher" / "model.safetensors").is_file()
-    assert (tmp_path / "best" / "student" / "config.json").is_file()
+    assert set(best.states) == {"teacher", "student"} and not (tmp_path / "best").exists()  # held in memory
+    trained = _trainable_state(pair.student)
+    best.restore(pair)
+    assert all(torch.equal(best.states["student"][name], pair.student.state_dict()[name]) for name in trained)
 
 
 def test_checkpoints_hold_only_the_trainable_state_and_resume_checks_the_frozen_encoders(tmp_path):

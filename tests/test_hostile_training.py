@@ -59,7 +59,6 @@ def test_a_cache_write_killed_midway_leaves_no_file_under_the_final_name(tmp_pat
 
 @pytest.mark.slow
 def test_resume_after_the_best_epoch_exports_the_same_best_models(tmp_path):
-    from safetensors.torch import load_file
     from test_distillation import learnable_dataset, make_pair, trainer_for
     from transformers import TrainerCallback
 
@@ -83,10 +82,10 @@ def test_resume_after_the_best_epoch_exports_the_same_best_models(tmp_path):
         trainer = trainer_for(make_pair(), dataset, folder, num_train_epochs=4, eval_strategy="epoch",
                               save_strategy="epoch", eval_dataset=dataset, compute_metrics=compute_metrics,
                               teacher_learning_rate=1e-2, student_learning_rate=1e-2,
-                              callbacks=[BestModelExportCallback(str(folder)), StopAt()])
+                              callbacks=[best := BestModelExportCallback(), StopAt()])
         holder["trainer"] = trainer
         trainer.train(resume_from_checkpoint=resume_from)
-        return load_file(folder / "best" / "student" / "model.safetensors")
+        return best.states["student"]
 
     uninterrupted = run(tmp_path / "full")
     run(tmp_path / "killed", stop_at=6)
@@ -229,8 +228,8 @@ def test_overwrite_starts_over_and_an_unrecorded_folder_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_reused_output_dir_end_to_end(tmp_path, demo_release_dir):
-    """Run A evaluates each epoch (leaves best/); run B, same inputs, never evaluates: its export is its own final
-    model, not A's best. Run C points --dataset elsewhere: refused instead of training on A's dataset/."""
+    """Run A evaluates each epoch; run B, same inputs, never evaluates: its export is its own final model, not A's
+    best. Run C points --dataset elsewhere: refused instead of training on A's dataset/."""
     from safetensors.torch import load_file
 
     from trainers.cli import main
@@ -244,7 +243,8 @@ def test_reused_output_dir_end_to_end(tmp_path, demo_release_dir):
              "--num_train_epochs", "1", "--teacher_pretrain_epochs", "1", "--save_strategy", "no",
              "--num_bootstrap", "0", "--disable_tqdm", "true", "--logging_steps", "50"]
     assert main(["train", *small]) == 0
-    best_teacher = load_file(out / "best" / "teacher" / "model.safetensors")
+    best_teacher = load_file(out / "teacher" / "model.safetensors")
+    assert not (out / "best").exists() and not list(out.glob("checkpoint-*"))
     assert main(["train", *small, "--eval_strategy", "no", "--seed", "7"]) == 0
     exported = load_file(out / "teacher" / "model.safetensors")
     assert any(not torch.equal(exported[k], best_teacher[k]) for k in best_teacher)

@@ -104,7 +104,8 @@ def readme_block(heading: str) -> str:
 
 
 TINY_FLAGS = {"num_train_epochs": 1, "teacher_pretrain_epochs": 1, "per_device_train_batch_size": 8,
-              "per_device_eval_batch_size": 16, "logging_steps": 1, "relation_dim": 16}
+              "per_device_eval_batch_size": 16, "logging_steps": 1, "relation_dim": 16,
+              "checkpoint_every_minutes": 0, "keep_checkpoints": True}
 TINY_MODELS = "hidden_size=16, image_size=32"
 
 

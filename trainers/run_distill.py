@@ -13,8 +13,9 @@ works (`--help-all` lists them). `--num_train_epochs` counts the distillation ep
 teacher-only epochs come first. `--learning_rate` is not used (each model has its own rate).
 
 Writes to OUTPUT_DIR: `teacher/` and `student/` (from_pretrained folders with processor and model card),
-`metrics/{teacher,student}/` (metrics.json, Markdown table, plots for the evaluation split), `results.json`, and the
-Trainer's checkpoints.
+`metrics/{teacher,student}/` (metrics.json, Markdown table, plots for the evaluation split), `results.json`, and,
+while it trains, lean checkpoints: trainable weights, optimizer state and the best models so far, at most every
+`--checkpoint_every_minutes` (10), removed once the models are exported unless `--keep_checkpoints`.
 """
 
 import logging
@@ -39,7 +40,7 @@ from trainers.training.distillation import (
 from trainers.training.distillation_config import StepCoTDistillationConfig
 from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
-from trainers.training.run_folder import built_from
+from trainers.training.run_folder import built_from, remove_checkpoints
 from trainers.training.run_setup import (
     DIFFERENCES_FILENAME,
     DataArguments,
@@ -51,7 +52,6 @@ from trainers.training.run_setup import (
     early_stopping_callbacks,
     feature_baselines,
     finish_run,
-    load_best,
     paired_differences_text,
     parse_run_args,
     prepare_splits,
@@ -102,6 +102,7 @@ def train(model_args, data_args, training_args) -> int:
         labels = torch.as_tensor(splits["train"]["labels"], dtype=torch.long)
         class_weights = inverse_frequency_class_weights(labels, teacher.config.num_classes_per_step)
 
+    best = BestModelExportCallback()
     trainer = StepCoTDistillationTrainer(
         model=pair,
         args=training_args,
@@ -109,13 +110,13 @@ def train(model_args, data_args, training_args) -> int:
         eval_dataset=datasets_by_split["validation"],
         data_collator=data_collator,
         compute_metrics=build_pair_compute_metrics(teacher.config.num_classes_per_step),
-        callbacks=[BestModelExportCallback(str(output_dir)), *early_stopping_callbacks(data_args, training_args)],
+        callbacks=[best, *early_stopping_callbacks(data_args, training_args)],
         class_weights=class_weights,
     )
     quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    load_best(pair, output_dir)
+    best.restore(pair)
     prediction = trainer.predict(datasets_by_split[eval_split], metric_key_prefix=eval_split)
     teacher_logits, student_logits = prediction.predictions[:2]
     role_logits = {"teacher": teacher_logits, "student": student_logits}
@@ -152,6 +153,7 @@ def train(model_args, data_args, training_args) -> int:
     if trainer.is_world_process_zero():
         finish_run({"teacher": pair.teacher, "student": pair.student}, processor, output_dir, eval_split, results,
                    run_args, table)
+        remove_checkpoints(output_dir, training_args.keep_checkpoints)
     if training_args.world_size > 1 or console.VERBOSE:  # every rank reports what it computed (they must agree)
         print(f"[rank {training_args.process_index} of {training_args.world_size}] {eval_split} mean accuracy: "
               f"teacher {results['teacher']['mean_accuracy']:.6f} student {results['student']['mean_accuracy']:.6f}")

@@ -23,7 +23,7 @@ from trainers.evaluation.calibration import calibrate_run
 from trainers.evaluation.metrics import build_compute_metrics
 from trainers.training.distillation_config import StepCoTTeacherTrainingConfig
 from trainers.training.lora import add_vision_lora
-from trainers.training.run_folder import built_from
+from trainers.training.run_folder import built_from, remove_checkpoints
 from trainers.training.run_setup import (
     DataArguments,
     ModelArguments,
@@ -100,6 +100,7 @@ def main(argv=None, prog=None) -> int:
                     "lr_scheduler_type", "weight_decay")}}
     if trainer.is_world_process_zero():
         finish_run({"teacher": teacher}, processor, output_dir, eval_split, results, run_args, table)
+        remove_checkpoints(output_dir, training_args.keep_checkpoints)
     trainer.accelerator.end_training()  # process group down before exit: left to shutdown, a gloo rank can abort
     return 0
 

@@ -11,6 +11,11 @@ Every checkpoint is written into a hidden staging folder (`.checkpoint-N.partial
 complete (weights, optimizer, scheduler, RNG, trainer state, distillation settings and the run's inputs): a full disk,
 a file size limit or a kill mid-write never leaves a partial `checkpoint-N`, and any write failure is one line
 ("cannot write the checkpoint ..."). `--resume_from_checkpoint true` resumes from the last complete checkpoint.
+
+A checkpoint the `save_strategy` asks for is written only once `checkpoint_every_minutes` of training have passed
+since the last one (rank 0's clock decides for every rank), and a callback with `save_into_checkpoint(folder)` /
+`load_from_checkpoint(folder)` adds its own state to each staged checkpoint and gets it back on resume (the best
+models, `distillation.BestModelExportCallback`).
 """
 
 import json
@@ -18,9 +23,11 @@ import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers.trainer import TRAINER_STATE_NAME
@@ -207,6 +214,7 @@ class LeanCheckpointMixin:
     _saving_checkpoint = False
     _frozen_digest = None
     _staging_root = None
+    _last_checkpoint_time = None
 
     def _lean_checkpoints_apply(self) -> bool:
         return not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
@@ -223,7 +231,25 @@ class LeanCheckpointMixin:
         if self.args.should_save:  # what a killed run left half-written: never a checkpoint
             for leftover in Path(self.args.output_dir).glob(f".{PREFIX_CHECKPOINT_DIR}-*{STAGING_SUFFIX}"):
                 shutil.rmtree(leftover, ignore_errors=True)
+        if resume_from_checkpoint:
+            for callback in self._checkpoint_state_callbacks():
+                callback.load_from_checkpoint(resume_from_checkpoint)
+        self._last_checkpoint_time = time.monotonic()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _checkpoint_state_callbacks(self):
+        return [c for c in self.callback_handler.callbacks if hasattr(c, "save_into_checkpoint")]
+
+    def _checkpoint_due(self) -> bool:
+        """Whether `checkpoint_every_minutes` have passed since the last checkpoint (or the start of training); every
+        rank takes rank 0's answer, so that all of them save or none."""
+        minutes = getattr(self.args, "checkpoint_every_minutes", 0) or 0
+        if minutes <= 0 or self._last_checkpoint_time is None:
+            return True
+        due = [time.monotonic() - self._last_checkpoint_time >= 60 * minutes]
+        if self.args.world_size > 1:
+            broadcast_object_list(due, from_process=0)
+        return bool(due[0])
 
     def _get_output_dir(self, trial):
         if self._staging_root is not None:  # the Trainer writes `checkpoint-N` under the staging folder
@@ -231,6 +257,9 @@ class LeanCheckpointMixin:
         return super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
+        if not self._checkpoint_due():
+            return
+        self._last_checkpoint_time = time.monotonic()
         run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         final, staging_root = run_dir / name, run_dir / f".{name}{STAGING_SUFFIX}"
@@ -265,6 +294,8 @@ class LeanCheckpointMixin:
                 self.state.best_model_checkpoint = str(best)
         if hasattr(self.args, "save_distillation_values"):
             self.args.save_distillation_values(staged)
+        for callback in self._checkpoint_state_callbacks():
+            callback.save_into_checkpoint(staged)
         self._record_run_inputs(staged)
         self.state.save_to_json(str(staged / TRAINER_STATE_NAME))  # with the final, not the staging, paths
         replaced = run_dir / f".{final.name}.replaced"

@@ -15,9 +15,12 @@ import copy
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCallback
@@ -26,8 +29,17 @@ from transformers.utils import ModelOutput
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 from trainers.evaluation.metrics import compute_step_metrics
-from trainers.training.checkpoints import LeanCheckpointMixin, raise_if_not_finite, resolve_resume_checkpoint
+from trainers.training.checkpoints import (
+    TRAINABLE_WEIGHTS_NAME,
+    LeanCheckpointMixin,
+    TrainingError,
+    frozen_parameter_names,
+    raise_if_not_finite,
+    resolve_resume_checkpoint,
+    trainable_state_dict,
+)
 from trainers.training.distillation_config import DISTILLATION_CONFIG_NAME, StepCoTDistillationConfig
+from trainers.training.feature_cache import save_file_atomically
 from trainers.training.losses import distillation_losses
 
 
@@ -182,12 +194,14 @@ class StepCoTDistillationPair(PreTrainedModel):
 
 class BestModelExportCallback(TrainerCallback):
     """Keeps the best teacher and the best student *separately*, each by its mean validation accuracy over steps
-    (paper App. D.5), as `from_pretrained` folders under `output_dir/best/{teacher,student}`."""
+    (paper App. D.5). Their trainable weights and buffers are held in memory (`restore(pair)` puts them back, before
+    the export) and written only into the checkpoints (`best/ROLE/trainable_weights.safetensors`), so that a resumed
+    run keeps them; nothing else is written for them."""
 
-    def __init__(self, output_dir, metric="mean_accuracy"):
-        self.output_dir = output_dir
+    def __init__(self, metric="mean_accuracy"):
         self.metric = metric
         self.best = {"teacher": -math.inf, "student": -math.inf}
+        self.states = {}  # role -> the best model's trainable state (CPU tensors)
 
     def on_train_begin(self, args, state, control, **kwargs):
         # resumed runs: the bests recorded in the checkpoint's log history, so a worse later epoch never replaces them
@@ -205,8 +219,33 @@ class BestModelExportCallback(TrainerCallback):
                 continue
             self.best[role] = value
             state.log_history.append({f"best_{role}_{self.metric}": value, "step": state.global_step})
-            if state.is_world_process_zero:
-                getattr(model, role).save_pretrained(os.path.join(self.output_dir, "best", role))
+            self.states[role] = {key: tensor.to("cpu", copy=True)
+                                 for key, tensor in trainable_state_dict(getattr(model, role)).items()}
+
+    def save_into_checkpoint(self, folder):
+        for role, state in self.states.items():
+            save_file_atomically(state, Path(folder) / "best" / role / TRAINABLE_WEIGHTS_NAME,
+                                 metadata={"format": "pt"})
+
+    def load_from_checkpoint(self, folder):
+        self.states = {}
+        for role in ("teacher", "student"):
+            weights = Path(folder) / "best" / role / TRAINABLE_WEIGHTS_NAME
+            if weights.is_file():
+                try:
+                    self.states[role] = load_file(weights)
+                except (SafetensorError, OSError) as error:
+                    raise TrainingError(f"damaged checkpoint: {weights} is unreadable ({error})") from error
+
+    def restore(self, pair):
+        """Put the best teacher and student (where an evaluation picked one) back into `pair`."""
+        for role, state in self.states.items():
+            model = getattr(pair, role)
+            result = model.load_state_dict(state, strict=False)
+            missing = set(result.missing_keys) - frozen_parameter_names(model)
+            if missing or result.unexpected_keys:
+                raise TrainingError(f"the best {role} does not match the model ({len(missing)} weights missing, "
+                                    f"{len(result.unexpected_keys)} unexpected)")
 
 
 class DistillationConfigCheckpointCallback(TrainerCallback):

@@ -33,7 +33,8 @@ def _no_accelerator() -> bool:
 @dataclass
 class StepCoTRecipeArguments(TrainingArguments):
     r"""The `TrainingArguments` defaults both Step-CoT configs share (each differs from `TrainingArguments`'s):
-    batch sizes 32/64, one evaluation and one kept checkpoint per epoch, `report_to="none"`, the Step-CoT batches
+    batch sizes 32/64, one evaluation per epoch and one kept checkpoint (removed by the command once the models
+    are exported unless `keep_checkpoints`), `report_to="none"`, the Step-CoT batches
     (`remove_unused_columns=False`, `label_names=["labels"]`), AdamW with weight decay 0.01 at a constant rate, and
     CPU training (DDP over gloo under a multi-process launch) on a machine without an accelerator."""
 
@@ -73,6 +74,11 @@ class StepCoTRecipeArguments(TrainingArguments):
     lr_scheduler_type: SchedulerType | str = field(
         default=PAPER_OPTIMIZER_DEFAULTS["lr_scheduler_type"],
         metadata={"help": "learning-rate schedule (reference: constant)"},
+    )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "keep the checkpoints once the models are exported (default: the command removes them "
+                          "then; the exported folders are the run's result)"},
     )
 
     def __post_init__(self):
@@ -115,6 +121,15 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         ch_train_teacher_projection (`bool`, *optional*, defaults to `False`):
             Let the teacher-side CH projection train (for before/after studies); the paper keeps it frozen.
 
+        > Checkpoints
+
+        checkpoint_every_minutes (`float`, *optional*, defaults to `10`):
+            A checkpoint the `save_strategy` asks for is written only once this many minutes of training have passed
+            since the last one (or the start); `0` writes one at every `save_strategy` time. Bounds the bytes a long
+            run writes, and what a kill can lose.
+        keep_checkpoints (`bool`, *optional*, defaults to `False`):
+            Keep the checkpoints after `stepcot train` has exported `teacher/` and `student/` (default: removed).
+
         > Schedule and optimisation
 
         teacher_learning_rate (`float`, *optional*, defaults to `5e-5`):
@@ -135,7 +150,8 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         > Changed `TrainingArguments` defaults
 
         output_dir (`str`, defaults to `"outputs/stepcot"`), per_device_train_batch_size (`32`),
-        per_device_eval_batch_size (`64`), eval_strategy and save_strategy (`"epoch"`), save_total_limit (`1`),
+        per_device_eval_batch_size (`64`), eval_strategy and save_strategy (`"epoch"`, saves thinned by
+        `checkpoint_every_minutes`), save_total_limit (`1`),
         logging_steps (`10`), report_to (`"none"`), remove_unused_columns (`False`), label_names (`["labels"]`),
         ddp_find_unused_parameters (`False`), weight_decay (`0.01`), lr_scheduler_type (`"constant"`), use_cpu
         (`True` on a machine without GPU or MPS).
@@ -207,6 +223,11 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         metadata={"help": "let the teacher-side CH projection train with the student (for ablation studies); "
                           "default: frozen, as in the paper and reference"},
     )
+    checkpoint_every_minutes: float = field(
+        default=10.0,
+        metadata={"help": "write a checkpoint the save_strategy asks for only once this many minutes of training "
+                          "have passed since the last one (0: at every save_strategy time)"},
+    )
 
     def __post_init__(self):
         if self.learning_rate is not None:
@@ -216,7 +237,7 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         # a learning rate of 0 is allowed: it freezes that model (e.g. distilling from a finished teacher)
         bounds = [(name, 0, False) for name in ("alpha_kd", "alpha_ch", "teacher_pretrain_epochs",
                                                 "teacher_learning_rate", "student_learning_rate")]
-        bounds += [("temperature", 0, True)]
+        bounds += [("temperature", 0, True), ("checkpoint_every_minutes", 0, False)]
         bounds += [("relation_dim", 2, False)]
         for name, bound, strict in bounds:
             value = getattr(self, name)
@@ -226,7 +247,7 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
     def distillation_values(self) -> dict:
         """The fields this class adds to `TrainingArguments` (what a checkpoint records and a resume must match)."""
         return {f.name: getattr(self, f.name) for f in fields(StepCoTDistillationConfig)
-                if f.name not in TRAINING_ARGUMENT_NAMES}
+                if f.name not in TRAINING_ARGUMENT_NAMES and f.name not in NOT_RECIPE}
 
     def total_epochs(self) -> float:
         """Epochs of the whole run: the teacher-only ones, then `num_train_epochs` distillation epochs."""
@@ -305,6 +326,8 @@ class StepCoTTeacherTrainingConfig(StepCoTRecipeArguments):
 
 
 TRAINING_ARGUMENT_NAMES = {f.name for f in fields(TrainingArguments)}
+# fields that say how a run is kept on disk, not what it trains: a resume may change them
+NOT_RECIPE = {"checkpoint_every_minutes", "keep_checkpoints"}
 
 __all__ = [
     "DISTILLATION_CONFIG_NAME",

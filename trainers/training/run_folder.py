@@ -1,7 +1,8 @@
 """One output folder, one run: record what a run was built from and refuse to mix runs in one folder.
 
-A training run leaves `dataset/` (built from `--dataset`), `best/`, `checkpoint-*`, `teacher/`, `student/`,
-`metrics/` and `results.json` in OUTPUT_DIR. Reusing the folder for another configuration used to reuse the old
+A training run leaves `dataset/` (built from `--dataset`), `teacher/`, `student/`, `metrics/` and `results.json` in
+OUTPUT_DIR, and `checkpoint-*` while it trains (removed once the models are exported, unless `--keep_checkpoints`).
+Reusing the folder for another configuration used to reuse the old
 `dataset/` whatever `--dataset` said, export the previous run's `best/` when the new run never evaluated, and let the
 checkpoint rotation delete the previous run's checkpoints. `run.json` now records what the folder's run was built
 from; a run whose inputs differ, or a fresh run over another run's checkpoints, stops with one line
@@ -48,6 +49,16 @@ def built_from(script: str, *argument_objects) -> dict:
 
 def _checkpoints(folder: Path):
     return sorted(p for p in folder.glob("checkpoint-*") if p.is_dir())
+
+
+def remove_checkpoints(folder, keep: bool) -> None:
+    """A finished run's checkpoints, once its models are exported: removed unless `keep` (`--keep_checkpoints`)."""
+    if keep:
+        return
+    for checkpoint in _checkpoints(Path(folder)):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    if _checkpoints(Path(folder)):
+        logger.warning("could not remove every checkpoint in %s", folder)
 
 
 def check_writable(folder: Path):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from dataset_script.hub import built_step_schema
@@ -568,11 +567,3 @@ def finish_run(models: dict, processor, output_dir: Path, eval_split: str, resul
     folders = " and ".join(str(output_dir / role) for role in models)
     print(f"\nCheckpoints: {folders} (load with AutoModel.from_pretrained(..., trust_remote_code=True))")
     print(f"Metrics ({eval_split} split): {output_dir / 'metrics'}; summary: {output_dir / 'results.json'}")
-
-
-def load_best(pair, output_dir: Path):
-    """Put the best teacher and best student (by mean validation accuracy) back into the pair, where saved."""
-    for role in ("teacher", "student"):
-        weights = output_dir / "best" / role / "model.safetensors"
-        if weights.is_file():
-            getattr(pair, role).load_state_dict(load_file(weights))
