@@ -219,9 +219,9 @@ def exact_mcnemar(model_only: int, probe_only: int) -> float:
 
 
 def paired_correctness(run_dir: Path, built: Path, seed: int) -> dict:
-    """Per test example, whether the linear probe, the teacher and the student answer the diagnosis right, on the
-    run's cached frozen features (the probe refitted as `stepcot train` fits it, with the run's seed); the
-    accuracies equal the run's reported ones, which `lean_summary` checks."""
+    """Per test example, whether the linear probe, the teacher and the student answer the diagnosis right, and each
+    model's validation and test probabilities, on the run's cached frozen features (the probe refitted as `stepcot
+    train` fits it, with the run's seed); the accuracies equal the run's reported ones (`lean_summary` checks)."""
     import torch
     from datasets import load_dataset
     from safetensors.torch import load_file
@@ -243,16 +243,23 @@ def paired_correctness(run_dir: Path, built: Path, seed: int) -> dict:
         features[split] = load_file(image_embeds_path(run_dir / "cache", fingerprint, digest, extra))["image_embeds"]
         labels[split] = np.asarray(data["labels"])
     step = teacher.config.step_names.index("Diagnosis")
-    probe = baseline_scores(features["train"].numpy(), labels["train"], features["validation"].numpy(),
-                            labels["validation"], features["test"].numpy(), teacher.config.num_classes_per_step,
-                            seed=seed)["Linear probe"][0][step]
-    valid = labels["test"][:, step] != -100
-    truth = labels["test"][valid, step]
-    answers = {"linear_probe": np.asarray(probe).argmax(1)[valid]}
-    with torch.no_grad():
-        for role, model in (("teacher", teacher), ("student", student)):
-            answers[role] = model(image_embeds=features["test"]).step_logits[step].argmax(-1).numpy()[valid]
-    return {"labels": truth.tolist(), **{name: (a == truth).astype(int).tolist() for name, a in answers.items()}}
+    result = {"probabilities": {}}
+    for split in ("validation", "test"):  # validation: for choosing among variants without looking at test
+        probe = baseline_scores(features["train"].numpy(), labels["train"], features["validation"].numpy(),
+                                labels["validation"], features[split].numpy(), teacher.config.num_classes_per_step,
+                                seed=seed)["Linear probe"][0][step]
+        valid = labels[split][:, step] != -100
+        truth = labels[split][valid, step]
+        probabilities = {"linear_probe": np.asarray(probe)[valid]}
+        with torch.no_grad():
+            for role, model in (("teacher", teacher), ("student", student)):
+                logits = model(image_embeds=features[split]).step_logits[step].double()
+                probabilities[role] = torch.softmax(logits, -1).numpy()[valid]
+        result["probabilities"][split] = {"labels": truth.tolist(),
+                                          **{name: p.tolist() for name, p in probabilities.items()}}
+    result["labels"] = truth.tolist()
+    result.update({name: (p.argmax(1) == truth).astype(int).tolist() for name, p in probabilities.items()})
+    return result
 
 
 def paired_lines(chosen: list[dict]) -> list[str]:
@@ -272,6 +279,40 @@ def paired_lines(chosen: list[dict]) -> list[str]:
         lines.append(f"| {first.replace('_', ' ')} − {second.replace('_', ' ')} | {np.mean(gaps):+.1f} | "
                      f"{' / '.join(cells)} | {only_first} / {only_second} | "
                      f"{exact_mcnemar(only_first, only_second):.3f} |")
+    return lines
+
+
+ENSEMBLES = {"teacher": ("teacher",), "student": ("student",), "teacher + student": ("teacher", "student"),
+             "teacher + probe": ("teacher", "linear_probe"), "student + probe": ("student", "linear_probe")}
+
+
+def ensemble_lines(chosen: list[dict]) -> list[str]:
+    """Markdown: candidate ways of answering (each model, or the mean of two models' probabilities) scored on the
+    VALIDATION split, mean over seeds beside the probe's; the candidate with the best mean validation accuracy is
+    the one chosen, and only its test accuracy is shown (paired against the probe: exact McNemar, pooled). The
+    probe's C and the models' best epochs are chosen on the same validation split, so its scores are optimistic."""
+    def accuracy(run, split, members):
+        record = run["paired"]["probabilities"][split]
+        mean = np.mean([np.asarray(record[m]) for m in members], axis=0)
+        return mean.argmax(1) == np.asarray(record["labels"])
+
+    probe = np.mean([accuracy(run, "validation", ("linear_probe",)).mean() for run in chosen])
+    lines = [f"Chosen on validation (mean over seeds; linear probe {100 * probe:.1f}):", "",
+             "| Candidate | validation accuracy, mean | minus probe, pp |", "|---|---|---|"]
+    scores = {}
+    for name, members in ENSEMBLES.items():
+        scores[name] = np.mean([accuracy(run, "validation", members).mean() for run in chosen])
+        lines.append(f"| {name} | {100 * scores[name]:.1f} | {100 * (scores[name] - probe):+.1f} |")
+    best = max(scores, key=scores.get)
+    right = [accuracy(run, "test", ENSEMBLES[best]) for run in chosen]
+    probe_right = [accuracy(run, "test", ("linear_probe",)) for run in chosen]
+    only_best = sum(int(np.sum(a & ~b)) for a, b in zip(right, probe_right))
+    only_probe = sum(int(np.sum(~a & b)) for a, b in zip(right, probe_right))
+    gaps = [100 * (a.mean() - b.mean()) for a, b in zip(right, probe_right)]
+    lines += ["", f"Chosen: {best}. On test: accuracy {100 * np.mean([a.mean() for a in right]):.1f} (mean), minus "
+                  f"probe {' / '.join(f'{g:+.1f}' for g in gaps)} pp (mean {np.mean(gaps):+.1f}); pooled right only "
+                  f"by it / only by the probe {only_best} / {only_probe}, exact McNemar p "
+                  f"{exact_mcnemar(only_best, only_probe):.3f}."]
     return lines
 
 
@@ -308,6 +349,8 @@ def lean_summary(runs: list[dict]) -> str:
                     raise SystemExit(f"{dataset} seed {run['seed']}: {model} paired accuracy {recomputed:.4f} is "
                                      f"not the reported {reported:.4f}")
         lines += ["", *paired_lines(chosen)]
+        if all("probabilities" in run["paired"] for run in chosen):
+            lines += ["", *ensemble_lines(chosen)]
         lines += ["", "| Model | ECE uncalibrated (mean) | ECE with the validation temperature (mean) | "
                       "OOD flags on unseen test images, pooled [Wilson 95 %] |", "|---|---|---|---|"]
         for role in ("teacher", "student"):

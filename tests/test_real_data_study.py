@@ -57,3 +57,23 @@ def test_imported_kermany_problems_label_every_film(tmp_path, dataset, expected)
     answers = Counter(step["answer"] for record in records for step in record["vqa_chain"])
     assert dict(answers) == expected
     assert all(record["patient_id"] for record in records)
+
+
+def test_ensemble_lines_choose_on_validation_and_show_only_the_chosen_test_score():
+    from real_data_study import ensemble_lines
+
+    labels = [0, 1, 1, 0]
+    # validation: teacher and student each miss one example, their mean gets all four; the probe misses two
+    validation = {"labels": labels, "teacher": [[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.4, 0.6]],
+                  "student": [[0.4, 0.6], [0.1, 0.9], [0.3, 0.7], [0.9, 0.1]],
+                  "linear_probe": [[0.4, 0.6], [0.6, 0.4], [0.2, 0.8], [0.9, 0.1]]}
+    # test: the ensemble gets 3 of 4, the probe 2 of 4 (the teacher alone gets 4 of 4: not chosen, not shown)
+    test = {"labels": labels, "teacher": [[0.9, 0.1], [0.2, 0.8], [0.2, 0.8], [0.9, 0.1]],
+            "student": [[0.3, 0.7], [0.3, 0.7], [0.4, 0.6], [0.05, 0.95]],
+            "linear_probe": [[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4]]}
+    lines = ensemble_lines([{"paired": {"probabilities": {"validation": validation, "test": test}}}])
+    assert "| teacher + student | 100.0 | +50.0 |" in lines
+    assert "| teacher | 75.0 | +25.0 |" in lines
+    chosen = lines[-1]
+    assert chosen.startswith("Chosen: teacher + student. On test: accuracy 75.0 (mean), minus probe +25.0 pp")
+    assert "only by the probe 2 / 1" in chosen and "p 1.000" in chosen  # 2 * P(X <= 1) = 2 * 4 / 8, capped
