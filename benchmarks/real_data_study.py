@@ -1,8 +1,9 @@
-"""Real-image study (issue 13): majority, linear probe, teacher and student per step, and raw vs consistent chains.
+"""Real-image study: majority, linear probe, teacher and student per step, and raw vs consistent chains.
 
     nice -n 10 python benchmarks/real_data_study.py --out /tmp/stepcot-study            # everything, ~40 min CPU
     nice -n 10 python benchmarks/real_data_study.py --datasets kermany --seeds 0 --out /tmp/s   # one run
-    nice -n 10 python benchmarks/real_data_study.py --datasets kermany3 kermany --seeds 0 1 2 3 4 --lean --out /tmp/l
+    nice -n 10 python benchmarks/real_data_study.py --datasets kermany3 kermany2 --seeds 0 1 2 3 4 --epochs 10 --lean \
+        --out /tmp/l   # the five-split study of both imported problems (RESULTS.md), ~25 min on two busy cores
 
 For each dataset (Kermany-480, the COVID case notes: `benchmarks/real_data_release.py`) and split seed: a
 patient-grouped 70/15/15 split, `stepcot train` (offline encoders, feature cache) which itself fits the majority
@@ -12,6 +13,11 @@ which is what `--consistent` did before; "repair": `ChainChecker.repair` with un
 confident steps kept), scored on the diagnosis and detection labels. The demo (all seven steps labelled) is run once
 for the chain comparison. With `--ood`, the Kermany teacher is also shown adult films (../shared/data/
 actualmed-covid-cxr) and the share flagged out of distribution is compared with its own test images.
+
+With `--lean`, per run only the diagnosis: accuracy, per-class recall, macro-F1, ECE before / after the validation
+temperature, OOD false flags on the run's own test images, and each model paired with the linear probe on the same
+test examples (exact McNemar per seed and pooled over seeds); then candidate answers (each model, two-model means)
+compared on the validation split only, the best one (ties: the first listed) shown on test.
 
 Writes OUT/summary.json and OUT/summary.md (the tables pasted into benchmarks/RESULTS.md).
 """
