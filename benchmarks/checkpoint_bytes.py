@@ -1,4 +1,4 @@
-"""Bytes a `stepcot train` run writes, and the size of one per-epoch checkpoint (issue 14, lean checkpoints).
+"""Bytes a `stepcot train` run writes, and the size of one per-epoch checkpoint (lean checkpoints).
 
 Runs `trainers.run_distill.main` in a child process from the source tree `--tree` (this checkout by default; point
 it at an export of an older commit to compare) and reads the child's `wchar` from /proc (bytes passed to write

@@ -21,8 +21,7 @@ from trainers.training.checkpoints import TrainingError
 DISTILLATION_CONFIG_NAME = "distillation_config.json"
 
 # The reference's optimiser settings (AdamW with torch's default weight decay, a constant rate) instead of the
-# Trainer's (no decay, linear decay to 0): on the README main job the linear decay cost the student 7.4 points of
-# mean test accuracy (89.8 -> 97.2 %) and the teacher 1.0 (benchmarks/RESULTS.md).
+# Trainer's (no decay, linear decay to 0); benchmarks/RESULTS.md ("The README's main command") compares the two.
 PAPER_OPTIMIZER_DEFAULTS = {"weight_decay": 0.01, "lr_scheduler_type": "constant"}
 
 
@@ -113,7 +112,7 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         ch_standardize (`bool`, *optional*, defaults to `True`):
             Standardise each projected CH feature vector before the softmax (`False`: the paper as written).
         ch_train_teacher_projection (`bool`, *optional*, defaults to `False`):
-            Let the teacher-side CH projection train (for before/after studies); the paper keeps it frozen.
+            Let the teacher-side CH projection train (for ablation studies); the paper keeps it frozen.
 
         > Schedule and optimisation
 

@@ -1,9 +1,9 @@
 """One output folder, one run: record what a run was built from and refuse to mix runs in one folder.
 
 A training run leaves `dataset/` (built from `--dataset`), `best/`, `checkpoint-*`, `teacher/`, `student/`,
-`metrics/` and `results.json` in OUTPUT_DIR. Reusing the folder for another configuration used to reuse the old
-`dataset/` whatever `--dataset` said, export the previous run's `best/` when the new run never evaluated, and let the
-checkpoint rotation delete the previous run's checkpoints. `run.json` now records what the folder's run was built
+`metrics/` and `results.json` in OUTPUT_DIR. Reusing the folder for another configuration would otherwise reuse the
+old `dataset/` whatever `--dataset` says, export the previous run's `best/` when the new run never evaluates, and let
+the checkpoint rotation delete the previous run's checkpoints. `run.json` records what the folder's run was built
 from; a run whose inputs differ, or a fresh run over another run's checkpoints, stops with one line
 (`--overwrite_output_dir` starts over, `--resume_from_checkpoint` continues).
 """
