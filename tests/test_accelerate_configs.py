@@ -14,13 +14,16 @@ CONFIGS = sorted((REPO_ROOT / "configs" / "accelerate").glob("*.yaml"))
 
 PROBE = """
 import sys
+from pathlib import Path
 sys.path.insert(0, {root!r})
 from trainers.training.distillation_config import StepCoTDistillationConfig
 
 config = StepCoTDistillationConfig(output_dir={out!r})
 state = config.distributed_state
-print(f"RANK {{config.process_index}} WORLD {{config.world_size}} TYPE {{state.distributed_type.value}} "
-      f"BACKEND {{state.backend}}", flush=True)
+# one file per rank: the ranks' stdout lines interleave
+Path({out!r}, f"rank-{{config.process_index}}.txt").write_text(
+    f"RANK {{config.process_index}} WORLD {{config.world_size}} TYPE {{state.distributed_type.value}} "
+    f"BACKEND {{state.backend}}")
 """
 
 
@@ -46,12 +49,64 @@ def test_config_loads_and_its_comment_names_its_process_count(path):
 @pytest.mark.parametrize("path", [p for p in CONFIGS if _load(p).use_cpu], ids=lambda p: p.name)
 def test_cpu_config_launches_its_processes_as_one_gloo_group(path, tmp_path):
     script = tmp_path / "probe.py"
+    (tmp_path / "out").mkdir()
     script.write_text(PROBE.format(root=str(REPO_ROOT), out=str(tmp_path / "out")))
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([str(accelerate), "launch", "--config_file", str(path), str(script)],
                             capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("RANK "))
+    lines = sorted(path.read_text() for path in (tmp_path / "out").glob("rank-*.txt"))
     processes = _load(path).num_processes
     assert lines == [f"RANK {rank} WORLD {processes} TYPE MULTI_CPU BACKEND gloo" for rank in range(processes)]
+
+
+MULTI_NODE_PROBE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import torch
+import torch.distributed as dist
+from trainers.training.distillation_config import StepCoTDistillationConfig
+
+config = StepCoTDistillationConfig(output_dir={out!r})
+state = config.distributed_state
+total = torch.tensor([config.process_index + 1.0])
+dist.all_reduce(total)  # a collective across the two launches
+Path({out!r}, f"rank-{{config.process_index}}.txt").write_text(
+    f"RANK {{config.process_index}} WORLD {{config.world_size}} TYPE {{state.distributed_type.value}} "
+    f"BACKEND {{state.backend}} SUM {{total.item()}}")
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_multi_node_config_runs_as_two_machines_on_loopback(tmp_path):
+    """A CPU dry run of configs/accelerate/multi_node.yaml: the same command twice, --machine_rank 0 and 1, one
+    process per 'machine' (--num_processes 2 counts both), rendezvous on 127.0.0.1: one gloo group of world size 2
+    whose all-reduce spans both launches."""
+    path = REPO_ROOT / "configs" / "accelerate" / "multi_node.yaml"
+    assert _load(path).num_machines == 2
+    script = tmp_path / "probe.py"
+    (tmp_path / "out").mkdir()
+    script.write_text(MULTI_NODE_PROBE.format(root=str(REPO_ROOT), out=str(tmp_path / "out")))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    port = str(_free_port())
+    launches = [subprocess.Popen([str(accelerate), "launch", "--config_file", str(path), "--machine_rank", str(rank),
+                                  "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                                  "--num_processes", "2", str(script)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                for rank in (0, 1)]
+    for launch in launches:
+        _, stderr = launch.communicate(timeout=300)
+        assert launch.returncode == 0, stderr[-3000:]
+    lines = sorted(path.read_text() for path in (tmp_path / "out").glob("rank-*.txt"))
+    assert lines == [f"RANK {rank} WORLD 2 TYPE MULTI_CPU BACKEND gloo SUM 3.0" for rank in (0, 1)]

@@ -3,7 +3,6 @@ transformers, safetensors and pillow (no stepcot, no efficientnet package), offl
 `pipeline(..., trust_remote_code=True)` answer, and so does the user's own re-save of the model."""
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.cleanroom import assert_project_absent, clean_venv, run_clean
-from tests.tiny_models import TINY_TEXT, tiny_student, tiny_teacher
+from tests.tiny_models import tiny_student, tiny_teacher, tiny_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -47,17 +46,6 @@ print(json.dumps({"class": type(model).__name__, "module": type(model).__module_
 """
 
 
-def _tokenizer():
-    from transformers import BertTokenizerFast
-
-    from modeling_stepcot import DEFAULT_STEP_QUESTIONS
-
-    words = sorted({w for q in DEFAULT_STEP_QUESTIONS for w in re.findall(r"\w+|[^\w\s]", q.lower())})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    assert len(vocab) <= TINY_TEXT["vocab_size"]
-    return BertTokenizerFast(vocab={word: index for index, word in enumerate(vocab)})
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny student and teacher with the default offline backbone (EfficientNet-Lite0), exported as stepcot
@@ -65,7 +53,7 @@ def exported(tmp_path_factory):
     from modeling_stepcot import StepCoTProcessor
     from trainers.hub.export import export
 
-    tokenizer = _tokenizer()
+    tokenizer = tiny_tokenizer()
     models = {
         "student": tiny_student(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE),
         "teacher": tiny_teacher(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE),

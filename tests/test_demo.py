@@ -25,7 +25,9 @@ def choice(checkpoints):
 
 def _radiograph(path, size=(96, 80), mode="L"):
     rng = np.random.default_rng(0)
-    if mode == "I;16":
+    if mode == "blank":
+        Image.new("L", size, 128).save(path)
+    elif mode == "I;16":
         Image.fromarray((rng.random(size[::-1]) * 4095).astype(np.uint16)).save(path)
     elif mode == "RGB":
         Image.fromarray((rng.random((*size[::-1], 3)) * 255).astype(np.uint8), mode="RGB").save(path)
@@ -99,8 +101,9 @@ def test_bad_images_give_one_line(choice, tmp_path):
 
 @pytest.mark.parametrize("name, size, mode, why", [
     ("dot.png", (1, 1), "L", "1 x 1 px"),
-    ("strip.png", (600, 100), "L", "aspect ratio is 6.0:1"),
-    ("photo.png", (120, 120), "RGB", "colour image"),
+    ("blank.png", (200, 200), "blank", "the image is blank"),
+    ("strip.png", (600, 100), "L", "aspect ratio 6.0:1"),
+    ("photo.png", (120, 120), "RGB", "the image is in colour"),
 ])
 def test_the_sanity_gate_refuses_what_cannot_be_a_radiograph(choice, tmp_path, name, size, mode, why):
     image = _radiograph(tmp_path / name, size=size, mode=mode)

@@ -1,5 +1,7 @@
 """Tiny random Step-CoT models for fast tests (shared by the test modules)."""
 
+import re
+
 import torch
 
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
@@ -100,3 +102,15 @@ def save_tiny_clip(folder, seed=0):
     tokenizer.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def tiny_tokenizer():
+    """A word-level BERT tokenizer over the default step questions, within `TINY_TEXT`'s vocabulary."""
+    from transformers import BertTokenizerFast
+
+    from modeling_stepcot import DEFAULT_STEP_QUESTIONS
+
+    words = sorted({w for q in DEFAULT_STEP_QUESTIONS for w in re.findall(r"\w+|[^\w\s]", q.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    assert len(vocab) <= TINY_TEXT["vocab_size"]
+    return BertTokenizerFast(vocab={word: index for index, word in enumerate(vocab)})

@@ -21,7 +21,8 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parents[2]
 # The modules whose dataclasses, defaults and docstrings make up the training commands' --help.
 ARGUMENT_SOURCES = ("trainers/run_distill.py", "trainers/run_teacher.py", "trainers/training/run_setup.py",
-                    "trainers/training/distillation_config.py")
+                    "trainers/training/distillation_config.py", "trainers/commands/train.py",
+                    "trainers/commands/train_teacher.py")
 
 
 def help_requested(argv: list[str]) -> bool:

@@ -31,4 +31,4 @@ def main(argv: list[str]) -> int:
 def _parse_args(argv: list[str]):
     from trainers.run_distill import parse_args
 
-    return parse_args(argv)
+    return parse_args(argv, prog="stepcot train")

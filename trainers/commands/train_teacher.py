@@ -30,4 +30,4 @@ def main(argv: list[str]) -> int:
 def _parse_args(argv: list[str]):
     from trainers.run_teacher import parse_args
 
-    return parse_args(argv)
+    return parse_args(argv, prog="stepcot train-teacher")

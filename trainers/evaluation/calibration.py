@@ -17,6 +17,7 @@ import numpy as np
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers.evaluation.evaluate_model import ImagePreprocessor, load_split, predict
 from trainers.evaluation.loading import load_model
+from trainers.evaluation.report import new_figure
 
 # Search range of the inverse temperature 1/T; NLL is convex in 1/T, so golden-section search finds the optimum.
 INVERSE_TEMPERATURE_RANGE = (0.02, 20.0)
@@ -169,13 +170,11 @@ def plot_reliability(step_logits, labels, temperatures, step_names, path, title:
     the stored temperature, beside the diagonal of perfect calibration."""
     from pathlib import Path
 
-    from trainers.evaluation.report import _new_figure
-
     labels = np.asarray(labels, dtype=np.int64)
     steps = [s for s in range(len(step_logits)) if (labels[:, s] != IGNORE_INDEX).any()]
     if not steps:
         return None
-    figure = _new_figure(3.6 * len(steps), 3.6)
+    figure = new_figure(3.6 * len(steps), 3.6)
     axes = figure.subplots(1, len(steps), squeeze=False)[0]
     for axis, step in zip(axes, steps):
         axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)

@@ -189,7 +189,10 @@ def evaluate(model_dir, dataset, split="test", out=None, batch_size=32, num_boot
             "notes": notes,
         },
     )
+    # the pipeline module pulls in transformers' pipeline machinery, needed only here
     from modeling_stepcot.pipeline_stepcot import step_temperatures
+
+    # calibration imports this module
     from trainers.evaluation.calibration import calibration_markdown, calibration_summary, plot_reliability
 
     temperatures, method = step_temperatures(config)

@@ -285,7 +285,7 @@ def _csv_number(value: float) -> str:
 # Plots (Agg canvas on a bare Figure: no pyplot, no global backend switch)
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -299,7 +299,7 @@ def plot_step_metrics(result: EvaluationMetrics, path: str | Path, title: str | 
     path = Path(path)
     labels = [step_label(step.name) for step in result.steps] + [MEAN_ROW_LABEL]
     groups = [step.metrics for step in result.steps] + [result.mean]
-    figure = _new_figure(max(10.0, 1.5 * len(labels) + 2), 5.5)
+    figure = new_figure(max(10.0, 1.5 * len(labels) + 2), 5.5)
     axes = figure.add_subplot()
     width = 0.8 / len(METRIC_NAMES)
     positions = np.arange(len(labels))
@@ -351,7 +351,7 @@ def plot_confusion_matrices(result: EvaluationMetrics, path: str | Path, title: 
     num_steps = len(result.steps)
     columns = min(4, num_steps)
     rows = math.ceil(num_steps / columns)
-    figure = _new_figure(4.6 * columns, 4.6 * rows + 0.6)
+    figure = new_figure(4.6 * columns, 4.6 * rows + 0.6)
     panels = figure.subplots(rows, columns, squeeze=False).ravel()
     image = None
     for axes, step in zip(panels, result.steps):

@@ -34,10 +34,11 @@ import numpy as np
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
 import trainers
 from dataset_script.demo import make_demo_example
+from modeling_stepcot.pipeline_stepcot import MIN_GREY_STD, image_statistics, refusal_reason
 from trainers.choices import DEFAULT_DEMO_COMPARE, DEFAULT_DEMO_MODEL
 from trainers.evaluation.loading import load_model
 from trainers.inference.predict import IMAGE_SUFFIXES, build_pipeline, json_ready
-from trainers.inference.saliency import COLORMAP, figure_and_maps, overlay
+from trainers.inference.saliency import COLORMAP, colormap, figure_and_maps, overlay
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ DEFAULT_MODEL, DEFAULT_COMPARE = DEFAULT_DEMO_MODEL, DEFAULT_DEMO_COMPARE  # wha
 # header, before any decoding; the upload itself is capped at MAX_UPLOAD_SIZE by the server.
 MAX_IMAGE_PIXELS = 20_000_000
 MAX_UPLOAD_SIZE = "20mb"
-# The sanity gate: what a frontal chest radiograph always is.
-MIN_IMAGE_SIDE = 64  # px on the short side
-MAX_ASPECT_RATIO = 2.5  # long side / short side
-MAX_COLOUR_SPREAD = 0.08  # mean (max - min) over the RGB channels, in [0, 1]; a greyscale image has 0
 # Bounded concurrency: requests run at most this many at once (CPU-bound); others wait in a queue of this length.
 CONCURRENCY_LIMIT = 2
 QUEUE_SIZE = 64
@@ -80,9 +77,7 @@ UNTRAINED = "unknown (not trained)"
 
 
 def _colour_bar_css() -> str:
-    from trainers.inference.saliency import _colormap
-
-    stops = ", ".join(f"rgb({', '.join(str(round(255 * c)) for c in _colormap(COLORMAP)(x)[:3])}) {100 * x:.0f}%"
+    stops = ", ".join(f"rgb({', '.join(str(round(255 * c)) for c in colormap(COLORMAP)(x)[:3])}) {100 * x:.0f}%"
                       for x in np.linspace(0, 1, 9))
     return f"linear-gradient(to right, {stops})"
 
@@ -281,29 +276,24 @@ def check_image_file(path) -> tuple[int, int]:
 
 
 def sanity_problems(path) -> list[str]:
-    """Why an image (already through `check_image_file`) cannot be a chest radiograph: too small, extremely
-    elongated, or in colour. Checked on the header and a small draft-decoded thumbnail."""
+    """Why an image (already through `check_image_file`) cannot be a chest radiograph, by the pipeline's own gate
+    (`refusal_reason`: too small, extremely elongated, in colour, blank), checked before any model runs on the
+    header size and a draft-decoded thumbnail of at most 256 px."""
     from PIL import Image
 
-    problems = []
     with Image.open(path) as image:
         width, height = image.size
-        if min(width, height) < MIN_IMAGE_SIDE:
-            problems.append(f"it is {width} x {height} px (a radiograph has at least {MIN_IMAGE_SIDE} px per side)")
-        elif max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-            problems.append(f"its aspect ratio is {max(width, height) / min(width, height):.1f}:1 (a chest "
-                            f"radiograph is at most {MAX_ASPECT_RATIO}:1)")
-        if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-            try:
-                image.draft("RGB", (128, 128))
-                image.thumbnail((128, 128))
-                rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-            except OSError:  # truncated data: the pipeline reports it in one line
-                return problems
-            spread = float((rgb.max(-1) - rgb.min(-1)).mean())
-            if spread > MAX_COLOUR_SPREAD:
-                problems.append(f"it is a colour image (mean channel spread {spread:.2f}); radiographs are grey")
-    return problems
+        try:
+            image.draft("RGB", (256, 256))
+            image.thumbnail((256, 256))
+            rgb = np.asarray(image.convert("RGB"))
+        except OSError:  # truncated data: the pipeline reports it in one line
+            rgb = None
+    if rgb is None:
+        problem = refusal_reason(height, width, 0.0, MIN_GREY_STD)  # size and shape only
+    else:
+        problem = refusal_reason(height, width, *image_statistics(rgb))
+    return [problem] if problem else []
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ OVERLAY_ALPHA = 0.55
 COLORMAP = "jet"
 
 
-def _colormap(name: str = COLORMAP):
+def colormap(name: str = COLORMAP):
     import matplotlib
 
     return matplotlib.colormaps[name]
@@ -31,7 +31,7 @@ def overlay(image_rgb: np.ndarray, saliency: np.ndarray, alpha: float = OVERLAY_
     grows with the saliency, so unremarkable regions keep the radiograph's grey values."""
     if image_rgb.shape[:2] != saliency.shape:
         raise ValueError(f"image {image_rgb.shape[:2]} and saliency {saliency.shape} differ in size")
-    heat = _colormap()(np.clip(saliency, 0, 1))[..., :3]
+    heat = colormap()(np.clip(saliency, 0, 1))[..., :3]
     weight = alpha * np.clip(saliency, 0, 1)[..., None]
     blended = (1 - weight) * (image_rgb.astype(np.float32) / 255.0) + weight * heat
     return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)

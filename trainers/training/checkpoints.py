@@ -279,7 +279,7 @@ class LeanCheckpointMixin:
 
     def _record_run_inputs(self, folder: Path):
         """The run's data and model arguments (from OUTPUT_DIR/run.json) into the checkpoint: a resume checks them."""
-        from trainers.training.run_folder import RUN_RECORD
+        from trainers.training.run_folder import RUN_RECORD  # run_folder imports this module
 
         record = Path(self.args.output_dir) / RUN_RECORD
         try:
