@@ -1,12 +1,12 @@
-"""Feature-extraction throughput for the training cache (issue 14): the previous path against the current one.
+"""Feature-extraction throughput for the training cache: the `datasets` transform path against the DataLoader path.
 
 - before: `datasets` with the processor's transform (PIL image processor, decoding in the main process), fp32
-  encoder in the default memory format (what `feature_datasets` did up to issue 14);
+  encoder in the default memory format;
 - after: `trainers.training.extraction.extract_image_embeds` (decoding + tensor preprocessing in DataLoader
   workers, channels_last encoder), fp32 and with `--extraction_bf16`.
 
 Each variant runs `--repeats` times, interleaved, on the same `--images` images; the best time of each is reported
-with the ratios and the features' largest difference to the previous path (max abs, min cosine).
+with the ratios and the features' largest difference to the `datasets` path (max abs, min cosine).
 
     python benchmarks/extraction.py --dataset OUTPUT_DIR/dataset [--images 256] [--workers 2] [--json out.json]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU runbook (issue 14): on a machine with a CUDA GPU, one command reproduces paper Table 11 (parameters, ms/sample,
+# GPU runbook: on a machine with a CUDA GPU, one command reproduces paper Table 11 (parameters, ms/sample,
 # ms/batch, peak memory for the bare encoder, teacher, student and CLIP) and times a full paper-recipe distillation
 # (2 + 40 epochs, 7,000 samples, cached features, fp32 and bf16), then writes one Markdown report.
 #

@@ -1,6 +1,6 @@
-"""Distillation-term study on the hard synthetic demo (issue 12): student accuracy per step with CH on / off and KD
+"""Distillation-term study on the hard synthetic demo: student accuracy per step with CH on / off and KD
 on / off, over several seeds (mean and 95 % t-interval), with the CH term as fixed (frozen teacher-side projection,
-standardised projections) and as it was before the fix (teacher-side projection trained with the student, raw
+standardised projections) and as trained raw CH (teacher-side projection trained with the student, raw
 softmax). Every other part of the recipe (per-step teacher projections, separate clipping, fresh student optimizer
 after pre-training) is the same in all rows.
 
@@ -28,8 +28,8 @@ VARIANTS = {  # name -> extra flags
     "KD only": ["--alpha_ch", "0"],
     "CH only (fixed CH)": ["--alpha_kd", "0"],
     "CE only": ["--alpha_kd", "0", "--alpha_ch", "0"],
-    "CH+KD (CH before fix)": ["--ch_train_teacher_projection", "--no_ch_standardize"],
-    "CH only (CH before fix)": ["--alpha_kd", "0", "--ch_train_teacher_projection", "--no_ch_standardize"],
+    "CH+KD (trained raw CH)": ["--ch_train_teacher_projection", "--no_ch_standardize"],
+    "CH only (trained raw CH)": ["--alpha_kd", "0", "--ch_train_teacher_projection", "--no_ch_standardize"],
 }
 T_95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}  # two-sided 95 % t quantiles by sample count
 

@@ -1,4 +1,4 @@
-"""Time a full paper-recipe distillation on cached features (issue 14, GPU runbook): 2 teacher-only + 40 joint epochs
+"""Time a full paper-recipe distillation on cached features (part of the GPU runbook): 2 teacher-only + 40 joint epochs
 on 7,000 samples, batch 32, the paper's sizes (CLIP ViT-B/32 image tower, BERT-base question encoder, teacher
 H = 768, student 512; random weights: no Hub access needed), through `StepCoTDistillationTrainer` with lean
 per-epoch checkpoints, as `stepcot train` runs it. Also times the feature extraction of `--samples` random 224 px

@@ -3,11 +3,12 @@
     python benchmarks/real_data_release.py kermany /tmp/kermany-release
     python benchmarks/real_data_release.py covid /tmp/covid-release
 
-Stop-gap until `stepcot data import` (issue 13, data side) lands. The model's schema is the paper's default (nine
-diagnosis options), so the diagnoses map onto it: Kermany Normal -> "Normal", bacterial or viral pneumonia ->
-"Pneumonia" (the finer Normal / Bacterial / Viral label is kept as `fine_label` for the feature-only baselines);
-COVID case notes: "No Finding" -> "Normal", any infectious finding -> "Pneumonia", anything else (ARDS, Lipoid,
-unlabelled, 'todo') -> no answer. Steps 1-6 have no labels: "No Answer" (-100), so only the diagnosis is trained.
+The releases keep the paper's default schema (nine diagnosis options; `stepcot data import` with a mapping file
+builds releases with their own steps and options instead), so the diagnoses map onto it: Kermany Normal ->
+"Normal", bacterial or viral pneumonia -> "Pneumonia" (the finer Normal / Bacterial / Viral label is kept as
+`fine_label` for the feature-only baselines); COVID case notes: "No Finding" -> "Normal", any infectious finding
+-> "Pneumonia", anything else (ARDS, Lipoid, unlabelled, 'todo') -> no answer. Steps 1-6 have no labels: "No
+Answer" (-100), so only the diagnosis is trained.
 
 Patient keys: Kermany file names carry the patient ("person1_bacteria_1" -> person1; a Normal "IM-0115-0001" is one
 patient per image series "IM-0115"); the COVID collection keeps no patient id here, so images sharing the same

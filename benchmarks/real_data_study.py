@@ -9,7 +9,7 @@ For each dataset (Kermany-480, the COVID case notes: `benchmarks/real_data_relea
 patient-grouped 70/15/15 split, `stepcot train` (offline encoders, feature cache) which itself fits the majority
 and linear-probe baselines on the same frozen features, then on the test split: the chain decoded three ways
 (raw per-step argmax; "unconstrained MAP": the most probable consistent chain over every step, trained or not,
-which is what `--consistent` did before; "repair": `ChainChecker.repair` with untrained steps left out and
+without the repair's gates; "repair": `ChainChecker.repair` with untrained steps left out and
 confident steps kept), scored on the diagnosis and detection labels. The demo (all seven steps labelled) is run once
 for the chain comparison. With `--ood`, the Kermany teacher is also shown adult films (../shared/data/
 actualmed-covid-cxr) and the share flagged out of distribution is compared with its own test images.

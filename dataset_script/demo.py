@@ -44,7 +44,7 @@ DIAGNOSIS_PRIOR = {
 SECOND_STUDY_SHARE = 0.1  # some patients have two studies (stored in images_2/), to exercise patient grouping
 SPLIT_FILE_NAMES = {"train": "train.xlsx", "validation": "val.xlsx", "test": "test.xlsx"}
 ZONES = ("Upper lung zone", "Middle lung zone", "Lower lung zone")
-# Rendering knobs per difficulty. "easy" is the historical demo (its images are unchanged).
+# Rendering knobs per difficulty. "easy" is the default demo (the README main job trains on it).
 DIFFICULTIES = {
     "easy": dict(lesion_contrast=1.0, heart_occlusion=0.7, rib_contrast=0.06, texture=0.03, noise=0.012,
                  label_noise=0.0),

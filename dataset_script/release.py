@@ -200,11 +200,6 @@ def _is_lateral(view) -> bool:
     return view is not None and normalize_text(view).replace("-", " ") in _LATERAL_VIEWS
 
 
-def resolve_image_path(image_path: str, image_root) -> Path | None:
-    """The image file for a record's `image_path` (see `locate_image`); None when nothing exists."""
-    return locate_image(image_path, image_root)[0]
-
-
 def locate_image(image_path: str, image_root) -> tuple[Path | None, bool]:
     """(the image file for `image_path`, whether it was found by file name only).
 
@@ -1203,7 +1198,6 @@ __all__ = [
     "release_fingerprint",
     "inspect_image",
     "locate_image",
-    "resolve_image_path",
     "stratified_group_split",
     "validate_record",
 ]

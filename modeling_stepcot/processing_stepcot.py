@@ -141,7 +141,7 @@ def image_processor_for_config(config):
 
 class StepCoTProcessor(ProcessorMixin):
     r"""
-    Image processor + tokenizer + the seven step questions of a Step-CoT model.
+    Image processor + tokenizer + the step questions of a Step-CoT model (one per step of its config).
 
     Images (grayscale, 16-bit, RGBA...) become 8-bit RGB, resized to the model's `image_size` (whole image, no
     crop: lung edges matter) and normalised with the backbone's mean/std by `pixel_values_from_images`, the
@@ -238,8 +238,9 @@ class StepCoTDataCollator:
     """Batches examples into the model's inputs.
 
     Examples may be preprocessed (`pixel_values` from `processor.dataset_transform`) or raw (`image`, PIL, as a
-    `datasets` row); `labels` (7 ints, -100 = missing) become a (B, 7) long tensor. The step question tokens,
-    (7, L), are shared by the batch (`include_questions=False` leaves them out, e.g. for the student).
+    `datasets` row); `labels` (one int per step of the config, -100 = missing) become a (B, num_steps) long tensor.
+    The step question tokens, (num_steps, L), are shared by the batch (`include_questions=False` leaves them out,
+    e.g. for the student).
     """
 
     def __init__(self, processor: StepCoTProcessor, include_questions: bool = True):

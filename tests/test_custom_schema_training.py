@@ -1,4 +1,4 @@
-"""Issue 13: a release with its own step schema (class folders -> one "Diagnosis" step with three options) trains with
+"""A release with its own step schema (class folders -> one "Diagnosis" step with three options) trains with
 `stepcot train`, and the exported models, `stepcot predict` and `stepcot eval` name the data's step and options."""
 
 import json

@@ -321,7 +321,7 @@ def test_checkpoints_hold_only_the_trainable_state_and_resume_checks_the_frozen_
     reloaded = StepCoTDistillationPair.from_pretrained(tmp_path / "exported")
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), pair.state_dict().values()))
 # ------------------------------------------------------------------------------------------------------------
-# Paper parity of the optimisation (issue 12)
+# Paper parity of the optimisation
 
 
 class _CaptureStudentUpdate(TrainerCallback):
@@ -406,8 +406,8 @@ def test_distillation_config_validates_documents_and_is_checked_on_resume(tmp_pa
 
 def _ch_gradient_before_and_after(fixed: bool, steps: int = 1000):
     """Tiny student (CE + CH) against fixed teacher features; the norm of CH's gradient on the student's image
-    features at the start and after `steps` AdamW updates. fixed=False is CH before the fix: the teacher-side
-    projection trains with the student and the raw projections go through the softmax."""
+    features at the start and after `steps` AdamW updates. fixed=False is the CH variant whose teacher-side
+    projection trains with the student and whose raw projections go through the softmax."""
     from torch import nn
 
     torch.manual_seed(0)
@@ -447,14 +447,14 @@ def test_ch_gradient_on_the_student_features_does_not_vanish_over_1000_steps():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead
     try:
-        before_fix = _ch_gradient_before_and_after(fixed=False)
+        trained_raw = _ch_gradient_before_and_after(fixed=False)
         fixed = _ch_gradient_before_and_after(fixed=True)
     finally:
         torch.set_num_threads(threads)
-    # before the fix both projections drift towards uniform outputs and the gradient all but disappears
-    assert before_fix[1] < 0.05 * before_fix[0]
+    # trained projections and a raw softmax: both drift towards uniform outputs and the gradient all but disappears
+    assert trained_raw[1] < 0.05 * trained_raw[0]
     # fixed: a frozen, standardised target keeps CH's signal (measured: 0.0009 -> 0.0058)
-    assert fixed[1] > 0.5 * fixed[0] and fixed[0] > 50 * before_fix[0]
+    assert fixed[1] > 0.5 * fixed[0] and fixed[0] > 50 * trained_raw[0]
 
 
 def test_teacher_relation_projection_is_frozen_seeded_and_saved_with_the_pair(tmp_path):

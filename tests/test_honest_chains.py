@@ -1,4 +1,4 @@
-"""Chains that do not mislead (issue 13): untrained steps are unknown, the consistent repair keeps confident
+"""Chains that do not mislead: untrained steps are unknown, the consistent repair keeps confident
 answers, images far from the training data are flagged; and the honest baselines and intervals behind the figures
 (Wilson intervals, majority class, linear probe)."""
 
@@ -68,7 +68,7 @@ def test_rules_that_involve_an_untrained_step_are_left_out():
     diagnosis_only = ChainChecker.from_config(StepCoTStudentConfig(step_training_counts=DIAGNOSIS_ONLY))
     assert diagnosis_only.rules == [] and diagnosis_only.violations(labels) == []
     log_probs = _kermany_like(0.7)
-    assert everything.most_probable_consistent(log_probs)[0][6] != labels[6]  # the old search changed it
+    assert everything.most_probable_consistent(log_probs)[0][6] != labels[6]  # the unconstrained search changes it
     assert diagnosis_only.repair(log_probs)["labels"][6] == labels[6]
 
 

@@ -19,7 +19,7 @@ from dataset_script.annotate.llm import LLMAnnotator, LLMError  # noqa: E402
 from dataset_script.annotate.records import read_reports  # noqa: E402
 from trainers.commands.annotate import add_arguments, run  # noqa: E402
 
-DRIP_LIMIT_S = 8.0  # the slow-drip reply ends by itself after this long (the old client waited it out)
+DRIP_LIMIT_S = 8.0  # the slow-drip reply ends by itself after this long (a client without a deadline waits it out)
 
 
 def chat_body(content: str, usage=None) -> bytes:

@@ -1,5 +1,5 @@
-"""Hostile releases (issue 11 items 8-12, issue 12 near-duplicates): every bad input is named; strict mode fails,
-lenient mode skips or resolves it and lists it in the report; nothing is guessed silently."""
+"""Hostile releases (bad records, images and splits, near-duplicate images across splits): every bad input is
+named; strict mode fails, lenient mode skips or resolves it and lists it in the report; nothing is guessed silently."""
 
 import io
 import json
@@ -256,7 +256,7 @@ def test_release_with_no_usable_record_fails_at_validation_in_lenient_mode(relea
     assert "no usable records" in capsys.readouterr().err
 
 
-# -- issue 12: near-duplicate images across splits -----------------------------------------------------------------
+# -- near-duplicate images across splits --------------------------------------------------------------------------
 
 
 def test_near_duplicate_image_in_another_split_is_reported_and_fails_strict(release):

@@ -1,4 +1,4 @@
-"""Hostile builds (issue 11 items 3, 4, 7) and the one source resolver (issue 10): image bytes always embedded, no
+"""Hostile builds and the one source resolver: image bytes always embedded, no
 stale `load_dataset` cache after a rebuild, atomic rebuilds, no build into the release, one policy for train, eval
 and the ablation bench."""
 
@@ -168,7 +168,7 @@ def test_release_is_rebuilt_exactly_when_it_changes(release, tmp_path):
 
 
 def test_training_reads_the_release_as_it_is_now(release, tmp_path):
-    """`stepcot train --dataset RELEASE` used to reuse OUTPUT_DIR/dataset whatever the release now said."""
+    """`stepcot train --dataset RELEASE` rebuilds OUTPUT_DIR/dataset when the release changes."""
     from trainers.training.run_setup import DataArguments, load_splits
 
     output_dir = tmp_path / "run"

@@ -99,7 +99,7 @@ def test_bad_calibration_temperatures_are_an_error(student_dir, temperature):
 
 
 def test_pipeline_refuses_nan_temperatures_too():
-    """The pipeline (remote code, usable without the loader) used to let NaN through: min([1, nan]) <= 0 is False."""
+    """The pipeline (remote code, usable without the loader) refuses NaN too (`min([1, nan]) <= 0` is False)."""
     from modeling_stepcot.pipeline_stepcot import step_temperatures
 
     config = tiny_student().config

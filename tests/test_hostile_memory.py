@@ -1,5 +1,5 @@
 """Hostile inputs, memory: `stepcot predict FOLDER --maps` streams, so memory stays flat over a folder of large
-radiographs (it used to keep every full-resolution map: 7 steps x 4 bytes per pixel, ~1.8 GB per 8000^2 image)."""
+radiographs (keeping every full-resolution map would take 7 steps x 4 bytes per pixel, ~1.8 GB per 8000^2 image)."""
 
 import sys
 import tracemalloc

@@ -1,4 +1,4 @@
-"""Hostile training cases (issue 11 #5, #6, #7, #13): a reused output folder, resume after the best epoch, a feature
+"""Hostile training cases: a reused output folder, resume after the best epoch, a feature
 cache killed mid-write, non-finite losses, bad arguments, unwritable folders and damaged checkpoints."""
 
 import os

@@ -148,7 +148,7 @@ def test_teacher_saved_with_a_shared_projection_loads_only_when_asked(tmp_path):
     old = tiny_teacher(per_step_image_projection=False).eval()
     old.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    config.pop("per_step_image_projection")  # as written before the option existed
+    config.pop("per_step_image_projection")  # a config written without the option
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="per_step_image_projection=False"):
         StepCoTTeacher.from_pretrained(tmp_path)

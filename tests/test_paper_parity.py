@@ -1,4 +1,4 @@
-"""Issue 12 data fidelity: a release's own questions and options reach the model (and agree with `stepcot eval`), no
+"""Data fidelity: a release's own questions and options reach the model (and agree with `stepcot eval`), no
 silent fallback to validation for the final evaluation, and the hard synthetic demo."""
 
 import json

@@ -9,9 +9,19 @@
 - No module imports another's private names (`_helper`): what is shared is public.
 - The shared vocabulary (IGNORE_INDEX, NO_ANSWER, the step indices) is defined once, in
   `modeling_stepcot/configuration_stepcot.py`.
+- Code, help and docs say what is; history lives in git log and in benchmarks/RESULTS.md (dated, with the commit).
+  No internal milestone ("stop N") and no bare tracker reference ("issue N", "issues N"), as whole words and in any
+  case, in: the Python files of the three packages, `model_cards/`, `benchmarks/` and `tests/` (command help is
+  defined there); the Markdown of `README.md`, `docs/`, `model_cards/` and `benchmarks/` (RESULTS.md included: its
+  sections carry a date and commit instead); `configs/`, `setup.cfg` and `pyproject.toml`. In the same files but
+  RESULTS.md (a dated log, whose tables name a "before fix" variant), no "before the fix" narration either.
+- Dead code stays out: the functions removed as unused are defined nowhere in the packages, and no body has two
+  consecutive `if` statements on the same condition (they are one block).
+- `docs/architecture.md` names only modules that exist (every backticked `folder/module.py`), and the README links it.
 """
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +119,83 @@ def test_the_shared_vocabulary_is_defined_once():
     import modeling_stepcot.configuration_stepcot as home
     import trainers.evaluation.metrics as metrics
     assert all(getattr(metrics, name) == getattr(home, name) for _, name in VOCABULARY_COPIES)
+
+
+# -- history stays in git log and RESULTS ------------------------------------------------------------------------
+HISTORY_WORDS = re.compile(r"\bstop[ -]?\d+\b|\bissues?[ #]*\d+\b", re.IGNORECASE)
+FIX_NARRATION = re.compile(r"\bbefore the fix\b", re.IGNORECASE)
+NARRATION_ALLOWED = {Path("benchmarks/RESULTS.md")}
+
+
+def _prose_files():
+    """The files whose text must speak in the present tense (see the module docstring)."""
+    for top in (*LAYERS, "model_cards", "benchmarks", "tests"):
+        yield from sorted((ROOT / top).rglob("*.py"))
+    for top in ("docs", "model_cards", "benchmarks"):
+        yield from sorted((ROOT / top).rglob("*.md"))
+    yield from sorted((ROOT / "configs").rglob("*.yaml"))
+    yield from (ROOT / name for name in ("README.md", "setup.cfg", "pyproject.toml"))
+
+
+def test_code_help_and_docs_name_no_milestone_or_tracker_issue():
+    this_file = Path(__file__).resolve()
+    problems = []
+    for path in _prose_files():
+        if path.resolve() == this_file or ".venv" in path.parts:
+            continue
+        relative = path.relative_to(ROOT)
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            found = HISTORY_WORDS.search(line) or (relative not in NARRATION_ALLOWED and FIX_NARRATION.search(line))
+            if found:
+                problems.append(f"{relative}:{number}: {found.group(0)!r}")
+    assert problems == []
+
+
+def test_the_history_rule_sees_what_it_forbids():
+    assert HISTORY_WORDS.search("as in Stop-9") and HISTORY_WORDS.search("(issue 13)")
+    assert HISTORY_WORDS.search("stop 10") and HISTORY_WORDS.search("Issues #11")
+    assert not HISTORY_WORDS.search("stopped 3 times") and not HISTORY_WORDS.search("the issues 2x")
+    assert FIX_NARRATION.search("as it was before the fix")
+
+
+# -- dead code stays out ---------------------------------------------------------------------------------------------
+REMOVED_AS_UNUSED = {"primary_lesion", "resolve_image_path", "check_metadata", "parameter_count"}
+
+
+def test_functions_removed_as_unused_are_defined_nowhere():
+    defined = [f"{path}:{node.lineno}: {node.name}" for path, tree in _sources() for node in ast.walk(tree)
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in REMOVED_AS_UNUSED]
+    assert defined == []
+
+
+def _names(*nodes) -> set[str]:
+    return {name.id for node in nodes for name in ast.walk(node) if isinstance(name, ast.Name)}
+
+
+def test_no_two_consecutive_ifs_test_the_same_condition():
+    """Two adjacent `if`s on one condition are one block, unless the first block touches a name the condition reads
+    (it may change the condition's value)."""
+    problems = []
+    for path, tree in _sources():
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            for block in (body, getattr(node, "orelse", None), getattr(node, "finalbody", None)):
+                if not isinstance(block, list):
+                    continue
+                for first, second in zip(block, block[1:]):
+                    if (isinstance(first, ast.If) and isinstance(second, ast.If) and not first.orelse
+                            and ast.dump(first.test) == ast.dump(second.test)
+                            and not _names(*first.body) & _names(first.test)):
+                        problems.append(f"{path}:{second.lineno}: `if {ast.unparse(second.test)}` again")
+    assert problems == []
+
+
+# -- the architecture page -------------------------------------------------------------------------------------------
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def test_architecture_page_names_only_modules_that_exist():
+    named = set(re.findall(r"`((?:[\w-]+/)+[\w-]+\.py)`", ARCHITECTURE.read_text(encoding="utf-8")))
+    assert len(named) > 20  # the page names the module of every stage
+    assert sorted(path for path in named if not (ROOT / path).is_file()) == []
+    assert "docs/architecture.md" in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -8,6 +8,10 @@ DEFAULT_DEMO_COMPARE = "outputs/demo/teacher"
 # `stepcot baseline`: setting -> output subfolder
 BASELINE_SETTINGS = {"with": "with_stepcot", "without": "without_stepcot", "probe": "linear_probe",
                      "majority": "majority"}
+# `stepcot baseline`: the training defaults of its MLP heads (`BaselineTrainingConfig`); the paper gives no learning
+# rate or weight decay for them
+BASELINE_TRAINING_DEFAULTS = {"epochs": 50, "batch_size": 8, "learning_rate": 1e-4, "weight_decay": 0.01,
+                              "max_grad_norm": 1.0, "hidden_size": 768}
 
 # `stepcot eval-transfer`: how an image with several NIH findings is scored
 MULTI_FINDING_POLICIES = ("exclude", "each")

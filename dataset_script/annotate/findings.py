@@ -112,11 +112,6 @@ def lesion_rank(finding: Finding) -> tuple[int, int]:
     return (finding.status == UNCERTAIN, KIND_PRIORITY[finding.kind])
 
 
-def primary_lesion(findings: list[Finding]) -> Finding | None:
-    lesions = [f for f in findings if f.is_lesion]
-    return min(lesions, key=lesion_rank) if lesions else None
-
-
 def diagnosis_of(findings: list[Finding]) -> str | None:
     """The Diagnosis option for a list of findings; None when the lesions have no class in the taxonomy."""
     lesions = [f for f in findings if f.is_lesion]

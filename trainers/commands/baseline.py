@@ -19,6 +19,7 @@ EXAMPLES = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.choices import BASELINE_SETTINGS as SETTINGS
+    from trainers.choices import BASELINE_TRAINING_DEFAULTS as DEFAULTS
     from trainers.evaluation.loading import add_trust_remote_code_argument
 
     parser.add_argument("--backbone", nargs="+", required=True,
@@ -35,12 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with: one MLP on all seven steps; without: the diagnosis step only; probe: logistic "
                              "regression per step on the image embedding (C chosen on validation); majority: the "
                              "most frequent training answer (default: all four)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper's value unknown)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (paper's value unknown)")
-    parser.add_argument("--hidden-size", type=int, default=768, help="MLP hidden width (paper: 768)")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per batch (default 8)")
+    parser.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"],
+                        help="AdamW learning rate (paper's value unknown)")
+    parser.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
+                        help="AdamW weight decay (paper's value unknown)")
+    parser.add_argument("--hidden-size", type=int, default=DEFAULTS["hidden_size"],
+                        help="MLP hidden width (paper: 768)")
+    parser.add_argument("--max-grad-norm", type=float, default=DEFAULTS["max_grad_norm"])
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="validation", help="split for picking the best epoch")
     parser.add_argument("--eval-split", default="test")

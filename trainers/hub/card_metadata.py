@@ -75,11 +75,4 @@ def metadata_problems(metadata: dict) -> list[str]:
     return problems
 
 
-def check_metadata(metadata: dict, where: str = "model card") -> None:
-    """Raise ValueError listing every problem of the metadata."""
-    problems = metadata_problems(metadata)
-    if problems:
-        raise ValueError(f"{where} metadata is not valid for the Hub:\n  " + "\n  ".join(problems))
-
-
-__all__ = ["HUB_LICENSES", "HUB_PIPELINE_TAGS", "check_metadata", "metadata_problems"]
+__all__ = ["HUB_LICENSES", "HUB_PIPELINE_TAGS", "metadata_problems"]

@@ -440,7 +440,6 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
         loss = terms["teacher_ce"] + student_weight * terms["student"]
         if model.training:
             raise_if_not_finite(loss, terms, self)
-        if model.training:
             terms["teacher_pretraining"] = torch.tensor(1.0 - student_weight)
             for name in ("teacher_ce", "student_ce", "kd", "ch", "teacher_pretraining"):
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + terms[name].detach().float()

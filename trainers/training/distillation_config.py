@@ -21,9 +21,10 @@ from trainers.training.checkpoints import TrainingError
 DISTILLATION_CONFIG_NAME = "distillation_config.json"
 
 # The reference's optimiser settings (AdamW with torch's default weight decay, a constant rate) instead of the
-# Trainer's (no decay, linear decay to 0): on the README main job the linear decay cost the student 7.4 points of
-# mean test accuracy (89.8 -> 97.2 %) and the teacher 1.0 (benchmarks/RESULTS.md).
+# Trainer's (no decay, linear decay to 0); benchmarks/RESULTS.md ("The README's main command") compares the two.
 PAPER_OPTIMIZER_DEFAULTS = {"weight_decay": 0.01, "lr_scheduler_type": "constant"}
+# The teacher's AdamW rate (paper App. D.6), in both configs: joint distillation and the teacher-only stage
+PAPER_TEACHER_LEARNING_RATE = 5e-5
 
 
 def _no_accelerator() -> bool:
@@ -119,7 +120,7 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         ch_standardize (`bool`, *optional*, defaults to `True`):
             Standardise each projected CH feature vector before the softmax (`False`: the paper as written).
         ch_train_teacher_projection (`bool`, *optional*, defaults to `False`):
-            Let the teacher-side CH projection train (for before/after studies); the paper keeps it frozen.
+            Let the teacher-side CH projection train (for ablation studies); the paper keeps it frozen.
 
         > Checkpoints
 
@@ -199,7 +200,7 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         default=256, metadata={"help": "width of the two CH projections of the image features (paper: 256)"}
     )
     teacher_learning_rate: float = field(
-        default=5e-5, metadata={"help": "AdamW learning rate of the teacher (paper: 5e-5)"}
+        default=PAPER_TEACHER_LEARNING_RATE, metadata={"help": "AdamW learning rate of the teacher (paper: 5e-5)"}
     )
     student_learning_rate: float = field(
         default=1e-4, metadata={"help": "AdamW learning rate of the student and its CH projection (paper: 1e-4)"}
@@ -305,7 +306,8 @@ class StepCoTTeacherTrainingConfig(StepCoTRecipeArguments):
     output_dir: str | None = field(default="outputs/teacher", metadata={"help": "where checkpoints, the model "
                                                                                "and its metrics are written"})
     num_train_epochs: float = field(default=2, metadata={"help": "teacher-only epochs (paper: 2)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the teacher (paper: 5e-5)"})
+    learning_rate: float = field(default=PAPER_TEACHER_LEARNING_RATE,
+                                 metadata={"help": "AdamW learning rate of the teacher (paper: 5e-5)"})
     load_best_model_at_end: bool | None = field(
         default=None,
         metadata={"help": "keep the epoch with the best mean validation accuracy; default: when checkpoints are "

@@ -2,9 +2,9 @@
 
 A training run leaves `dataset/` (built from `--dataset`), `teacher/`, `student/`, `metrics/` and `results.json` in
 OUTPUT_DIR, and `checkpoint-*` while it trains (removed once the models are exported, unless `--keep_checkpoints`).
-Reusing the folder for another configuration used to reuse the old
-`dataset/` whatever `--dataset` said, export the previous run's `best/` when the new run never evaluated, and let the
-checkpoint rotation delete the previous run's checkpoints. `run.json` now records what the folder's run was built
+Reusing the folder for another configuration would otherwise reuse the old `dataset/` whatever `--dataset` says,
+export the previous run's best model when the new run never evaluates, and let the checkpoint rotation delete the
+previous run's checkpoints. `run.json` records what the folder's run was built
 from; a run whose inputs differ, or a fresh run over another run's checkpoints, stops with one line
 (`--overwrite_output_dir` starts over, `--resume_from_checkpoint` continues).
 """

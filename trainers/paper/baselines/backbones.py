@@ -54,9 +54,6 @@ class _Backbone:
             self._fingerprint = module_fingerprint(self.model, self.name)
         return self._fingerprint
 
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
 
 class TransformersBackbone(_Backbone):
     """A transformers vision-language model with `get_image_features` and `get_text_features`."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
-from trainers.choices import BASELINE_SETTINGS
+from trainers.choices import BASELINE_SETTINGS, BASELINE_TRAINING_DEFAULTS
 from trainers.paper.baselines.backbones import SplitEmbeddings, backbone_display_name, load_backbone
 
 SETTINGS = BASELINE_SETTINGS
@@ -54,12 +54,13 @@ class StepBaselineHead(nn.Module):
 
 @dataclass
 class BaselineTrainingConfig:
-    epochs: int = 50
-    batch_size: int = 8  # images per batch; each brings one (image, question) pair per labelled trained step
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    hidden_size: int = 768
+    epochs: int = BASELINE_TRAINING_DEFAULTS["epochs"]
+    batch_size: int = BASELINE_TRAINING_DEFAULTS["batch_size"]  # images per batch; each brings one (image, question)
+    # pair per labelled trained step
+    learning_rate: float = BASELINE_TRAINING_DEFAULTS["learning_rate"]
+    weight_decay: float = BASELINE_TRAINING_DEFAULTS["weight_decay"]
+    max_grad_norm: float = BASELINE_TRAINING_DEFAULTS["max_grad_norm"]
+    hidden_size: int = BASELINE_TRAINING_DEFAULTS["hidden_size"]
     seed: int = 0
 
 
