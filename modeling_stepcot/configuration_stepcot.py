@@ -133,6 +133,10 @@ class StepCoTSchemaConfig(PreTrainedConfig):
             self.vision_config = None
         super().__post_init__(**kwargs)
         if self.vision_config is not None:
+            if self.image_size is not None and self.image_size != self.vision_config.image_size:
+                raise ValueError(f"image_size={self.image_size} contradicts vision_config.image_size="
+                                 f"{self.vision_config.image_size}: the CLIP tower sets the resolution; set "
+                                 "vision_config={'image_size': ...} instead.")
             self.image_size = self.vision_config.image_size
         elif self.image_size is None:
             self.image_size = 224
