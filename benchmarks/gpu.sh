@@ -26,7 +26,9 @@ fi
 for precision in "${PRECISIONS[@]}"; do
     flags=(); [ "$precision" = "bf16" ] && flags=(--bf16)
     "$PYTHON" benchmarks/paper_recipe.py --device "$DEVICE" "${TINY[@]}" "${flags[@]}" \
-        --out "$OUT/paper_recipe_$precision.json" > "$OUT/paper_recipe_$precision.log" 2>&1
+        --out "$OUT/paper_recipe_$precision.json" > "$OUT/paper_recipe_$precision.log" 2>&1 \
+        || { echo "gpu.sh: paper_recipe.py ($precision) failed; end of $OUT/paper_recipe_$precision.log:" >&2
+             tail -n 20 "$OUT/paper_recipe_$precision.log" >&2; exit 1; }
 done
 
 "$PYTHON" - "$OUT" <<'PY'

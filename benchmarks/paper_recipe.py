@@ -94,6 +94,7 @@ def main(argv=None):
             eval_strategy="no", logging_steps=50, disable_tqdm=True, bf16=args.bf16, use_cpu=device.type == "cpu",
             dataloader_pin_memory=device.type == "cuda", seed=0,
             teacher_pretrain_epochs=args.pretrain_epochs, relation_dim=pair.config.relation_dim,
+            checkpoint_every_minutes=0,  # one checkpoint per epoch, so that its size is measured
         )
         trainer = StepCoTDistillationTrainer(model=pair, args=training_args, train_dataset=EmbeddingDataset(
             rows, labels))
