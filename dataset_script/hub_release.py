@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from dataset_script.hub import build_hub_dataset
-from dataset_script.release import StepCoTDataError
+from dataset_script.records import StepCoTDataError
 
 logger = logging.getLogger(__name__)
 

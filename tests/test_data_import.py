@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from dataset_script.importers import import_folders, import_table
-from dataset_script.release import StepCoTDataError, StepCoTRelease
+from dataset_script.records import StepCoTDataError
+from dataset_script.release import StepCoTRelease
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from datasets import load_dataset
 
 from dataset_script import hub
 from dataset_script.hub import BuildOutputError, build_hub_dataset
-from dataset_script.release import StepCoTDataError
+from dataset_script.records import StepCoTDataError
 from dataset_script.sources import load_source, prepare_source, source_kind
 from trainers import cli
 

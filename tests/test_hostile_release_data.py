@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dataset_script.hub_release import assemble_release, safe_unpack
-from dataset_script.release import StepCoTDataError
+from dataset_script.records import StepCoTDataError
 
 ARCHIVE_KINDS = ["zip", "tar", "tar.gz", "tgz"]
 

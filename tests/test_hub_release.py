@@ -15,7 +15,7 @@ import pytest
 from hub_server import FakeHub
 
 from dataset_script.hub_release import archive_stem, looks_like_hub_id, safe_unpack
-from dataset_script.release import StepCoTDataError
+from dataset_script.records import StepCoTDataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELEASE_ID = "fl-15o/Step-CoT"

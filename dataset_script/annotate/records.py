@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_script.release import validate_record as release_validate_record
+from dataset_script.records import validate_record as release_validate_record
 from dataset_script.safe_paths import UnsafePathError, safe_relative_path
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,

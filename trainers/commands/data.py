@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from dataset_script.release import StepCoTDataError
+    from dataset_script.records import StepCoTDataError
 
     try:
         return _COMMANDS[args.data_command](args)
