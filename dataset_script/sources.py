@@ -27,10 +27,10 @@ import re
 import shutil
 from pathlib import Path
 
-from dataset_script.demo import demo_release_matches, write_demo_release
 from dataset_script.hub import build_hub_dataset, build_settings, read_build_info
 from dataset_script.hub_release import prepare_hub_dataset
 from dataset_script.records import StepCoTDataError
+from dataset_script.synthetic import demo_release_matches, write_demo_release
 
 logger = logging.getLogger(__name__)
 

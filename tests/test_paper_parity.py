@@ -96,7 +96,7 @@ def test_no_test_split_fails_unless_validation_is_asked_for(hub_dataset, tmp_pat
 
 
 def test_hard_demo_is_subtler_noisier_and_leaves_the_easy_one_alone():
-    from dataset_script.demo import DIFFICULTIES, diagnosis_from_findings, make_demo_example
+    from dataset_script.synthetic import DIFFICULTIES, diagnosis_from_findings, make_demo_example
 
     noisy = 0
     for index in range(200):

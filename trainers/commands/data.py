@@ -125,7 +125,7 @@ def _build(args) -> int:
 
 
 def _demo(args) -> int:
-    from dataset_script.demo import write_demo_release
+    from dataset_script.synthetic import write_demo_release
 
     summary = write_demo_release(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers,
                                  difficulty=args.difficulty)
