@@ -42,7 +42,7 @@ def mean_ci(values):
 
 
 def prepare_data(work: Path, n: int, image_size: int) -> Path:
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
     from dataset_script.synthetic import write_demo_release
 
     release, built = work / "release", work / "dataset"

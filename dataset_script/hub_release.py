@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from dataset_script.hub import build_hub_dataset
+from dataset_script.parquet_export import build_hub_dataset
 from dataset_script.records import StepCoTDataError
 
 logger = logging.getLogger(__name__)

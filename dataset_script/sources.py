@@ -14,8 +14,9 @@
 WORK is the command's own folder (`stepcot train --output_dir`, the bench's OUT/data) or, for commands that have
 none (`stepcot eval`, baselines), a per-release folder under `$STEPCOT_CACHE` (default ~/.cache/stepcot/builds).
 
-A built folder's shard names carry their content digest (`dataset_script.hub`), so `load_dataset`'s cache never
-serves an earlier build's rows; folders built before that naming are re-read from their Parquet files every time.
+A built folder's shard names carry their content digest (`dataset_script.parquet_export`), so `load_dataset`'s
+cache never serves an earlier build's rows; folders built before that naming are re-read from their Parquet files
+every time.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import re
 import shutil
 from pathlib import Path
 
-from dataset_script.hub import build_hub_dataset, build_settings, read_build_info
 from dataset_script.hub_release import prepare_hub_dataset
+from dataset_script.parquet_export import build_hub_dataset, build_settings, read_build_info
 from dataset_script.records import StepCoTDataError
 from dataset_script.synthetic import demo_release_matches, write_demo_release
 

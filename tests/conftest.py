@@ -63,7 +63,7 @@ def demo_release_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hub_dataset(demo_release_dir, tmp_path_factory):
     """The small demo release built into the Hub layout (`load_dataset(hub_dataset)` works); read-only."""
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     folder = tmp_path_factory.mktemp("demo_hub")
     build_hub_dataset(demo_release_dir, folder)

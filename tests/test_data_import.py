@@ -154,7 +154,7 @@ patient_id: '(person\\d+|IM-\\d+)'
 
 @pytest.mark.slow  # subprocesses (imports torch), or 480 real images
 def test_kermany_480_from_class_folders_and_from_its_table(shared_data_dir, tmp_path):
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     source = shared_data_dir / "kermany-pediatric-cxr-480"
     (tmp_path / "kermany.yaml").write_text(KERMANY_MAPPING)

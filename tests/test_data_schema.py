@@ -49,7 +49,7 @@ def test_custom_schema_comes_from_the_records(tmp_path):
 def test_custom_schema_builds_and_loads_with_counts_in_the_card(tmp_path):
     from datasets import load_dataset
 
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     _kermany_like_release(tmp_path / "release")
     build_hub_dataset(tmp_path / "release", tmp_path / "built")

@@ -12,7 +12,7 @@ from datasets import Image as ImageFeature
 from datasets import load_dataset
 from PIL import Image
 
-from dataset_script.hub import FEATURES, build_hub_dataset, push_to_hub
+from dataset_script.parquet_export import FEATURES, build_hub_dataset, push_to_hub
 from dataset_script.release import StepCoTRelease
 from dataset_script.synthetic import (
     DIAGNOSIS_PRIOR,

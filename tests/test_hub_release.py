@@ -254,7 +254,7 @@ def _raw_image():
 
 
 def _build_locally(release_dir, out):
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     build_hub_dataset(release_dir, out)
     return out

@@ -32,7 +32,7 @@ def renamed_release(demo_release_dir, tmp_path_factory):
 def test_dataset_schema_reads_the_releases_questions_and_options(renamed_release, tmp_path):
     from datasets import load_dataset
 
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
     from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
     from trainers.training.run_setup import _adopt_schema, dataset_schema
 

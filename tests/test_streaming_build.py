@@ -6,7 +6,7 @@ import json
 import pytest
 
 from dataset_script import record_stream
-from dataset_script.hub import build_hub_dataset
+from dataset_script.parquet_export import build_hub_dataset
 from dataset_script.records import StepCoTDataError
 
 

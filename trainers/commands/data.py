@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args) -> int:
-    from dataset_script.hub import build_hub_dataset
     from dataset_script.hub_release import build_from_hub, looks_like_hub_id
+    from dataset_script.parquet_export import build_hub_dataset
 
     if looks_like_hub_id(args.source):
         summary = build_from_hub(args.source, args.out, revision=args.revision, strict=not args.lenient,
@@ -155,7 +155,7 @@ def _import(args) -> int:
 
 
 def _push(args) -> int:
-    from dataset_script.hub import push_to_hub
+    from dataset_script.parquet_export import push_to_hub
 
     commit = push_to_hub(args.folder, args.repo, private=not args.public, token=args.token,
                          commit_message=args.message)
