@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args) -> int:
-    from dataset_script.hub_release import build_from_hub, looks_like_hub_id
     from dataset_script.parquet_export import build_hub_dataset
+    from dataset_script.release_download import build_from_hub, looks_like_hub_id
 
     if looks_like_hub_id(args.source):
         summary = build_from_hub(args.source, args.out, revision=args.revision, strict=not args.lenient,
