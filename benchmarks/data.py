@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     from datasets import load_dataset
     from torch.utils.data import DataLoader
 
-    from dataset_script.demo import write_demo_release
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
+    from dataset_script.synthetic import write_demo_release
     from modeling_stepcot import StepCoTDataCollator, StepCoTProcessor, StepCoTStudentConfig
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="stepcot-data-bench-"))

@@ -42,8 +42,8 @@ def mean_ci(values):
 
 
 def prepare_data(work: Path, n: int, image_size: int) -> Path:
-    from dataset_script.demo import write_demo_release
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
+    from dataset_script.synthetic import write_demo_release
 
     release, built = work / "release", work / "dataset"
     if not (release / "data.json").is_file():

@@ -501,7 +501,7 @@ def main(argv=None) -> int:
                              "OOD false flags): no chain decoding, no finer-label baselines")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
     from trainers.evaluation.report import load_metrics
     from trainers.training.run_setup import DIFFERENCES_FILENAME
 

@@ -36,13 +36,8 @@ from pathlib import Path
 
 from dataset_script.annotate.annotator import annotate_rows
 from dataset_script.annotate.records import read_reports
-from dataset_script.release import (
-    RECORD_FIELD_ALIASES,
-    SCHEMA_FILE,
-    StepCoTDataError,
-    get_field,
-    normalize_text,
-)
+from dataset_script.records import RECORD_FIELD_ALIASES, StepCoTDataError, get_field, normalize_text
+from dataset_script.schema import SCHEMA_FILE
 from modeling_stepcot.configuration_stepcot import StepCoTSchemaConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

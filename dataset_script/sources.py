@@ -9,13 +9,15 @@
     a built folder      (a dataset card or Parquet files, e.g. `stepcot data build` output) loaded as it is
     a Hub id            a raw release on the Hub (data.json + image archives, e.g. fl-15o/Step-CoT) is downloaded at
                         a pinned commit, unpacked and built once into $HF_HOME/stepcot/hub-releases (reused for that
-                        commit, offline too: `dataset_script.hub_release`); any other Hub id goes to `load_dataset(id)`
+                        commit, offline too: `dataset_script.release_download`); any other Hub id goes to
+                        `load_dataset(id)`
 
 WORK is the command's own folder (`stepcot train --output_dir`, the bench's OUT/data) or, for commands that have
 none (`stepcot eval`, baselines), a per-release folder under `$STEPCOT_CACHE` (default ~/.cache/stepcot/builds).
 
-A built folder's shard names carry their content digest (`dataset_script.hub`), so `load_dataset`'s cache never
-serves an earlier build's rows; folders built before that naming are re-read from their Parquet files every time.
+A built folder's shard names carry their content digest (`dataset_script.parquet_export`), so `load_dataset`'s
+cache never serves an earlier build's rows; folders built before that naming are re-read from their Parquet files
+every time.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import re
 import shutil
 from pathlib import Path
 
-from dataset_script.demo import demo_release_matches, write_demo_release
-from dataset_script.hub import build_hub_dataset, build_settings, read_build_info
-from dataset_script.hub_release import prepare_hub_dataset
-from dataset_script.release import StepCoTDataError
+from dataset_script.parquet_export import build_hub_dataset, build_settings, read_build_info
+from dataset_script.records import StepCoTDataError
+from dataset_script.release_download import prepare_hub_dataset
+from dataset_script.synthetic import demo_release_matches, write_demo_release
 
 logger = logging.getLogger(__name__)
 

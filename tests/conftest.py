@@ -21,7 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory):
     """24 synthetic records, 32 px images, with train/val/test split files; use `release` to get a copy to change."""
-    from dataset_script.demo import write_demo_release
+    from dataset_script.synthetic import write_demo_release
 
     folder = tmp_path_factory.mktemp("tiny_release")
     write_demo_release(folder, n=24, seed=0, image_size=32)
@@ -53,7 +53,7 @@ def release(tiny_release, tmp_path):
 def demo_release_dir(tmp_path_factory):
     """A small synthetic Step-CoT release (60 records, 64 px) in the release layout; read-only for tests:
     copy it (`shutil.copytree`) before changing anything."""
-    from dataset_script.demo import write_demo_release
+    from dataset_script.synthetic import write_demo_release
 
     folder = tmp_path_factory.mktemp("demo_release")
     write_demo_release(folder, n=60, seed=0, image_size=64)
@@ -63,7 +63,7 @@ def demo_release_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hub_dataset(demo_release_dir, tmp_path_factory):
     """The small demo release built into the Hub layout (`load_dataset(hub_dataset)` works); read-only."""
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     folder = tmp_path_factory.mktemp("demo_hub")
     build_hub_dataset(demo_release_dir, folder)

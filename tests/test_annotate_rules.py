@@ -15,6 +15,7 @@ from dataset_script.annotate.findings import (
 from dataset_script.annotate.mesh import UnknownMeshCode, parse_mesh
 from dataset_script.annotate.records import ReportError, read_reports, validate_record
 from dataset_script.annotate.rules import annotate_report, extract_findings, split_sentences
+from dataset_script.records import validate_record as validate_release_record
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
     DETECTION,
@@ -193,7 +194,7 @@ def test_every_chain_passes_the_data_layers_strict_validation(text):
     record = {"patient_id": "p1", "image_path": "images/p1.png", "origin": "test", "report": text,
               "vqa_chain": annotate_report(text, "")}
     validate_record(record)  # the release reader's checks plus the exact schema texts
-    assert release.validate_record(record) == []
+    assert validate_release_record(record) == []
     for step, options in zip(record["vqa_chain"], DEFAULT_STEP_OPTIONS):
         assert step["options"] == options and step["reasoning"].strip()
 

@@ -32,7 +32,7 @@ def folder_release(tmp_path_factory):
 def test_dataset_schema_takes_the_builds_step_names(folder_release, tmp_path):
     from datasets import load_dataset
 
-    from dataset_script.hub import build_hub_dataset, built_step_schema
+    from dataset_script.parquet_export import build_hub_dataset, built_step_schema
     from trainers.training.run_setup import dataset_schema
 
     build_hub_dataset(folder_release, tmp_path / "built")

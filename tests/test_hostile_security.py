@@ -180,7 +180,8 @@ def escaping_release(demo_release_dir, tmp_path):
 
 
 def test_image_paths_outside_the_release_are_named_validation_errors(escaping_release, tmp_path):
-    from dataset_script.release import StepCoTDataError, StepCoTRelease
+    from dataset_script.records import StepCoTDataError
+    from dataset_script.release import StepCoTRelease
 
     folder, records, _ = escaping_release
     with pytest.raises(StepCoTDataError, match=r"record 0 .*image_path.*'\.\.'"):
@@ -196,7 +197,7 @@ def test_image_paths_outside_the_release_are_named_validation_errors(escaping_re
 
 
 def test_lenient_build_never_embeds_bytes_from_outside(escaping_release, tmp_path):
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     folder, records, _ = escaping_release
     out = tmp_path / "hub"

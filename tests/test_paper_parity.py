@@ -32,7 +32,7 @@ def renamed_release(demo_release_dir, tmp_path_factory):
 def test_dataset_schema_reads_the_releases_questions_and_options(renamed_release, tmp_path):
     from datasets import load_dataset
 
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
     from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
     from trainers.training.run_setup import _adopt_schema, dataset_schema
 
@@ -96,7 +96,7 @@ def test_no_test_split_fails_unless_validation_is_asked_for(hub_dataset, tmp_pat
 
 
 def test_hard_demo_is_subtler_noisier_and_leaves_the_easy_one_alone():
-    from dataset_script.demo import DIFFICULTIES, diagnosis_from_findings, make_demo_example
+    from dataset_script.synthetic import DIFFICULTIES, diagnosis_from_findings, make_demo_example
 
     noisy = 0
     for index in range(200):

@@ -138,7 +138,7 @@ def test_exact_consistent_search_matches_brute_force():
 
 
 def test_chain_rules_accept_the_demo_ground_truth_and_catch_contradictions():
-    from dataset_script.demo import DIAGNOSIS_PRIOR, diagnosis_from_findings, sample_findings
+    from dataset_script.synthetic import DIAGNOSIS_PRIOR, diagnosis_from_findings, sample_findings
 
     checker = ChainChecker(DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS)
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ from tiny_models import TINY_TEXT, tiny_teacher_config
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, AutoTokenizer
 
-from dataset_script.hub import build_hub_dataset
+from dataset_script.parquet_export import build_hub_dataset
 from dataset_script.release import StepCoTRelease
 from modeling_stepcot import StepCoTDataCollator, StepCoTProcessor, StepCoTStudentConfig, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS

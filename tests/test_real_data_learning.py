@@ -22,7 +22,7 @@ def kermany_run(tmp_path_factory):
         pytest.skip(f"real test data not found at {SHARED_DATA} (a fresh clone has no ../shared)")
     from real_data_release import write_release
 
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
     from trainers.run_distill import main as run_distill
 
     root = tmp_path_factory.mktemp("kermany")

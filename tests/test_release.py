@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset_script.release import (
+from dataset_script.records import (
     StepCoTDataError,
-    StepCoTRelease,
     UnknownAnswerError,
     answer_to_label,
     clean_options,
-    stratified_group_split,
     validate_record,
 )
+from dataset_script.release import StepCoTRelease
+from dataset_script.splits import stratified_group_split
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, IGNORE_INDEX
 
 DISTRIBUTION = DEFAULT_STEP_OPTIONS[1]  # Focal, Multifocal, Diffuse, N/A

@@ -68,21 +68,21 @@ def test_overlay_keeps_low_saliency_pixels_grey():
 @contextmanager
 def capture_lesions():
     """Record the lesion density image that the demo renderer adds (its `_draw_lesions` output)."""
-    import dataset_script.demo as demo
+    import dataset_script.synthetic as synthetic
 
     captured = {}
-    original = demo._draw_lesions
+    original = synthetic._draw_lesions
 
     def recording(*args, **kwargs):
         captured["density"] = original(*args, **kwargs)
         return captured["density"]
 
-    with mock.patch.object(demo, "_draw_lesions", recording):
+    with mock.patch.object(synthetic, "_draw_lesions", recording):
         yield captured
 
 
 def render(diagnoses, size, first_index):
-    from dataset_script.demo import make_demo_example
+    from dataset_script.synthetic import make_demo_example
 
     images, labels, masks = [], [], []
     with capture_lesions() as captured:
@@ -109,7 +109,7 @@ def test_trained_model_maps_concentrate_on_the_rendered_lesion():
     explains its pattern and diagnosis answers with maps that are denser inside the lesion than outside.
     The baseline pairs each map with another image's lesion mask: lesions always lie in the lungs, so a map that
     merely highlights the lungs would score as well there."""
-    from dataset_script.demo import DIAGNOSIS_PRIOR
+    from dataset_script.synthetic import DIAGNOSIS_PRIOR
     from modeling_stepcot import StepCoTStudent
     from modeling_stepcot.modeling_stepcot import StepCoTEfficientNetEncoder
 

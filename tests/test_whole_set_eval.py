@@ -81,7 +81,7 @@ def test_eval_all_pools_every_split_of_a_seeded_release(tmp_path):
 
 def test_import_rejects_an_unknown_split_mode(tmp_path):
     from dataset_script.importers import import_folders
-    from dataset_script.release import StepCoTDataError
+    from dataset_script.records import StepCoTDataError
 
     with pytest.raises(StepCoTDataError, match="--split 'half'"):
         import_folders(_folders(tmp_path / "folders"), tmp_path / "release", split="half")

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_script.release import validate_record as release_validate_record
+from dataset_script.records import validate_record as release_validate_record
 from dataset_script.safe_paths import UnsafePathError, safe_relative_path
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
@@ -220,7 +220,7 @@ def validate_chain(chain, where: str) -> None:
 
 
 def validate_record(record, where: str = "record") -> None:
-    """Strict check of one output record: the data layer's own validation (`dataset_script.release`), then the
+    """Strict check of one output record: the data layer's own validation (`dataset_script.records`), then the
     exact schema texts and the `laterality` key. Raises ValueError naming `where`, the record and the field."""
     problems = release_validate_record(record)
     if problems:

@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from dataset_script.release import StepCoTDataError
+    from dataset_script.records import StepCoTDataError
 
     try:
         return _COMMANDS[args.data_command](args)
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args) -> int:
-    from dataset_script.hub import build_hub_dataset
-    from dataset_script.hub_release import build_from_hub, looks_like_hub_id
+    from dataset_script.parquet_export import build_hub_dataset
+    from dataset_script.release_download import build_from_hub, looks_like_hub_id
 
     if looks_like_hub_id(args.source):
         summary = build_from_hub(args.source, args.out, revision=args.revision, strict=not args.lenient,
@@ -125,7 +125,7 @@ def _build(args) -> int:
 
 
 def _demo(args) -> int:
-    from dataset_script.demo import write_demo_release
+    from dataset_script.synthetic import write_demo_release
 
     summary = write_demo_release(args.out, n=args.n, seed=args.seed, image_size=args.image_size, workers=args.workers,
                                  difficulty=args.difficulty)
@@ -155,7 +155,7 @@ def _import(args) -> int:
 
 
 def _push(args) -> int:
-    from dataset_script.hub import push_to_hub
+    from dataset_script.parquet_export import push_to_hub
 
     commit = push_to_hub(args.folder, args.repo, private=not args.public, token=args.token,
                          commit_message=args.message)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
-from dataset_script.release import StepCoTDataError
+from dataset_script.records import StepCoTDataError
 from dataset_script.sources import load_source
 from modeling_stepcot.processing_stepcot import image_processor_for_config, pixel_values_from_images
 from trainers.evaluation.loading import load_model, load_processor

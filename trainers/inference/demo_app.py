@@ -33,7 +33,7 @@ import numpy as np
 
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
 import trainers
-from dataset_script.demo import make_demo_example
+from dataset_script.synthetic import make_demo_example
 from modeling_stepcot.pipeline_stepcot import MIN_GREY_STD, image_statistics, refusal_reason
 from trainers.choices import DEFAULT_DEMO_COMPARE, DEFAULT_DEMO_MODEL
 from trainers.evaluation.loading import load_model

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
-from dataset_script.hub import built_step_schema
+from dataset_script.parquet_export import built_step_schema
 from dataset_script.sources import load_built, prepare_source
 from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import (

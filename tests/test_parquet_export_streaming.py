@@ -6,8 +6,8 @@ import json
 import pytest
 
 from dataset_script import record_stream
-from dataset_script.hub import build_hub_dataset
-from dataset_script.release import StepCoTDataError
+from dataset_script.parquet_export import build_hub_dataset
+from dataset_script.records import StepCoTDataError
 
 
 def test_build_writes_bounded_shards_that_load_streaming_and_in_full(demo_release_dir, tmp_path):

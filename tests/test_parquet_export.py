@@ -12,7 +12,9 @@ from datasets import Image as ImageFeature
 from datasets import load_dataset
 from PIL import Image
 
-from dataset_script.demo import (
+from dataset_script.parquet_export import FEATURES, build_hub_dataset, push_to_hub
+from dataset_script.release import StepCoTRelease
+from dataset_script.synthetic import (
     DIAGNOSIS_PRIOR,
     diagnosis_from_findings,
     lesion_sites,
@@ -20,8 +22,6 @@ from dataset_script.demo import (
     render_image,
     sample_findings,
 )
-from dataset_script.hub import FEATURES, build_hub_dataset, push_to_hub
-from dataset_script.release import StepCoTRelease
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
 from trainers import cli
 

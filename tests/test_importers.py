@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from dataset_script.importers import import_folders, import_table
-from dataset_script.release import StepCoTDataError, StepCoTRelease
+from dataset_script.records import StepCoTDataError
+from dataset_script.release import StepCoTRelease
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +154,7 @@ patient_id: '(person\\d+|IM-\\d+)'
 
 @pytest.mark.slow  # subprocesses (imports torch), or 480 real images
 def test_kermany_480_from_class_folders_and_from_its_table(shared_data_dir, tmp_path):
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     source = shared_data_dir / "kermany-pediatric-cxr-480"
     (tmp_path / "kermany.yaml").write_text(KERMANY_MAPPING)

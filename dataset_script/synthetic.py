@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset_script.release import SPLITS, stratified_group_split
+from dataset_script.splits import SPLITS, stratified_group_split
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_NAMES,
     DEFAULT_STEP_OPTIONS,

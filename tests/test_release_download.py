@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from hub_server import FakeHub
 
-from dataset_script.hub_release import archive_stem, looks_like_hub_id, safe_unpack
-from dataset_script.release import StepCoTDataError
+from dataset_script.records import StepCoTDataError
+from dataset_script.release_download import archive_stem, looks_like_hub_id, safe_unpack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELEASE_ID = "fl-15o/Step-CoT"
@@ -151,7 +151,7 @@ def _resolve_gets(hub: FakeHub) -> list[str]:
 
 
 @pytest.mark.slow
-def test_hub_release_download_build_train_push_and_load_back(demo_release_dir, tiny_clip_dir, tmp_path):
+def test_release_download_download_build_train_push_and_load_back(demo_release_dir, tiny_clip_dir, tmp_path):
     from datasets import load_dataset
 
     with FakeHub(lifetime_s=280) as hub:
@@ -212,7 +212,7 @@ def test_hub_release_download_build_train_push_and_load_back(demo_release_dir, t
         downloads = len(_resolve_gets(hub)) - before
         assert downloads >= 6  # data.json, three sheets, two archives
         before = len(_resolve_gets(hub))
-        code = ("import sys; from dataset_script.hub_release import prepare_hub_dataset as p; "
+        code = ("import sys; from dataset_script.release_download import prepare_hub_dataset as p; "
                 "print(p(sys.argv[1]))")
         cached = _python(code, env, RELEASE_ID)
         assert cached.returncode == 0, cached.stderr[-2000:]
@@ -254,7 +254,7 @@ def _raw_image():
 
 
 def _build_locally(release_dir, out):
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     build_hub_dataset(release_dir, out)
     return out
@@ -270,7 +270,7 @@ def test_offline_a_cached_build_is_used_and_without_one_the_error_says_so(tmp_pa
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE"))}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), STEPCOT_CACHE=str(cache),
                PYTHONPATH=str(REPO_ROOT))
-    code = ("import sys; from dataset_script.hub_release import prepare_hub_dataset as p\n"
+    code = ("import sys; from dataset_script.release_download import prepare_hub_dataset as p\n"
             "try:\n    print(p(sys.argv[1]))\nexcept Exception as error:\n    print('error:', error)")
     found = _python(code, env, RELEASE_ID)
     assert found.stdout.strip() == str(built) and "using the cached build" in found.stderr

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_script.release import StepCoTDataError, StepCoTRelease, infer_schema
+from dataset_script.records import StepCoTDataError
+from dataset_script.release import StepCoTRelease
+from dataset_script.schema import infer_schema
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS
 
 DIAGNOSES = ["Normal", "Bacterial", "Viral"]
@@ -47,7 +49,7 @@ def test_custom_schema_comes_from_the_records(tmp_path):
 def test_custom_schema_builds_and_loads_with_counts_in_the_card(tmp_path):
     from datasets import load_dataset
 
-    from dataset_script.hub import build_hub_dataset
+    from dataset_script.parquet_export import build_hub_dataset
 
     _kermany_like_release(tmp_path / "release")
     build_hub_dataset(tmp_path / "release", tmp_path / "built")
@@ -137,14 +139,14 @@ def test_partial_chains_are_scored_only_on_given_steps(partial_release):
     ([{"options": ["a", "b"], "answer": "a"}], "vqa_chain[0].step", "needs each entry's step number or name"),
 ])
 def test_partial_chain_entries_must_name_their_step(demo_release_dir, chain, field, message):
-    from dataset_script.release import validate_record
+    from dataset_script.records import validate_record
 
     problems = validate_record({"patient_id": "p", "image_path": "x.png", "vqa_chain": chain}, 0)
     assert len(problems) == 1 and f"field {field}: " in problems[0] and message in problems[0], problems
 
 
 def test_a_step_given_twice_is_reported_and_a_chain_without_answers_is_a_note(partial_release):
-    from dataset_script.release import validate_record
+    from dataset_script.records import validate_record
 
     step = {"step": "Diagnosis", "options": DEFAULT_STEP_OPTIONS[6], "answer": "Normal"}
     assert "given twice" in validate_record({"patient_id": "p", "image_path": "x", "vqa_chain": [step, step]})[0]
@@ -160,7 +162,7 @@ def test_the_readme_record_example_is_a_valid_record():
     import re
     from pathlib import Path
 
-    from dataset_script.release import parse_record
+    from dataset_script.records import parse_record
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     example = re.search(r"A complete record of the seven-step schema:\n\n```json\n(.*?)```", readme, re.S)

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from dataset_script import hub
-from dataset_script.hub import BuildOutputError, build_hub_dataset
-from dataset_script.release import StepCoTDataError
+from dataset_script import parquet_export
+from dataset_script.parquet_export import BuildOutputError, build_hub_dataset
+from dataset_script.records import StepCoTDataError
 from dataset_script.sources import load_source, prepare_source, source_kind
 from trainers import cli
 
@@ -99,7 +99,7 @@ def test_failed_rebuild_leaves_the_previous_build_intact(release, tmp_path, monk
     card_before = (out / "README.md").read_text()
     _swap_first_step(release)
     calls = {"n": 0}
-    real_row = hub._row
+    real_row = parquet_export._row
 
     def failing_row(record):  # the process dies half-way through the new shards
         calls["n"] += 1
@@ -107,12 +107,12 @@ def test_failed_rebuild_leaves_the_previous_build_intact(release, tmp_path, monk
             raise KeyboardInterrupt
         return real_row(record)
 
-    monkeypatch.setattr(hub, "_row", failing_row)
+    monkeypatch.setattr(parquet_export, "_row", failing_row)
     with pytest.raises(KeyboardInterrupt):
         build_hub_dataset(release, out)
     assert sorted(p.name for p in (out / "data").iterdir()) == shards_before
     assert (out / "README.md").read_text() == card_before
-    assert not [p for p in out.iterdir() if p.name.startswith(hub.STAGING_PREFIX)]
+    assert not [p for p in out.iterdir() if p.name.startswith(parquet_export.STAGING_PREFIX)]
     assert load_dataset(str(out), split="train", cache_dir=cache)["labels"] == labels_before
 
 
@@ -131,7 +131,7 @@ def test_build_refuses_an_output_folder_that_is_or_nests_with_the_release(releas
 def test_leftovers_of_a_killed_build_are_cleared(release, tmp_path):
     out = tmp_path / "built"
     build_hub_dataset(release, out)
-    leftover = out / f"{hub.STAGING_PREFIX}killed"
+    leftover = out / f"{parquet_export.STAGING_PREFIX}killed"
     (leftover / "data").mkdir(parents=True)
     build_hub_dataset(release, out)
     assert not leftover.exists()

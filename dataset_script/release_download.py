@@ -24,8 +24,8 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from dataset_script.hub import build_hub_dataset
-from dataset_script.release import StepCoTDataError
+from dataset_script.parquet_export import build_hub_dataset
+from dataset_script.records import StepCoTDataError
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _hub_dataset_info(repo_id: str, revision: str | None, token=None):
         raise ConnectionError(f"{type(error).__name__}: {error}") from None
 
 
-def download_hub_release(repo_id: str, info, cache_dir: Path, token=None) -> tuple[Path, dict]:
+def download_release(repo_id: str, info, cache_dir: Path, token=None) -> tuple[Path, dict]:
     """Download the release files of `info` (pinned to its commit; `huggingface_hub` resumes an interrupted
     download from its partial file) and assemble the release folder. Returns (release folder, source record)."""
     from huggingface_hub import constants, snapshot_download
@@ -327,7 +327,7 @@ def build_from_hub(repo_id: str, out_dir, revision: str | None = None, cache_dir
         raise StepCoTDataError(f"{repo_id}: no data.json at the repository root, so it is not a raw Step-CoT "
                                f"release (files: {files[:8]}); if it already holds Parquet, load it directly: "
                                f"load_dataset({repo_id!r}) or --dataset {repo_id}")
-    release_dir, source = download_hub_release(repo_id, info, cache_dir, token)
+    release_dir, source = download_release(repo_id, info, cache_dir, token)
     source["requested_revision"] = revision or "main"
     summary = build_release_folder(release_dir, out_dir, strict=strict, seed=seed, hub_source=source)
     (Path(out_dir) / SOURCE_FILE).write_text(json.dumps(source, indent=2), encoding="utf-8")
@@ -363,7 +363,7 @@ def prepare_hub_dataset(repo_id: str, revision: str | None = None, cache_dir=Non
     if (built / "README.md").is_file() and (built / SOURCE_FILE).is_file():
         logger.info("reusing the build of %s at %s from %s", repo_id, info.sha, built)
         return str(built)
-    release_dir, source = download_hub_release(repo_id, info, cache_dir, token)
+    release_dir, source = download_release(repo_id, info, cache_dir, token)
     source["requested_revision"] = revision or "main"
     build_release_folder(release_dir, built, strict=strict, seed=seed, hub_source=source)
     (built / SOURCE_FILE).write_text(json.dumps(source, indent=2), encoding="utf-8")  # written last: build complete

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_script.hub_release import assemble_release, safe_unpack
-from dataset_script.release import StepCoTDataError
+from dataset_script.records import StepCoTDataError
+from dataset_script.release_download import assemble_release, safe_unpack
 
 ARCHIVE_KINDS = ["zip", "tar", "tar.gz", "tgz"]
 
@@ -115,7 +115,7 @@ def _png(path, size=(8, 8)):
     return path
 
 
-def test_hub_release_refusal_is_one_line_and_leaves_no_release(tmp_path):
+def test_release_download_refusal_is_one_line_and_leaves_no_release(tmp_path):
     snapshot = tmp_path / "snapshot"
     snapshot.mkdir()
     (snapshot / "data.json").write_text("[]")

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset_script.release import StepCoTDataError, StepCoTRelease
+from dataset_script.records import StepCoTDataError
+from dataset_script.release import StepCoTRelease
 from trainers import cli
 
 
@@ -154,7 +155,7 @@ ODD_FIELDS = ["patient_id", "image_path", "vqa_chain", "report", "origin", "view
 
 
 def test_any_odd_field_value_is_a_named_problem_never_a_crash(tiny_release):
-    from dataset_script.release import parse_record
+    from dataset_script.records import parse_record
 
     record = _records(tiny_release)[5]
     for field in ODD_FIELDS:
@@ -277,7 +278,7 @@ def test_near_duplicate_image_in_another_split_is_reported_and_fails_strict(rele
 
 
 def test_distinct_real_chest_xrays_are_not_near_duplicates(shared_data_dir):
-    from dataset_script.release import NEAR_DUPLICATE_MAX_DISTANCE, inspect_image
+    from dataset_script.images import NEAR_DUPLICATE_MAX_DISTANCE, inspect_image
 
     paths = sorted((shared_data_dir / "nih-chestxray14-images").rglob("*.png"))[:30]
     hashes = np.array([inspect_image(p, perceptual_hash=True)["phash"] for p in paths])

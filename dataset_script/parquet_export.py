@@ -29,9 +29,11 @@ from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from dataset_script.demo import DEMO_ORIGIN
-from dataset_script.release import SPLITS, StepCoTDataError, StepCoTRelease, release_fingerprint
+from dataset_script.records import StepCoTDataError
+from dataset_script.release import StepCoTRelease, release_fingerprint
 from dataset_script.shard_writer import ShardWriter
+from dataset_script.splits import SPLITS
+from dataset_script.synthetic import DEMO_ORIGIN
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, StepCoTSchemaConfig
 from modeling_stepcot.processing_stepcot import image_to_8bit
 
