@@ -13,7 +13,8 @@ from transformers import pipeline
 import modeling_stepcot  # noqa: F401  (registers the task)
 from modeling_stepcot.chain_stepcot import ChainChecker
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS, StepCoTStudentConfig
-from modeling_stepcot.pipeline_stepcot import TASK, embedding_distance, embedding_statistics
+from modeling_stepcot.ood_stepcot import embedding_distance, embedding_statistics
+from modeling_stepcot.pipeline_stepcot import TASK
 from trainers.evaluation.linear_probe import baseline_scores, majority_scores
 from trainers.evaluation.metrics import compute_step_metrics, wilson_interval
 from trainers.evaluation.report import markdown_table

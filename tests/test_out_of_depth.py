@@ -10,13 +10,8 @@ import pytest
 from PIL import Image
 from tiny_models import tiny_student
 
-from modeling_stepcot.pipeline_stepcot import (
-    StepCoTVQAPipeline,
-    conformal_threshold,
-    embedding_distance,
-    embedding_statistics,
-    refusal_reason,
-)
+from modeling_stepcot.ood_stepcot import conformal_threshold, embedding_distance, embedding_statistics
+from modeling_stepcot.pipeline_stepcot import StepCoTVQAPipeline, refusal_reason
 from trainers.inference.demo_app import ImageRefused, ServedModel, analyse, render_model
 from trainers.inference.predict import format_table
 

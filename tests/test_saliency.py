@@ -12,7 +12,8 @@ from transformers import pipeline
 
 import modeling_stepcot  # noqa: F401  (registers the task)
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS
-from modeling_stepcot.pipeline_stepcot import TASK, stepwise_grad_cam, upsample_maps
+from modeling_stepcot.gradcam_stepcot import stepwise_grad_cam, upsample_maps
+from modeling_stepcot.pipeline_stepcot import TASK
 from trainers.inference.saliency import overlay
 from trainers.training.offline_encoders import offline_encoders_available
 
@@ -111,7 +112,7 @@ def test_trained_model_maps_concentrate_on_the_rendered_lesion():
     merely highlights the lungs would score as well there."""
     from dataset_script.demo import DIAGNOSIS_PRIOR
     from modeling_stepcot import StepCoTStudent
-    from modeling_stepcot.modeling_stepcot import StepCoTEfficientNetEncoder
+    from modeling_stepcot.backbones_stepcot import StepCoTEfficientNetEncoder
 
     size, train_count, test_count = 160, 128, 24
     rng = np.random.default_rng(0)

@@ -22,7 +22,7 @@ from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_QUESTIONS,
     IGNORE_INDEX,
 )
-from modeling_stepcot.pipeline_stepcot import embedding_statistics
+from modeling_stepcot.ood_stepcot import embedding_statistics
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.console import configure_console, pop_verbose_flag
 from trainers.evaluation.evaluate_model import chain_schema
