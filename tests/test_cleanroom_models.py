@@ -51,7 +51,7 @@ def exported(tmp_path_factory):
     """A tiny student and teacher with the default offline backbone (EfficientNet-Lite0), exported as stepcot
     exports a trained pair: weights + code, processor, pipeline, model card."""
     from modeling_stepcot import StepCoTProcessor
-    from trainers.hub.export import export
+    from trainers.model_export.export import export
 
     tokenizer = tiny_tokenizer()
     models = {
@@ -118,7 +118,7 @@ def test_export_with_the_offline_encoders_names_no_local_path(tmp_path, capfd):
     from transformers import AutoTokenizer
 
     from modeling_stepcot import StepCoTProcessor, StepCoTTeacher
-    from trainers.hub.export import export
+    from trainers.model_export.export import export
     from trainers.training.offline_encoders import (
         OFFLINE_TEXT_ENCODER_HUB_ID,
         local_encoder_path,

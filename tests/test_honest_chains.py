@@ -119,7 +119,7 @@ def test_pipeline_and_predict_show_untrained_steps_as_unknown(diagnosis_only_stu
 
 
 def test_model_card_lists_training_labels_per_step():
-    from trainers.hub.model_card import _steps_table
+    from trainers.model_export.model_card import _steps_table
 
     table = _steps_table(StepCoTStudentConfig(step_training_counts=DIAGNOSIS_ONLY))
     assert table.count("none: not trained") == 6 and "| 336 |" in table and "Untrained steps" in table

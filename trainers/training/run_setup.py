@@ -29,7 +29,7 @@ from trainers.evaluation.evaluate_model import chain_schema
 from trainers.evaluation.linear_probe import baseline_scores
 from trainers.evaluation.metrics import compute_step_metrics, paired_difference, to_step_probabilities
 from trainers.evaluation.report import markdown_table, strict_json, write_report
-from trainers.hub.export import export
+from trainers.model_export.export import export
 from trainers.training.checkpoints import TrainingError, resolve_resume_checkpoint
 from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import (
