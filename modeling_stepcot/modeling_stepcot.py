@@ -1,10 +1,10 @@
 """Step-CoT teacher (GAT memory over step questions) and student (light chain) as `transformers` models.
 
 This file ships inside every checkpoint (remote code): it imports only torch, transformers and its siblings
-`configuration_stepcot` and `backbones_stepcot` (the image encoders).
+`configuration_stepcot`, `backbones_stepcot` (the image encoders), `layers_stepcot` (the teacher's GAT layer and step
+heads) and `companion_stepcot` (the files a re-save keeps).
 """
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,9 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .backbones_stepcot import VISION_ENCODERS, vision_encoder_class
+from .companion_stepcot import copy_companion_files
 from .configuration_stepcot import IGNORE_INDEX, StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
+from .layers_stepcot import StepCoTGATLayer, StepCoTStepHead
 
 logger = logging.get_logger(__name__)
 
@@ -83,105 +85,6 @@ class StepCoTOutput(ModelOutput):
     gat_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-# Files of a saved folder that `save_pretrained` does not write but a user's re-save needs to keep: the processor
-# (image processor, tokenizer) and the model card.
-COMPANION_FILES = (
-    "README.md",
-    "processor_config.json",
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "chat_template.jinja",
-)
-
-
-def _copy_companion_files(source, folder: Path):
-    """Copy COMPANION_FILES from `source` (a local folder, or a Hub repo id resolved in the local cache) into
-    `folder`, leaving the files `folder` already has."""
-    if not source:
-        return
-    source_folder = Path(source)
-    if source_folder.resolve() == folder.resolve():
-        return
-    for name in COMPANION_FILES:
-        if (folder / name).exists():
-            continue
-        if source_folder.is_dir():
-            found = source_folder / name
-            found = found if found.is_file() else None
-        else:
-            try:
-                from huggingface_hub import try_to_load_from_cache
-
-                cached = try_to_load_from_cache(str(source), name)
-            except Exception:  # not a repo id: nothing to copy
-                cached = None
-            found = Path(cached) if isinstance(cached, str) else None
-        if found is not None:
-            shutil.copyfile(found, folder / name)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Teacher building blocks
-# ----------------------------------------------------------------------------------------------------------
-
-
-class StepCoTGATLayer(nn.Module):
-    """Multi-head graph attention over a fully connected node set, then residual projection, LayerNorm, ELU.
-
-    score_ij = LeakyReLU(a_src . W h_i + a_dst . W h_j), alpha_ij = softmax_j(score_ij),
-    h'_i = ||_heads sum_j alpha_ij W h_j.
-    """
-
-    def __init__(self, config: StepCoTConfig):
-        super().__init__()
-        self.num_heads = config.gat_num_heads
-        self.head_dim = config.hidden_size // config.gat_num_heads
-        self.projection = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.attention_source = nn.Parameter(torch.empty(self.num_heads, self.head_dim))
-        self.attention_target = nn.Parameter(torch.empty(self.num_heads, self.head_dim))
-        self.leaky_relu = nn.LeakyReLU(config.gat_negative_slope)
-        self.attention_dropout = nn.Dropout(config.gat_attention_dropout)
-        self.residual = nn.Linear(config.hidden_size, config.hidden_size)
-        self.layer_norm = nn.LayerNorm(config.hidden_size)
-
-    def forward(self, nodes):
-        batch, num_nodes, _ = nodes.shape
-        projected = self.projection(nodes).view(batch, num_nodes, self.num_heads, self.head_dim)
-        source_scores = (projected * self.attention_source).sum(-1)  # (B, N, heads)
-        target_scores = (projected * self.attention_target).sum(-1)
-        scores = self.leaky_relu(source_scores.unsqueeze(2) + target_scores.unsqueeze(1))  # (B, i, j, heads)
-        attention = scores.softmax(dim=2).permute(0, 3, 1, 2)  # (B, heads, i, j)
-        mixed = self.attention_dropout(attention) @ projected.transpose(1, 2)  # (B, heads, N, head_dim)
-        mixed = mixed.transpose(1, 2).reshape(batch, num_nodes, -1)
-        return F.elu(self.layer_norm(mixed + self.residual(nodes))), attention
-
-
-class StepCoTStepHead(nn.Module):
-    """MLP over [projected image ; step context] and a linear classifier for one step's options."""
-
-    def __init__(self, config: StepCoTConfig, num_classes: int):
-        super().__init__()
-        hidden = config.hidden_size
-        self.mlp = nn.Sequential(
-            nn.Linear(2 * hidden, hidden),
-            nn.LayerNorm(hidden),
-            nn.ReLU(),
-            nn.Dropout(config.classifier_dropout),
-            nn.Linear(hidden, hidden),
-            nn.LayerNorm(hidden),
-            nn.ReLU(),
-            nn.Dropout(config.classifier_dropout),
-        )
-        self.classifier = nn.Linear(hidden, num_classes)
-
-    def forward(self, image_features, context):
-        return self.classifier(self.mlp(torch.cat([image_features, context], dim=-1)))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------
@@ -239,7 +142,7 @@ class StepCoTPreTrainedModel(PreTrainedModel):
         if kwargs.get("is_main_process", True):
             folder = Path(save_directory)
             folder.mkdir(parents=True, exist_ok=True)
-            _copy_companion_files(self.name_or_path, folder)
+            copy_companion_files(self.name_or_path, folder)
             if any(
                 str(spec.get("impl", "")).startswith("pipeline_stepcot.")
                 for spec in (getattr(self.config, "custom_pipelines", None) or {}).values()
@@ -606,7 +509,6 @@ def _build_output(step_logits, labels, **fields):
 
 __all__ = [
     "PADDED_LOGIT",
-    "StepCoTGATLayer",
     "StepCoTOutput",
     "StepCoTPreTrainedModel",
     "StepCoTStudent",

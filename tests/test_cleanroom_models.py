@@ -97,7 +97,8 @@ def test_exported_folder_and_its_resave_answer_in_a_clean_venv(exported, model_v
                    *(spec["impl"].split(".")[0] for spec in config["custom_pipelines"].values())]:
         assert (resaved / f"{module}.py").is_file(), module
     for name in ("README.md", "processor_config.json", "efficientnet_stepcot.py", "backbones_stepcot.py",
-                 "chain_stepcot.py", "ood_stepcot.py", "gradcam_stepcot.py"):
+                 "layers_stepcot.py", "companion_stepcot.py", "chain_stepcot.py", "ood_stepcot.py",
+                 "gradcam_stepcot.py"):
         assert (resaved / name).is_file(), name
     # quiet: no processor/torchvision notice, no load-report table
     assert "torchvision" not in result.stderr and "LOAD REPORT" not in result.stderr, result.stderr

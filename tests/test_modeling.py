@@ -14,7 +14,8 @@ from modeling_stepcot import (
     StepCoTTeacher,
     masked_step_cross_entropy,
 )
-from modeling_stepcot.modeling_stepcot import PADDED_LOGIT, StepCoTGATLayer
+from modeling_stepcot.layers_stepcot import StepCoTGATLayer
+from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 
 CLASSES = [4, 4, 6, 7, 5, 7, 9]
 
