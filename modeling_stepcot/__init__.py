@@ -1,9 +1,9 @@
 """Step-CoT models for `transformers`.
 
 This folder is the remote-code payload: `save_pretrained` copies `configuration_stepcot.py` and
-`modeling_stepcot.py` (and the processor file) into every checkpoint, so `AutoModel.from_pretrained(dir,
-trust_remote_code=True)` works without this package. Importing the package registers the classes with the Auto
-API for in-library use.
+`modeling_stepcot.py` with the siblings they import (and the processor and pipeline files) into every checkpoint,
+so `AutoModel.from_pretrained(dir, trust_remote_code=True)` works without this package. Importing the package
+registers the classes with the Auto API for in-library use.
 """
 
 from transformers import AutoConfig, AutoModel, AutoProcessor

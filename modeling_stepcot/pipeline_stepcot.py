@@ -1,5 +1,6 @@
 """`transformers` pipeline for Step-CoT: chest X-ray image(s) in, the seven answered steps out, with calibrated
-probabilities, a readable chain, consistency flags and (optionally) one Grad-CAM map per step.
+probabilities, a readable chain, consistency flags and (optionally) one Grad-CAM map per step
+(`gradcam_stepcot`), and an out-of-distribution flag on the image embedding (`ood_stepcot`).
 
     >>> from transformers import pipeline
     >>> import modeling_stepcot                                  # registers the "stepcot-vqa" task
@@ -28,6 +29,8 @@ from transformers import Pipeline
 
 from .chain_stepcot import DEFAULT_REPAIR_CONFIDENCE, ChainChecker
 from .configuration_stepcot import NA_OPTION
+from .gradcam_stepcot import stepwise_grad_cam, upsample_maps
+from .ood_stepcot import embedding_distance, out_of_distribution
 from .processing_stepcot import (
     MAX_IMAGE_PIXELS,
     image_processor_for_config,
@@ -66,63 +69,6 @@ def format_chain(step_names, answers) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Out-of-distribution check on the image embedding
-# ---------------------------------------------------------------------------------------------------------------
-
-OOD_QUANTILE = 0.99
-
-
-def embedding_distance(embeds, statistics) -> np.ndarray:
-    """Root-mean-square z-score of each embedding (rows of `embeds`) against the training embeddings' per-dimension
-    mean and scale: about 1 for a typical training image, larger the further an image lies from them."""
-    embeds = np.asarray(embeds, dtype=np.float64)
-    mean = np.asarray(statistics["mean"], dtype=np.float64)
-    scale = np.asarray(statistics["scale"], dtype=np.float64)
-    if embeds.shape[-1] != mean.shape[0]:
-        raise ValueError(f"embedding width {embeds.shape[-1]} does not match the recorded statistics "
-                         f"({mean.shape[0]})")
-    return np.sqrt(np.mean(((embeds - mean) / scale) ** 2, axis=-1))
-
-
-def embedding_statistics(train_embeds, reference_embeds=None, quantile: float = OOD_QUANTILE) -> dict:
-    """What `config.embedding_statistics` holds: the training embeddings' per-dimension mean and scale, and the
-    threshold above which an image is flagged: the conformal `quantile` (`conformal_threshold`) of the distances of
-    `reference_embeds` (held-out images the model did not train on, the validation split; the training images
-    themselves when None, which lie closer than unseen images and flag too many)."""
-    train = np.asarray(train_embeds, dtype=np.float64)
-    if train.ndim != 2 or train.shape[0] < 2:
-        raise ValueError(f"need at least 2 training embeddings (N, D), got shape {train.shape}")
-    spread = train.std(0)
-    # A near-constant dimension (e.g. on small or synthetic sets) would turn rounding noise into huge z-scores.
-    scale = np.maximum(spread, 0.1 * np.median(spread) + 1e-12)
-    statistics = {"mean": train.mean(0).tolist(), "scale": scale.tolist()}
-    reference = train if reference_embeds is None or len(reference_embeds) == 0 else reference_embeds
-    distances = embedding_distance(reference, statistics)
-    threshold, false_flag_rate = conformal_threshold(distances, quantile)
-    statistics.update(threshold=threshold, quantile=quantile, expected_false_flag_rate=false_flag_rate,
-                      reference="validation" if reference is not train else "train",
-                      num_reference=int(len(distances)), num_train=int(train.shape[0]))
-    return statistics
-
-
-def conformal_threshold(distances, quantile: float = OOD_QUANTILE) -> tuple[float, float]:
-    """(threshold, expected false-flag rate): the k-th smallest of n held-out distances, k = ceil((n + 1) q), so
-    that a new image exchangeable with them lies above it with probability 1 - k / (n + 1) <= 1 - q (split
-    conformal); with too few distances for that rank (k > n), the largest, flagged with probability 1 / (n + 1)."""
-    ordered = np.sort(np.asarray(distances, dtype=np.float64))
-    n = len(ordered)
-    rank = min(n, math.ceil((n + 1) * quantile))
-    return float(ordered[rank - 1]), 1.0 - rank / (n + 1)
-
-
-def out_of_distribution(distance: float, statistics) -> dict:
-    """{distance, threshold, quantile, flagged} for one image's embedding distance."""
-    threshold = float(statistics["threshold"])
-    return {"distance": float(distance), "threshold": threshold, "quantile": float(statistics.get("quantile", 0)),
-            "flagged": bool(distance > threshold)}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Sanity gate before the model: inputs no chest radiograph looks like are refused, not answered
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -153,58 +99,6 @@ def refusal_reason(height: int, width: int, colour_spread: float, grey_std: floa
     if grey_std < MIN_GREY_STD:
         return f"the image is blank (grey-level spread {grey_std:.1f} < {MIN_GREY_STD:g})"
     return None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Grad-CAM on the vision encoder's spatial grid
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def encode_with_grid(model, pixel_values):
-    """(pooled embedding, activation, to_grid): the pooled embedding is computed *from* `activation` (the
-    backbone's `forward_features`), so gradients of any step score reach it, and `to_grid` (the backbone's
-    `feature_grid`) turns the activation (or its gradient) into a (B, C, h, w) grid."""
-    encoder = model.vision_encoder
-    activation = encoder.forward_features(pixel_values)
-    return encoder.forward_head(activation), activation, encoder.feature_grid
-
-
-def stepwise_grad_cam(model, pixel_values, target_labels=None):
-    """Grad-CAM (Selvaraju et al.) of every step on the encoder grid: per step, the channel weights are the spatial
-    mean of d(logit of the target answer)/d(grid); the map is ReLU(sum_c weight_c * grid_c), scaled to [0, 1] per
-    map (all zeros when nothing is positive).
-
-    Works with frozen encoders: the pixels are marked as requiring grad so that autograd records the encoder.
-    Returns (step_logits, maps (B, steps, h, w)); `target_labels` (B, steps) defaults to the predicted answers.
-    """
-    pixel_values = pixel_values.detach().requires_grad_(True)
-    with torch.enable_grad():
-        pooled, activation, to_grid = encode_with_grid(model, pixel_values)
-        step_logits = model(image_embeds=pooled).step_logits
-        grid = to_grid(activation)
-        maps = []
-        for step, logits in enumerate(step_logits):
-            target = logits.argmax(-1) if target_labels is None else target_labels[:, step].to(logits.device)
-            score = logits.gather(1, target[:, None]).sum()  # samples are independent in eval mode
-            (gradient,) = torch.autograd.grad(score, activation, retain_graph=step < len(step_logits) - 1)
-            weights = to_grid(gradient).mean(dim=(2, 3), keepdim=True)
-            maps.append(F.relu((weights * grid).sum(1)).detach())
-    maps = torch.stack(maps, 1).float()  # (B, steps, h, w)
-    peak = maps.flatten(2).amax(-1)[..., None, None]
-    maps = torch.where(peak > 0, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
-    return tuple(logits.detach() for logits in step_logits), maps
-
-
-def upsample_maps(maps, size) -> np.ndarray:
-    """(steps, h, w) maps -> (steps, H, W) float32 in [0, 1], bilinear. The processor resizes the whole image (no
-    crop), so the grid covers the image exactly."""
-    height, width = int(size[0]), int(size[1])
-    out = np.empty((maps.shape[0], height, width), dtype=np.float32)
-    for step in range(maps.shape[0]):  # one step at a time keeps peak memory low for large radiographs
-        resized = F.interpolate(maps[step][None, None].float(), size=(height, width), mode="bilinear",
-                                align_corners=False)
-        out[step] = resized[0, 0].clamp_(0, 1).numpy()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -422,15 +316,9 @@ class StepCoTVQAPipeline(Pipeline):
 __all__ = [
     "StepCoTVQAPipeline",
     "TASK",
-    "embedding_distance",
-    "embedding_statistics",
-    "conformal_threshold",
-    "encode_with_grid",
     "format_chain",
     "image_statistics",
     "load_image",
     "refusal_reason",
     "step_temperatures",
-    "stepwise_grad_cam",
-    "upsample_maps",
 ]

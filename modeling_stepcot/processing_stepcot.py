@@ -16,8 +16,8 @@ from PIL import Image
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
+from .backbones_stepcot import VISION_ENCODERS
 from .configuration_stepcot import DEFAULT_STEP_QUESTIONS
-from .modeling_stepcot import VISION_ENCODERS
 
 # Decompression-bomb guard: an image above this many pixels is refused from its header, before decoding (a
 # 10,000 x 10,000 chest X-ray is larger than any real one).

@@ -51,7 +51,7 @@ def exported(tmp_path_factory):
     """A tiny student and teacher with the default offline backbone (EfficientNet-Lite0), exported as stepcot
     exports a trained pair: weights + code, processor, pipeline, model card."""
     from modeling_stepcot import StepCoTProcessor
-    from trainers.hub.export import export
+    from trainers.model_export.export import export
 
     tokenizer = tiny_tokenizer()
     models = {
@@ -96,7 +96,9 @@ def test_exported_folder_and_its_resave_answer_in_a_clean_venv(exported, model_v
     for module in [*(v.split(".")[0] for v in config["auto_map"].values()),
                    *(spec["impl"].split(".")[0] for spec in config["custom_pipelines"].values())]:
         assert (resaved / f"{module}.py").is_file(), module
-    for name in ("README.md", "processor_config.json", "efficientnet_stepcot.py", "chain_stepcot.py"):
+    for name in ("README.md", "processor_config.json", "efficientnet_stepcot.py", "backbones_stepcot.py",
+                 "layers_stepcot.py", "companion_stepcot.py", "chain_stepcot.py", "ood_stepcot.py",
+                 "gradcam_stepcot.py"):
         assert (resaved / name).is_file(), name
     # quiet: no processor/torchvision notice, no load-report table
     assert "torchvision" not in result.stderr and "LOAD REPORT" not in result.stderr, result.stderr
@@ -117,7 +119,7 @@ def test_export_with_the_offline_encoders_names_no_local_path(tmp_path, capfd):
     from transformers import AutoTokenizer
 
     from modeling_stepcot import StepCoTProcessor, StepCoTTeacher
-    from trainers.hub.export import export
+    from trainers.model_export.export import export
     from trainers.training.offline_encoders import (
         OFFLINE_TEXT_ENCODER_HUB_ID,
         local_encoder_path,

@@ -55,7 +55,7 @@ def _with_synthetic_statistics(folder: Path) -> None:
     """Record in the student's config the embedding statistics of synthetic demo images (as training does), and a
     card naming the synthetic set and a test accuracy."""
     from dataset_script.synthetic import make_demo_example
-    from modeling_stepcot.pipeline_stepcot import embedding_statistics
+    from modeling_stepcot.ood_stepcot import embedding_statistics
     from trainers.inference.predict import build_pipeline
 
     pipe = build_pipeline(folder)

@@ -13,7 +13,8 @@ from transformers import pipeline
 import modeling_stepcot  # noqa: F401  (registers the task)
 from modeling_stepcot.chain_stepcot import ChainChecker
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, DEFAULT_STEP_OPTIONS, StepCoTStudentConfig
-from modeling_stepcot.pipeline_stepcot import TASK, embedding_distance, embedding_statistics
+from modeling_stepcot.ood_stepcot import embedding_statistics
+from modeling_stepcot.pipeline_stepcot import TASK
 from trainers.evaluation.linear_probe import baseline_scores, majority_scores
 from trainers.evaluation.metrics import compute_step_metrics, wilson_interval
 from trainers.evaluation.report import markdown_table
@@ -118,25 +119,13 @@ def test_pipeline_and_predict_show_untrained_steps_as_unknown(diagnosis_only_stu
 
 
 def test_model_card_lists_training_labels_per_step():
-    from trainers.hub.model_card import _steps_table
+    from trainers.model_export.model_card import _steps_table
 
     table = _steps_table(StepCoTStudentConfig(step_training_counts=DIAGNOSIS_ONLY))
     assert table.count("none: not trained") == 6 and "| 336 |" in table and "Untrained steps" in table
 
 
 # -- out of distribution -----------------------------------------------------------------------------------------
-
-
-def test_embedding_statistics_flag_far_images_only():
-    rng = np.random.default_rng(0)
-    train, validation = rng.normal(size=(300, 16)), rng.normal(size=(100, 16))
-    statistics = embedding_statistics(train, validation)
-    assert statistics["reference"] == "validation" and statistics["quantile"] == 0.99
-    inside = embedding_distance(rng.normal(size=(200, 16)), statistics)
-    outside = embedding_distance(rng.normal(loc=3.0, size=(20, 16)), statistics)
-    assert np.mean(inside > statistics["threshold"]) < 0.05 and np.all(outside > statistics["threshold"])
-    with pytest.raises(ValueError, match="width"):
-        embedding_distance(np.zeros((1, 8)), statistics)
 
 
 def test_pipeline_reports_out_of_distribution(tmp_path):

@@ -119,7 +119,7 @@ def test_eval_does_not_run_checkpoint_code(trapped, hub_dataset, tmp_path):
 
 def test_model_card_counts_parameters_without_the_configs_auto_map_code(trapped):
     from modeling_stepcot import StepCoTStudentConfig
-    from trainers.hub.model_card import _count
+    from trainers.model_export.model_card import _count
 
     folder, marker = trapped
     config = StepCoTStudentConfig.from_pretrained(folder)  # name_or_path and auto_map point at the planted code

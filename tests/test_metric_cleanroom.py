@@ -11,16 +11,16 @@ from cleanroom import assert_project_absent, clean_venv, run_clean
 
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers.evaluation import metrics
-from trainers.evaluation.metric_module import MODULE_REQUIREMENTS, export_metric_module
+from trainers.evaluation.metric_export import MODULE_FILES, MODULE_REQUIREMENTS, export_evaluate_metric
 
 
-def test_the_metric_maths_imports_only_numpy_and_its_sibling():
-    source = (metrics.__file__, metrics.__file__.replace("metrics.py", "bootstrap.py"))
+def test_the_metric_maths_imports_only_numpy_and_its_siblings():
+    source = [metrics.__file__.replace("metrics.py", name) for name in MODULE_FILES]
     for path in source:
         imports = [line.split()[1] for line in open(path, encoding="utf-8")
                    if line.startswith(("import ", "from "))]
         assert set(imports) <= {"__future__", "math", "statistics", "warnings", "collections.abc", "dataclasses",
-                                "typing", "numpy", ".bootstrap"}, (path, imports)
+                                "typing", "numpy", ".bootstrap", ".metric_definitions"}, (path, imports)
     assert metrics.IGNORE_INDEX == IGNORE_INDEX
 
 
@@ -39,7 +39,7 @@ def _scores_and_labels(seed=0, n=40):
 
 @pytest.mark.slow
 def test_exported_metric_loads_and_agrees_in_a_clean_venv(tmp_path):
-    folder = export_metric_module(tmp_path / "export")
+    folder = export_evaluate_metric(tmp_path / "export")
     assert (folder / "requirements.txt").read_text().split() == list(MODULE_REQUIREMENTS)
     venv = clean_venv([], files=[folder / "requirements.txt"])
     assert_project_absent(venv, tmp_path)

@@ -8,9 +8,9 @@ import yaml
 from huggingface_hub import ModelCard
 from tiny_models import tiny_student, tiny_teacher
 
-from trainers.hub.card_metadata import metadata_problems
-from trainers.hub.model_card import render_model_card, write_model_card
 from trainers.inference.predict import add_pipeline_to_checkpoint
+from trainers.model_export.card_metadata import metadata_problems
+from trainers.model_export.model_card import render_model_card, write_model_card
 
 FAKE_METRICS = {"mean_accuracy": 0.8125, "mean_auc": 0.9031}
 FAKE_TABLE = "| Model | Accuracy |\n|---|---|\n| Teacher | 81.3 |"

@@ -14,7 +14,8 @@ from modeling_stepcot import (
     StepCoTTeacher,
     masked_step_cross_entropy,
 )
-from modeling_stepcot.modeling_stepcot import PADDED_LOGIT, StepCoTGATLayer
+from modeling_stepcot.layers_stepcot import StepCoTGATLayer
+from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 
 CLASSES = [4, 4, 6, 7, 5, 7, 9]
 
@@ -320,7 +321,7 @@ def test_parameter_count_at_paper_sizes_excludes_clip_text_tower():
 def test_backbone_forward_features_then_head_is_the_encoder_embedding(backbone):
     """The timm-style split that Grad-CAM differentiates through gives the same embedding as the backbone's own
     forward pass, and the backbone class carries its facts."""
-    from modeling_stepcot.modeling_stepcot import VISION_ENCODERS
+    from modeling_stepcot.backbones_stepcot import VISION_ENCODERS
 
     if backbone == "efficientnet_lite0":
         model = tiny_student(vision_backbone=backbone, image_size=64)

@@ -23,7 +23,7 @@ EXPORT_SCRIPT = textwrap.dedent("""
     from transformers import BertTokenizerFast
 
     from modeling_stepcot import StepCoTProcessor, StepCoTStudent, StepCoTStudentConfig
-    from trainers.hub.export import export
+    from trainers.model_export.export import export
 
     venv = Path(sys.prefix).resolve()
     for module in (modeling_stepcot, trainers):  # imported from the installed wheel, not from a source tree

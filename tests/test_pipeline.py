@@ -251,8 +251,9 @@ def test_pipeline_ships_with_the_checkpoint_as_remote_code(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     add_pipeline_to_checkpoint(checkpoint)
-    assert {"pipeline_stepcot.py", "chain_stepcot.py", "processing_stepcot.py"} <= {p.name for p in
-                                                                                     checkpoint.iterdir()}
+    shipped = {"pipeline_stepcot.py", "chain_stepcot.py", "processing_stepcot.py", "ood_stepcot.py",
+               "gradcam_stepcot.py"}
+    assert shipped <= {p.name for p in checkpoint.iterdir()}
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["custom_pipelines"][TASK]["impl"] == "pipeline_stepcot.StepCoTVQAPipeline"
 

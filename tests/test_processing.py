@@ -21,8 +21,8 @@ from transformers import AutoProcessor, AutoTokenizer
 from dataset_script.parquet_export import build_hub_dataset
 from dataset_script.release import StepCoTRelease
 from modeling_stepcot import StepCoTDataCollator, StepCoTProcessor, StepCoTStudentConfig, StepCoTTeacher
+from modeling_stepcot.backbones_stepcot import VISION_ENCODERS
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
-from modeling_stepcot.modeling_stepcot import VISION_ENCODERS
 from modeling_stepcot.processing_stepcot import image_to_8bit
 
 IMAGE_SIZE = 32  # the tiny CLIP's input size

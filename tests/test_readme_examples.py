@@ -125,7 +125,7 @@ def test_hub_ids_appear_only_on_lines_marked_as_needing_the_hub():
 def readme_folder(tmp_path_factory, hub_dataset):
     """A working folder laid out with the README's sample paths."""
     from modeling_stepcot import StepCoTProcessor
-    from trainers.hub.export import export
+    from trainers.model_export.export import export
 
     tokenizer = tiny_tokenizer()
     models = {"student": tiny_student(), "teacher": tiny_teacher()}

@@ -12,7 +12,8 @@ from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers import cli
 from trainers.commands import report as report_command
 from trainers.evaluation import report
-from trainers.evaluation.metrics import METRIC_DISPLAY_NAMES, METRIC_NAMES, compute_step_metrics
+from trainers.evaluation.metric_definitions import METRIC_DISPLAY_NAMES
+from trainers.evaluation.metrics import METRIC_NAMES, compute_step_metrics
 
 STEP_NAMES = ["Detection", "Lesion distribution", "Diagnosis"]
 STEP_OPTIONS = [

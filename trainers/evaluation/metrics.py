@@ -1,7 +1,7 @@
 """Per-step classification metrics for Step-CoT, with bootstrap confidence intervals.
 
 Every step is a multi-class question with its own number of options. For each step this module computes
-Accuracy, AUC, Sensitivity, Specificity, F1 and Precision (definitions in `METRIC_DEFINITIONS`), the confusion
+Accuracy, AUC, Sensitivity, Specificity, F1 and Precision (definitions in `metric_definitions.py`), the confusion
 matrix and a percentile-bootstrap confidence interval for every number, plus the unweighted mean over steps.
 
 All metrics are computed from a (weighted) confusion matrix and a weighted rank statistic, so the point estimate and
@@ -24,65 +24,23 @@ from typing import Any
 
 import numpy as np
 
-# numpy (and its sibling bootstrap.py) only: `export_metric_module` ships this file verbatim as the `evaluate`
-# module's maths, so a user's `evaluate.load(folder)` needs neither this package nor the models' code.
+# numpy (and its siblings bootstrap.py and metric_definitions.py) only: `export_evaluate_metric` ships this file
+# verbatim as the `evaluate` module's maths, so a user's `evaluate.load(folder)` needs neither this package nor the
+# models' code.
 from .bootstrap import percentile_interval, resample_weights
+from .metric_definitions import (
+    CONFIDENCE_INTERVAL_DEFINITION,
+    CONFUSION_MATRIX_DEFINITION,
+    COUNT_DEFINITION,
+    MEAN_DEFINITION,
+    METRIC_DEFINITIONS,
+    WILSON_DEFINITION,
+)
 
 IGNORE_INDEX = -100  # a missing answer: the models' label padding (modeling_stepcot.IGNORE_INDEX, checked by a test)
 
 METRIC_NAMES = ("accuracy", "auc", "sensitivity", "specificity", "f1", "precision")
 
-# Where a class set is needed, it is the classes that occur in the step's (non-missing) labels: recall and AUC are
-# undefined for a class with no examples, and one class set for all macro metrics keeps them comparable.
-_MACRO_NOTE = (
-    " Macro average over the classes present in the step's labels; examples labelled -100 are excluded; predictions "
-    "of a class absent from the labels still count as errors (false negatives of the true class)."
-)
-METRIC_DEFINITIONS = {
-    "accuracy": "Fraction of labelled examples whose predicted option (argmax of the step's scores) equals the label.",
-    "auc": (
-        "Macro one-vs-rest ROC AUC from the class probabilities: for each class c present in the labels, the "
-        "probability that an example of class c gets a higher probability of c than an example of another class "
-        "(ties count 1/2), averaged over those classes. Undefined (NaN) with fewer than two classes present."
-        + _MACRO_NOTE
-    ),
-    "sensitivity": "Macro recall: per class, TP / (TP + FN)." + _MACRO_NOTE,
-    "specificity": (
-        "Macro specificity: per class (one-vs-rest), TN / (TN + FP). Undefined (NaN) with fewer than two classes "
-        "present." + _MACRO_NOTE
-    ),
-    "f1": (
-        "Macro F1: per class, 2TP / (2TP + FP + FN), the harmonic mean of that class's precision and recall "
-        "(0 when TP = 0); the mean of per-class F1, not the F1 of macro precision and recall." + _MACRO_NOTE
-    ),
-    "precision": (
-        "Macro precision: per class, TP / (TP + FP); a class that is never predicted scores 0 (zero_division=0: "
-        "no credit for never committing to a class)." + _MACRO_NOTE
-    ),
-}
-METRIC_DISPLAY_NAMES = {
-    "accuracy": "Accuracy",
-    "auc": "AUC",
-    "sensitivity": "Sensitivity",
-    "specificity": "Specificity",
-    "f1": "F1-Score",
-    "precision": "Precision",
-}
-MEAN_DEFINITION = "Unweighted mean over the steps where the metric is defined (each step counts once)."
-COUNT_DEFINITION = "Number of examples with a label at this step (label != -100)."
-CONFUSION_MATRIX_DEFINITION = (
-    "Counts of labelled examples: row = true option index, column = predicted option index (argmax)."
-)
-CONFIDENCE_INTERVAL_DEFINITION = (
-    "Percentile bootstrap: examples (rows, all steps together) are resampled with replacement, every metric is "
-    "recomputed on each resample, and the interval is the ((1-level)/2, (1+level)/2) quantile pair of those values. "
-    "Resamples in which a metric is undefined are skipped (valid_resamples counts the others)."
-)
-
-WILSON_DEFINITION = (
-    "Wilson score interval for the accuracy as a binomial proportion (correct / labelled). Unlike the percentile "
-    "bootstrap it never collapses to a single point at 0 % or 100 % correct and keeps its coverage at small n."
-)
 # Below this many labelled examples a step's figures are flagged as unreliable in reports.
 FEW_EXAMPLES = 30
 
@@ -691,9 +649,6 @@ def _float_or_nan(value: Any) -> float:
 
 
 __all__ = [
-    "CONFIDENCE_INTERVAL_DEFINITION",
-    "METRIC_DEFINITIONS",
-    "METRIC_DISPLAY_NAMES",
     "METRIC_NAMES",
     "EvaluationMetrics",
     "MetricEstimate",

@@ -16,13 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers.evaluation.metrics import (
-    FEW_EXAMPLES,
-    METRIC_DISPLAY_NAMES,
-    METRIC_NAMES,
-    EvaluationMetrics,
-    MetricEstimate,
-)
+from trainers.evaluation.metric_definitions import METRIC_DISPLAY_NAMES
+from trainers.evaluation.metrics import FEW_EXAMPLES, METRIC_NAMES, EvaluationMetrics, MetricEstimate
 
 METRICS_FILENAME = "metrics.json"
 TABLE_FILENAME = "metrics.md"

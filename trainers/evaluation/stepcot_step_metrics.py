@@ -1,18 +1,20 @@
 """Step-CoT per-step metrics as an `evaluate` metric module.
 
     >>> import evaluate
-    >>> from trainers.evaluation.metric_module import METRIC_SCRIPT  # or a folder from export_metric_module
+    >>> from trainers.evaluation.metric_export import METRIC_SCRIPT  # or a folder from export_evaluate_metric
     >>> metric = evaluate.load(METRIC_SCRIPT)
     >>> metric.compute(predictions=logits, references=labels)        # logits (N, 7, C_max), labels (N, 7)
     {'step1_accuracy': ..., 'step1_auc': ..., ..., 'mean_precision': ...}
 
 Per step: accuracy, AUC, sensitivity, specificity, F1 and precision (macro over the classes present in the labels;
-definitions in `metrics.METRIC_DEFINITIONS`), and their unweighted mean over the steps where they are defined.
+definitions in `metric_definitions.METRIC_DEFINITIONS`), and their unweighted mean over the steps where they are
+defined.
 Labels of -100 are missing answers and leave that step's metrics only; a step without labels, or AUC/specificity
 with a single class present, is NaN. The numbers are those `stepcot eval` writes to metrics.json (same function).
 
-This script computes through its siblings `metrics.py` and `bootstrap.py`, the very files `stepcot eval` runs
-(relative imports: `evaluate` copies the siblings the script imports into its modules cache), which need only numpy;
+This script computes through its siblings `metrics.py`, `metric_definitions.py` and `bootstrap.py`, the very files
+`stepcot eval` runs (relative imports: `evaluate` copies the siblings the script imports into its modules cache),
+which need only numpy;
 the module needs evaluate and numpy, not this package.
 """
 
@@ -20,10 +22,11 @@ import datasets
 import evaluate
 import numpy as np
 
-# imported here so that `evaluate` copies bootstrap.py too (metrics.py imports it); no comment on the import
-# lines themselves: `evaluate` would read one as the file's download address
+# bootstrap imported here so that `evaluate` copies bootstrap.py too (metrics.py imports it); no comment on the
+# import lines themselves: `evaluate` would read one as the file's download address
 from .bootstrap import BLOCK_SIZE
-from .metrics import METRIC_DEFINITIONS, compute_step_metrics
+from .metric_definitions import METRIC_DEFINITIONS
+from .metrics import compute_step_metrics
 
 assert BLOCK_SIZE > 0  # the sibling is there
 _DESCRIPTION = __doc__

@@ -8,7 +8,7 @@ remote code without peft.
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
-from modeling_stepcot.modeling_stepcot import VISION_ENCODERS
+from modeling_stepcot.backbones_stepcot import VISION_ENCODERS
 
 
 def add_vision_lora(model, r: int, alpha: int | None = None, dropout: float = 0.0):

@@ -22,14 +22,14 @@ from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_QUESTIONS,
     IGNORE_INDEX,
 )
-from modeling_stepcot.pipeline_stepcot import embedding_statistics
+from modeling_stepcot.ood_stepcot import embedding_statistics
 from modeling_stepcot.processing_stepcot import StepCoTDataCollator
 from trainers.console import configure_console, pop_verbose_flag
 from trainers.evaluation.evaluate_model import chain_schema
 from trainers.evaluation.linear_probe import baseline_scores
 from trainers.evaluation.metrics import compute_step_metrics, paired_difference, to_step_probabilities
 from trainers.evaluation.report import markdown_table, strict_json, write_report
-from trainers.hub.export import export
+from trainers.model_export.export import export
 from trainers.training.checkpoints import TrainingError, resolve_resume_checkpoint
 from trainers.training.extraction import extract_image_embeds
 from trainers.training.feature_cache import (

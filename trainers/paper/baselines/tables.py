@@ -6,9 +6,7 @@ import csv
 import io
 import math
 
-from trainers.evaluation.metrics import (
-    METRIC_DISPLAY_NAMES,
-)
+from trainers.evaluation.metric_definitions import METRIC_DISPLAY_NAMES
 from trainers.evaluation.report import format_estimate
 
 

@@ -28,8 +28,8 @@ def _expected(metrics_json: dict) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("source", ["script", "exported_folder"])
-def test_metric_module_matches_stepcot_eval(source, hub_dataset, tmp_path, monkeypatch):
-    from trainers.evaluation.metric_module import METRIC_SCRIPT, export_metric_module
+def test_evaluate_metric_matches_stepcot_eval(source, hub_dataset, tmp_path, monkeypatch):
+    from trainers.evaluation.metric_export import METRIC_SCRIPT, export_evaluate_metric
 
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))  # the module is copied there, not here
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -43,7 +43,7 @@ def test_metric_module_matches_stepcot_eval(source, hub_dataset, tmp_path, monke
     step_logits = [saved[f"step{index + 1}_logits"] for index in range(len(written["steps"]))]
     labels = saved["labels"]
 
-    location = METRIC_SCRIPT if source == "script" else str(export_metric_module(tmp_path / "export"))
+    location = METRIC_SCRIPT if source == "script" else str(export_evaluate_metric(tmp_path / "export"))
     metric = evaluate.load(location)
     computed = metric.compute(predictions=_padded(step_logits), references=labels,
                               num_classes_per_step=[s.shape[1] for s in step_logits])
@@ -57,8 +57,8 @@ def test_metric_module_matches_stepcot_eval(source, hub_dataset, tmp_path, monke
             assert computed[key] == value, key  # exactly, not approximately
 
 
-def test_metric_module_leaves_out_missing_answers(tmp_path, monkeypatch):
-    from trainers.evaluation.metric_module import METRIC_SCRIPT
+def test_evaluate_metric_leaves_out_missing_answers(tmp_path, monkeypatch):
+    from trainers.evaluation.metric_export import METRIC_SCRIPT
 
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     rng = np.random.default_rng(0)

@@ -1,8 +1,8 @@
 """Where the `evaluate` metric module lives, and how to make a folder of it for the Hub.
 
-`evaluate.load(METRIC_SCRIPT)` loads the module from this package; `export_metric_module(OUT)` writes
-OUT/stepcot_step_metrics/ (the script, its siblings `metrics.py` and `bootstrap.py` copied verbatim, the maths
-`stepcot eval` runs, a requirements.txt and a README) which `evaluate.load(folder)` loads as
+`evaluate.load(METRIC_SCRIPT)` loads the module from this package; `export_evaluate_metric(OUT)` writes
+OUT/stepcot_step_metrics/ (the script, its siblings `metrics.py`, `metric_definitions.py` and `bootstrap.py` copied
+verbatim, the maths `stepcot eval` runs, a requirements.txt and a README) which `evaluate.load(folder)` loads as
 is and which can be uploaded as a Hub repository, so that `evaluate.load("user/stepcot_step_metrics")` works too."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 METRIC_NAME = "stepcot_step_metrics"
 METRIC_SCRIPT = str(Path(__file__).with_name(f"{METRIC_NAME}.py"))
-MODULE_FILES = ("metrics.py", "bootstrap.py")  # numpy-only: the script's siblings
+MODULE_FILES = ("metrics.py", "metric_definitions.py", "bootstrap.py")  # numpy-only: the script's siblings
 MODULE_REQUIREMENTS = ("evaluate", "numpy")  # what `evaluate.load(folder)` needs
 
 
-def export_metric_module(out) -> Path:
+def export_evaluate_metric(out) -> Path:
     """Write the metric as a self-contained folder named after it; returns the folder."""
     folder = Path(out) / METRIC_NAME
     folder.mkdir(parents=True, exist_ok=True)
@@ -36,4 +36,4 @@ def export_metric_module(out) -> Path:
     return folder
 
 
-__all__ = ["METRIC_NAME", "METRIC_SCRIPT", "MODULE_FILES", "MODULE_REQUIREMENTS", "export_metric_module"]
+__all__ = ["METRIC_NAME", "METRIC_SCRIPT", "MODULE_FILES", "MODULE_REQUIREMENTS", "export_evaluate_metric"]
