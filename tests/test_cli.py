@@ -90,7 +90,7 @@ def test_arguments_after_a_bare_double_dash_pass_through_unchanged():
 
 def test_training_commands_accept_both_spellings():
     from trainers.run_distill import DataArguments, StepCoTDistillationConfig
-    from trainers.training.run_setup import parse_run_args
+    from trainers.training.run_arguments import parse_run_args
 
     for flags in (["--output_dir", "o", "--num_bootstrap", "7", "--alpha_kd", "0.3"],
                   ["--output-dir", "o", "--num-bootstrap", "7", "--alpha-kd", "0.3"]):
