@@ -17,8 +17,9 @@ from modeling_stepcot.pipeline_stepcot import (
     embedding_statistics,
     refusal_reason,
 )
-from trainers.inference.demo_app import ImageRefused, ServedModel, analyse, render_model
 from trainers.inference.predict import format_table
+from trainers.inference.web_demo import ImageRefused, ServedModel, analyse
+from trainers.inference.web_demo_rendering import render_model
 
 
 def _grey(height, width, seed=0):
