@@ -62,7 +62,7 @@ class FileSystemWatch:
             monkeypatch.setattr(module, name, self._wrap(getattr(module, name), name))
         loader = self._wrap(web_demo.load_model, "load_model")
         monkeypatch.setattr(web_demo, "load_model", loader)
-        monkeypatch.setattr("trainers.evaluation.loading.load_model", loader)
+        monkeypatch.setattr("trainers.model_loading.load_model", loader)
 
     def _wrap(self, function, name):
         def watched(path=None, *args, **kwargs):

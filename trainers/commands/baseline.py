@@ -20,7 +20,7 @@ EXAMPLES = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.choices import BASELINE_SETTINGS as SETTINGS
     from trainers.choices import BASELINE_TRAINING_DEFAULTS as DEFAULTS
-    from trainers.evaluation.loading import add_trust_remote_code_argument
+    from trainers.model_loading import add_trust_remote_code_argument
 
     parser.add_argument("--backbone", nargs="+", required=True,
                         help="Hub ids or folders of vision-language models (CLIP, SigLIP, BLIP, FLAVA, ...); "

@@ -33,7 +33,6 @@ import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the 
 from dataset_script.demo import make_demo_example
 from modeling_stepcot.pipeline_stepcot import MIN_GREY_STD, image_statistics, refusal_reason
 from trainers.choices import DEFAULT_DEMO_COMPARE, DEFAULT_DEMO_MODEL
-from trainers.evaluation.loading import load_model
 from trainers.inference.predict import IMAGE_SUFFIXES, build_pipeline, json_ready
 from trainers.inference.saliency import figure_and_maps, overlay
 from trainers.inference.web_demo_rendering import (
@@ -46,6 +45,7 @@ from trainers.inference.web_demo_rendering import (
     render_result,
     step_choices,
 )
+from trainers.model_loading import load_model
 
 logger = logging.getLogger(__name__)
 
