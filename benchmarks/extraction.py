@@ -20,7 +20,8 @@ import torch
 from datasets import load_dataset
 
 from trainers.training.extraction import extract_image_embeds
-from trainers.training.run_setup import ModelArguments, build_processor, build_teacher
+from trainers.training.run_arguments import ModelArguments
+from trainers.training.run_models import build_processor, build_teacher
 
 
 def before(model, dataset, processor, batch_size):

@@ -61,8 +61,8 @@ def predict_vs_eval(model_dir: str, dataset: str, split: str, repeats: int) -> N
     from pathlib import Path
 
     from trainers.evaluation.evaluate_model import ImagePreprocessor, load_split, predict
-    from trainers.evaluation.loading import load_model
     from trainers.inference.predict import build_pipeline, check_images, expand_images, predict_images
+    from trainers.model_loading import load_model
 
     data, split = load_split(dataset, split)
     folder = Path(tempfile.mkdtemp(prefix="stepcot-predict-bench-"))

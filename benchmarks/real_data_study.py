@@ -503,7 +503,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from dataset_script.parquet_export import build_hub_dataset
     from trainers.evaluation.report import load_metrics
-    from trainers.training.run_setup import DIFFERENCES_FILENAME
+    from trainers.training.run_scoring import DIFFERENCES_FILENAME
 
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []

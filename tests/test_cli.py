@@ -51,6 +51,17 @@ def test_every_registered_command_has_help(command, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+def test_baseline_help_names_the_papers_backbones_and_where_the_linear_probe_is(capsys):
+    """`stepcot baseline` runs Table 3/8's vision-language backbones; the probe on the models' features is train's."""
+    cli.build_parser().print_help()
+    overview = " ".join(capsys.readouterr().out.split())
+    assert "Table 3/8 baselines: vision-language backbones" in overview
+    with pytest.raises(SystemExit):
+        cli.main(["baseline", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "frozen vision-language model" in text and "2-layer MLP" in text
+    assert "`stepcot train` fits it" in text and "metrics/linear_probe" in text
+
 def _long_options(parser):
     options = []
     for action in parser._actions:
@@ -90,7 +101,7 @@ def test_arguments_after_a_bare_double_dash_pass_through_unchanged():
 
 def test_training_commands_accept_both_spellings():
     from trainers.run_distill import DataArguments, StepCoTDistillationConfig
-    from trainers.training.run_setup import parse_run_args
+    from trainers.training.run_arguments import parse_run_args
 
     for flags in (["--output_dir", "o", "--num_bootstrap", "7", "--alpha_kd", "0.3"],
                   ["--output-dir", "o", "--num-bootstrap", "7", "--alpha-kd", "0.3"]):

@@ -33,7 +33,7 @@ def test_dataset_schema_takes_the_builds_step_names(folder_release, tmp_path):
     from datasets import load_dataset
 
     from dataset_script.parquet_export import build_hub_dataset, built_step_schema
-    from trainers.training.run_setup import dataset_schema
+    from trainers.training.run_data import dataset_schema
 
     build_hub_dataset(folder_release, tmp_path / "built")
     assert [step["name"] for step in built_step_schema(tmp_path / "built")] == ["Diagnosis"]

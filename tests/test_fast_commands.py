@@ -14,7 +14,7 @@ from tiny_models import save_tiny_pair, tiny_student, tiny_teacher
 from trainers import cli
 from trainers.commands import help_cache
 from trainers.commands.info import describe
-from trainers.evaluation.loading import ModelLoadError, read_config, stepcot_classes, stepcot_config_from_dict
+from trainers.model_loading import ModelLoadError, read_config, stepcot_classes, stepcot_config_from_dict
 
 HEAVY_MODULES = ("torch", "transformers", "datasets")
 # Generous: the real figure is ~0.2 s (benchmarks/RESULTS.md); a loaded 2-core machine can be several times slower.

@@ -83,7 +83,7 @@ def test_predict_refuses_an_unknown_model_type_without_trust_remote_code(trapped
 
 
 def test_eval_transfer_and_efficiency_loaders_do_not_run_checkpoint_code(trapped):
-    from trainers.evaluation.loading import ModelLoadError
+    from trainers.model_loading import ModelLoadError
     from trainers.paper.efficiency import build_model
     from trainers.paper.transfer import load_diagnosis_model
 
@@ -130,7 +130,7 @@ def test_model_card_counts_parameters_without_the_configs_auto_map_code(trapped)
 
 def test_trust_remote_code_is_what_lets_checkpoint_code_run(trapped_unknown):
     """The refusal is a policy, not an inability: with the flag the same folder's code does run."""
-    from trainers.evaluation.loading import load_model
+    from trainers.model_loading import load_model
 
     folder, marker = trapped_unknown
     load_model(folder, trust_remote_code=True)  # AutoModel imports the classes named by the auto_map
@@ -139,7 +139,7 @@ def test_trust_remote_code_is_what_lets_checkpoint_code_run(trapped_unknown):
 
 def test_copied_checkpoint_without_code_still_loads(trapped, tmp_path):
     """A folder without the remote-code files (downloaded weights + config only) loads through the package."""
-    from trainers.evaluation.loading import load_model
+    from trainers.model_loading import load_model
 
     folder, marker = trapped
     bare = tmp_path / "bare"

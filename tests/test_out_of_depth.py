@@ -10,8 +10,9 @@ from PIL import Image
 from tiny_models import tiny_student
 
 from modeling_stepcot.pipeline_stepcot import StepCoTVQAPipeline, refusal_reason
-from trainers.inference.demo_app import ImageRefused, ServedModel, analyse, render_model
 from trainers.inference.predict import format_table
+from trainers.inference.web_demo import ImageRefused, ServedModel, analyse
+from trainers.inference.web_demo_rendering import render_model
 
 
 def _grey(height, width, seed=0):

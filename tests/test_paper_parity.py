@@ -34,7 +34,8 @@ def test_dataset_schema_reads_the_releases_questions_and_options(renamed_release
 
     from dataset_script.parquet_export import build_hub_dataset
     from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS
-    from trainers.training.run_setup import _adopt_schema, dataset_schema
+    from trainers.training.run_data import dataset_schema
+    from trainers.training.run_models import _adopt_schema
 
     build_hub_dataset(renamed_release, tmp_path / "built")
     schema = dataset_schema(load_dataset(str(tmp_path / "built"))["train"])
@@ -78,21 +79,21 @@ def test_train_on_a_release_names_answers_as_the_release_does(renamed_release, t
 def test_no_test_split_fails_unless_validation_is_asked_for(hub_dataset, tmp_path):
     from datasets import load_dataset
 
-    from trainers.training import run_setup
+    from trainers.training import run_data
 
     without_test = load_dataset(str(hub_dataset))
     del without_test["test"]
     training_args = SimpleNamespace(main_process_first=lambda desc: __import__("contextlib").nullcontext())
-    original = run_setup.load_splits
-    run_setup.load_splits = lambda data_args, output_dir: without_test
+    original = run_data.load_splits
+    run_data.load_splits = lambda data_args, output_dir: without_test
     try:
         data_args = SimpleNamespace(dataset="no-test", eval_split="test", max_train_samples=None)
         with pytest.raises(ValueError, match="no 'test' split.*--eval_split validation"):
-            run_setup.prepare_splits(data_args, training_args, tmp_path)
+            run_data.prepare_splits(data_args, training_args, tmp_path)
         data_args.eval_split = "validation"
-        assert run_setup.prepare_splits(data_args, training_args, tmp_path)[1] == "validation"
+        assert run_data.prepare_splits(data_args, training_args, tmp_path)[1] == "validation"
     finally:
-        run_setup.load_splits = original
+        run_data.load_splits = original
 
 
 def test_hard_demo_is_subtler_noisier_and_leaves_the_easy_one_alone():

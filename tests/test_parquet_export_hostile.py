@@ -169,7 +169,8 @@ def test_release_is_rebuilt_exactly_when_it_changes(release, tmp_path):
 
 def test_training_reads_the_release_as_it_is_now(release, tmp_path):
     """`stepcot train --dataset RELEASE` rebuilds OUTPUT_DIR/dataset when the release changes."""
-    from trainers.training.run_setup import DataArguments, load_splits
+    from trainers.training.run_arguments import DataArguments
+    from trainers.training.run_data import load_splits
 
     output_dir = tmp_path / "run"
     first = load_splits(DataArguments(dataset=str(release)), output_dir)["train"]["labels"]

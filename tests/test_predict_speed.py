@@ -8,8 +8,8 @@ from PIL import Image
 from tiny_models import save_tiny_pair
 
 from trainers.choices import EVAL_BATCH_SIZE, MAPS_BATCH_SIZE
-from trainers.evaluation.loading import load_model
 from trainers.inference.predict import build_pipeline, predict_images
+from trainers.model_loading import load_model
 
 
 @pytest.fixture(scope="module")

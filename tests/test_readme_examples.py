@@ -32,7 +32,7 @@ HUB_MARK = "needs the Hub"
 # Blocks (by a phrase they contain) that are not run here, and what runs them instead.
 NOT_RUN = {
     "from trainers.training.distillation import": "tests/test_python_api.py runs it and compares it with the command",
-    "from gradio_client import": "needs `stepcot demo` serving; tests/test_demo_api.py calls /predict the same way",
+    "from gradio_client import": "needs `stepcot demo` serving; tests/test_web_demo_api.py calls /predict alike",
 }
 
 

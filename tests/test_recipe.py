@@ -7,7 +7,7 @@ import pytest
 from transformers import EarlyStoppingCallback, TrainingArguments
 
 from trainers.training.checkpoints import TrainingError
-from trainers.training.run_setup import DataArguments, early_stopping_callbacks, parse_run_args
+from trainers.training.run_arguments import DataArguments, early_stopping_callbacks, parse_run_args
 
 
 def _training_args(tmp_path, **kwargs):
@@ -40,7 +40,7 @@ def test_early_stopping_needs_evaluation(tmp_path):
 
 def test_recipe_options_parse_and_are_checked(tmp_path):
     from trainers.training.distillation_config import StepCoTDistillationConfig
-    from trainers.training.run_setup import ModelArguments
+    from trainers.training.run_arguments import ModelArguments
 
     _, data, _ = parse_run_args((ModelArguments, DataArguments, StepCoTDistillationConfig),
                                 ["--output_dir", str(tmp_path), "--recipe", "paper", "--split_seed", "3"])

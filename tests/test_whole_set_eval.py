@@ -99,7 +99,7 @@ def test_split_seed_changes_the_split_and_seed_does_not(tmp_path):
 
 
 def load_test_ids(release, tmp_path, split_seed):
-    from trainers.training.run_setup import load_splits
+    from trainers.training.run_data import load_splits
 
     args = SimpleNamespace(dataset=str(release), lenient=False, split_seed=split_seed, demo_size=10,
                            demo_image_size=32, demo_difficulty="easy")

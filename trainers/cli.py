@@ -50,7 +50,8 @@ def hyphenate_flags(argv: list[str]) -> list[str]:
 
 def command_parser(name: str) -> argparse.ArgumentParser:
     """The argument parser of an `add_arguments` command."""
-    parser = argparse.ArgumentParser(prog=f"stepcot {name}", description=COMMANDS[name].HELP,
+    description = getattr(COMMANDS[name], "DESCRIPTION", COMMANDS[name].HELP)  # a longer text where one is needed
+    parser = argparse.ArgumentParser(prog=f"stepcot {name}", description=description,
                                      epilog=examples_epilog(COMMANDS[name]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     COMMANDS[name].add_arguments(parser)

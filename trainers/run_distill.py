@@ -40,25 +40,23 @@ from trainers.training.distillation import (
 from trainers.training.distillation_config import StepCoTDistillationConfig
 from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
-from trainers.training.run_folder import built_from, remove_checkpoints
-from trainers.training.run_setup import (
-    DIFFERENCES_FILENAME,
+from trainers.training.run_arguments import (
     DataArguments,
     ModelArguments,
-    build_processor,
-    build_student,
-    build_teacher,
-    dataset_schema,
     early_stopping_callbacks,
+    parse_run_args,
+    start_run,
+)
+from trainers.training.run_data import dataset_schema, prepare_splits, training_datasets
+from trainers.training.run_folder import built_from, remove_checkpoints
+from trainers.training.run_models import build_processor, build_student, build_teacher
+from trainers.training.run_scoring import (
+    DIFFERENCES_FILENAME,
     feature_baselines,
     finish_run,
     paired_differences_text,
-    parse_run_args,
-    prepare_splits,
     record_training_facts,
     score_and_report,
-    start_run,
-    training_datasets,
 )
 
 logger = logging.getLogger("stepcot.train")
@@ -79,11 +77,12 @@ def main(argv=None, prog=None) -> int:
 def train(model_args, data_args, training_args) -> int:
     """One distillation run from parsed arguments (`training_args` is a `StepCoTDistillationConfig`): the library
     entry behind `stepcot train` and the ablation bench, which sets its variant on the parsed dataclasses."""
+    # arguments and the run folder (run_arguments), the data (run_data)
     inputs = built_from("run_distill", model_args, data_args)
     output_dir = start_run(training_args, inputs, overwrite=data_args.overwrite_output_dir)
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
-    # the release's own steps: names (as the build recorded them), questions and options
+    # the models (run_models) around the release's own steps: names (as the build recorded them), questions, options
     schema = dataset_schema(splits["train"], getattr(splits, "step_names", None))
     teacher, student = build_teacher(model_args, schema), build_student(model_args, schema)
     processor = build_processor(teacher)
@@ -97,6 +96,7 @@ def train(model_args, data_args, training_args) -> int:
         share_encoder=pair.shares_image_encoder(),
     )
 
+    # training: teacher-only epochs, then joint distillation
     class_weights = None
     if training_args.class_weights:
         labels = torch.as_tensor(splits["train"]["labels"], dtype=torch.long)
@@ -116,6 +116,7 @@ def train(model_args, data_args, training_args) -> int:
     quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
+    # scoring (run_scoring): the best models on the evaluation split, the baselines, calibration, export
     best.restore(pair)
     prediction = trainer.predict(datasets_by_split[eval_split], metric_key_prefix=eval_split)
     teacher_logits, student_logits = prediction.predictions[:2]

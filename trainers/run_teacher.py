@@ -23,22 +23,17 @@ from trainers.evaluation.calibration import calibrate_run
 from trainers.evaluation.metrics import build_compute_metrics
 from trainers.training.distillation_config import StepCoTTeacherTrainingConfig
 from trainers.training.lora import add_vision_lora
-from trainers.training.run_folder import built_from, remove_checkpoints
-from trainers.training.run_setup import (
+from trainers.training.run_arguments import (
     DataArguments,
     ModelArguments,
-    build_processor,
-    build_teacher,
-    dataset_schema,
     early_stopping_callbacks,
-    finish_run,
     parse_run_args,
-    prepare_splits,
-    record_training_facts,
-    score_and_report,
     start_run,
-    training_datasets,
 )
+from trainers.training.run_data import dataset_schema, prepare_splits, training_datasets
+from trainers.training.run_folder import built_from, remove_checkpoints
+from trainers.training.run_models import build_processor, build_teacher
+from trainers.training.run_scoring import finish_run, record_training_facts, score_and_report
 
 # Output fields that are not predictions (so EvalPrediction.predictions is the padded logits alone).
 NON_PREDICTION_KEYS = [

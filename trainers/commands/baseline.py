@@ -9,7 +9,16 @@ from pathlib import Path
 
 from trainers.commands.options import add_evaluation_arguments
 
-HELP = "train and evaluate vision-language baselines with/without Step-CoT (Table 3/8)"
+HELP = "the paper's Table 3/8 baselines: vision-language backbones (CLIP, BLIP, ...) with/without Step-CoT"
+DESCRIPTION = """\
+The paper's Table 3/8 baselines. Each --backbone is a frozen vision-language model (CLIP, SigLIP, BLIP, FLAVA,
+BiomedCLIP, ...) whose pooled image and question embeddings feed a 2-layer MLP, trained on all seven steps ('with'
+Step-CoT) or on the diagnosis alone ('without'); --settings probe and majority add a logistic-regression probe and
+the most frequent answer on the same backbone's image embeddings.
+
+The linear probe on the Step-CoT models' own frozen image features is not here: `stepcot train` fits it at the end
+of every run (OUTPUT_DIR/metrics/linear_probe, its row in the results table, "baselines" in results.json, and the
+model - probe accuracy differences in OUTPUT_DIR/metrics/paired_differences.txt)."""
 EXAMPLES = [
     "stepcot baseline --backbone openai/clip-vit-base-patch32 --dataset outputs/demo/dataset "
     "--output-dir outputs/baselines --epochs 5",
@@ -20,7 +29,7 @@ EXAMPLES = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.choices import BASELINE_SETTINGS as SETTINGS
     from trainers.choices import BASELINE_TRAINING_DEFAULTS as DEFAULTS
-    from trainers.evaluation.loading import add_trust_remote_code_argument
+    from trainers.model_loading import add_trust_remote_code_argument
 
     parser.add_argument("--backbone", nargs="+", required=True,
                         help="Hub ids or folders of vision-language models (CLIP, SigLIP, BLIP, FLAVA, ...); "

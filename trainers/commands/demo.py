@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from trainers.inference.demo_app import DemoError, write_space, write_synthetic_examples
+    from trainers.inference.web_demo import DemoError, write_synthetic_examples
+    from trainers.inference.web_demo_space import write_space
 
     try:
         if args.write_space:
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             import gradio  # noqa: F401
 
-            from trainers.inference.demo_app import build_demo, launch
+            from trainers.inference.web_demo import build_demo, launch
         except ImportError:
             print('stepcot demo: error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
             return 2

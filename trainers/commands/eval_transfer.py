@@ -19,7 +19,7 @@ EXAMPLES = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.choices import MULTI_FINDING_POLICIES
-    from trainers.evaluation.loading import add_trust_remote_code_argument
+    from trainers.model_loading import add_trust_remote_code_argument
 
     parser.add_argument("--model", nargs="+", required=True,
                         help="saved Step-CoT teacher/student folders or Hub ids, or `stepcot baseline` output folders")

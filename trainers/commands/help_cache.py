@@ -20,7 +20,7 @@ from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[2]
 # The modules whose dataclasses, defaults and docstrings make up the training commands' --help.
-ARGUMENT_SOURCES = ("trainers/run_distill.py", "trainers/run_teacher.py", "trainers/training/run_setup.py",
+ARGUMENT_SOURCES = ("trainers/run_distill.py", "trainers/run_teacher.py", "trainers/training/run_arguments.py",
                     "trainers/training/distillation_config.py", "trainers/commands/train.py",
                     "trainers/commands/train_teacher.py")
 

@@ -55,7 +55,7 @@ def _is_buffer(name: str) -> bool:
 
 
 def _steps(config: dict, where) -> list[dict]:
-    from trainers.evaluation.loading import CONFIG_FILENAME, ModelLoadError
+    from trainers.model_loading import CONFIG_FILENAME, ModelLoadError
 
     names, questions, options = (config.get(key) for key in ("step_names", "step_questions", "step_options"))
     if not (isinstance(names, list) and isinstance(questions, list) and isinstance(options, list)
@@ -68,7 +68,7 @@ def _steps(config: dict, where) -> list[dict]:
 
 
 def describe(model_dir: str) -> dict:
-    from trainers.evaluation.loading import (
+    from trainers.model_loading import (
         CONFIG_FILENAME,
         STEPCOT_MODEL_TYPES,
         ModelLoadError,
@@ -134,7 +134,7 @@ def describe(model_dir: str) -> dict:
 
 
 def run(args) -> int:
-    from trainers.evaluation.loading import ModelLoadError
+    from trainers.model_loading import ModelLoadError
 
     try:
         info = describe(args.model_dir)

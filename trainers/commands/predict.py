@@ -16,7 +16,7 @@ EXAMPLES = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.choices import EVAL_BATCH_SIZE, MAPS_BATCH_SIZE
-    from trainers.evaluation.loading import add_trust_remote_code_argument
+    from trainers.model_loading import add_trust_remote_code_argument
 
     parser.add_argument("images", nargs="+", help="chest X-ray image files (PNG, JPEG, ...) or folders of them")
     parser.add_argument("--model", required=True, help="a Step-CoT teacher or student folder (save_pretrained)")
@@ -33,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainers.evaluation.loading import load_model
     from trainers.evaluation.report import strict_json
     from trainers.inference.predict import (
         build_pipeline,
@@ -43,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         json_ready,
         predict_images,
     )
+    from trainers.model_loading import load_model
 
     if args.batch_size is not None and args.batch_size < 1:
         print(f"stepcot predict: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)

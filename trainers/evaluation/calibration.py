@@ -16,8 +16,8 @@ import numpy as np
 
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from trainers.evaluation.evaluate_model import ImagePreprocessor, load_split, predict
-from trainers.evaluation.loading import load_model
 from trainers.evaluation.report import new_figure
+from trainers.model_loading import load_model
 
 # Search range of the inverse temperature 1/T; NLL is convex in 1/T, so golden-section search finds the optimum.
 INVERSE_TEMPERATURE_RANGE = (0.02, 20.0)

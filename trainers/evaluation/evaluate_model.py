@@ -20,9 +20,9 @@ import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with Auto
 from dataset_script.records import StepCoTDataError
 from dataset_script.sources import load_source
 from modeling_stepcot.processing_stepcot import image_processor_for_config, pixel_values_from_images
-from trainers.evaluation.loading import load_model, load_processor
 from trainers.evaluation.metrics import compute_step_metrics
 from trainers.evaluation.report import write_report
+from trainers.model_loading import load_model, load_processor
 
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 WHOLE_SET = "all"  # every split of the dataset, scored as one

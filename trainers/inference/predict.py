@@ -19,8 +19,8 @@ from pathlib import Path
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with the Auto API)
 from modeling_stepcot.pipeline_stepcot import TASK, StepCoTVQAPipeline, load_image
 from trainers.choices import EVAL_BATCH_SIZE, MAPS_BATCH_SIZE
-from trainers.evaluation.loading import load_model
 from trainers.inference.saliency import FIGURE_MAX_SIDE, save_step_maps
+from trainers.model_loading import load_model
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".we
 
 def build_pipeline(model, device: str | None = None):
     """The `stepcot-vqa` pipeline around a loaded model (or a model folder, loaded by
-    `trainers.evaluation.loading.load_model`: this package's classes, never the checkpoint's code)."""
+    `trainers.model_loading.load_model`: this package's classes, never the checkpoint's code)."""
     from transformers import pipeline
 
     if isinstance(model, (str, Path)):

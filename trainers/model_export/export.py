@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from trainers.evaluation.loading import stamp_step_options
 from trainers.inference.predict import add_pipeline_to_checkpoint
 from trainers.model_export.model_card import write_model_card
+from trainers.model_loading import stamp_step_options
 from trainers.training.lora import merge_vision_lora
 from trainers.training.offline_encoders import portable_encoder_name
 

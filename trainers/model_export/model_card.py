@@ -7,8 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from trainers.evaluation.loading import stepcot_classes
 from trainers.model_export.card_metadata import metadata_problems
+from trainers.model_loading import stepcot_classes
 
 TEMPLATES = resources.files("model_cards")  # package data: also there in a non-editable install
 PAPER = "arXiv:2603.13878"

@@ -39,7 +39,7 @@ from torch import nn
 from modeling_stepcot import StepCoTConfig, StepCoTStudent, StepCoTStudentConfig, StepCoTTeacher
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_OPTIONS, DEFAULT_STEP_QUESTIONS
 from trainers.choices import EFFICIENCY_DEFAULT_MODELS, EFFICIENCY_PRESETS
-from trainers.evaluation.loading import load_model
+from trainers.model_loading import load_model
 from trainers.paper.baselines import QUESTION_PREFIX, StepBaselineHead, load_backbone, pooled_output
 
 PRESETS, DEFAULT_MODELS = EFFICIENCY_PRESETS, EFFICIENCY_DEFAULT_MODELS

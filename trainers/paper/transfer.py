@@ -46,10 +46,10 @@ import numpy as np
 import modeling_stepcot  # noqa: F401  (registers the Step-CoT classes with AutoModel)
 from trainers.choices import MULTI_FINDING_POLICIES
 from trainers.evaluation.evaluate_model import ImagePreprocessor, model_display_name
-from trainers.evaluation.loading import load_model
 from trainers.evaluation.metric_definitions import METRIC_DISPLAY_NAMES
 from trainers.evaluation.metrics import METRIC_NAMES, EvaluationMetrics, compute_step_metrics
 from trainers.evaluation.report import format_estimate, write_report
+from trainers.model_loading import load_model
 from trainers.paper.baselines import is_baseline_folder, load_baseline
 
 NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",

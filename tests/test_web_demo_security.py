@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from tiny_models import save_tiny_pair, tiny_student
 
-from trainers.inference import demo_app
+from trainers.inference import web_demo
 
 gradio = pytest.importorskip("gradio", reason='the demo extra is not installed (pip install -e ".[demo]")')
 
@@ -60,9 +60,9 @@ class FileSystemWatch:
         for module, name in [(os, "stat"), (os, "lstat"), (os, "listdir"), (os, "scandir"), (builtins, "open"),
                              (os.path, "exists"), (os.path, "isdir"), (os.path, "isfile")]:
             monkeypatch.setattr(module, name, self._wrap(getattr(module, name), name))
-        loader = self._wrap(demo_app.load_model, "load_model")
-        monkeypatch.setattr(demo_app, "load_model", loader)
-        monkeypatch.setattr("trainers.evaluation.loading.load_model", loader)
+        loader = self._wrap(web_demo.load_model, "load_model")
+        monkeypatch.setattr(web_demo, "load_model", loader)
+        monkeypatch.setattr("trainers.model_loading.load_model", loader)
 
     def _wrap(self, function, name):
         def watched(path=None, *args, **kwargs):
@@ -90,14 +90,14 @@ def spellings(path: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def choice(checkpoints):
-    served = demo_app.load_served_models([str(checkpoints / "student"), str(checkpoints / "teacher")])
-    return demo_app.ModelChoice(served)
+    served = web_demo.load_served_models([str(checkpoints / "student"), str(checkpoints / "teacher")])
+    return web_demo.ModelChoice(served)
 
 
 @pytest.mark.parametrize("case", ["etc", "elsewhere", "sharded", "deep"])
 def test_the_handler_never_looks_at_a_named_path(choice, hostile, image, monkeypatch, case):
     watch = FileSystemWatch(monkeypatch, [hostile[case]])
-    message, page, pictures, data = demo_app.respond(str(image), [hostile[case]], False, choice)
+    message, page, pictures, data = web_demo.respond(str(image), [hostile[case]], False, choice)
     assert "unknown model" in message and "this demo serves Student, Teacher" in message
     assert page == "" and data is None
     assert watch.seen == []
@@ -109,18 +109,18 @@ def test_16_spellings_of_one_path_load_nothing_and_keep_no_copies(choice, checkp
     watch = FileSystemWatch(monkeypatch, [target])
     before = dict(choice.served)
     for spelling in spellings(target):
-        message, *_ = demo_app.respond(str(image), [spelling], False, choice)
+        message, *_ = web_demo.respond(str(image), [spelling], False, choice)
         assert "unknown model" in message
     assert choice.served == before and not choice._extra
     assert watch.seen == []
 
 
 def test_the_operator_opt_in_loads_one_copy_per_folder_and_stays_bounded(checkpoints, hostile, image, monkeypatch):
-    served = demo_app.load_served_models([str(checkpoints / "student")])
-    opt_in = demo_app.ModelChoice(served, allow_any_model_path=True)
+    served = web_demo.load_served_models([str(checkpoints / "student")])
+    opt_in = web_demo.ModelChoice(served, allow_any_model_path=True)
     loads = []
-    real = demo_app.load_demo_pipeline
-    monkeypatch.setattr(demo_app, "load_demo_pipeline", lambda source, device="cpu": loads.append(source) or real(
+    real = web_demo.load_demo_pipeline
+    monkeypatch.setattr(web_demo, "load_demo_pipeline", lambda source, device="cpu": loads.append(source) or real(
         source, device))
     for spelling in spellings(hostile["elsewhere"]):
         (model,) = opt_in.choose([spelling.strip()])
@@ -128,22 +128,22 @@ def test_the_operator_opt_in_loads_one_copy_per_folder_and_stays_bounded(checkpo
     opt_in.choose([str(checkpoints / "teacher")])
     opt_in.choose([str(checkpoints / "student")])
     opt_in.choose([hostile["elsewhere"]])
-    assert len(opt_in._extra) <= demo_app.OPT_IN_CACHE_SIZE
+    assert len(opt_in._extra) <= web_demo.OPT_IN_CACHE_SIZE
 
 
 def test_a_slow_opt_in_load_blocks_no_other_request(checkpoints, image, monkeypatch):
     """No lock is shared between models: while a visitor-named checkpoint loads (e.g. a huge config), requests
     for the served models are answered."""
-    served = demo_app.load_served_models([str(checkpoints / "student")])
-    opt_in = demo_app.ModelChoice(served, allow_any_model_path=True)
+    served = web_demo.load_served_models([str(checkpoints / "student")])
+    opt_in = web_demo.ModelChoice(served, allow_any_model_path=True)
     release = threading.Event()
-    monkeypatch.setattr(demo_app, "load_demo_pipeline",
+    monkeypatch.setattr(web_demo, "load_demo_pipeline",
                         lambda source, device="cpu": release.wait(60) and served[0].pipe)
     loader = threading.Thread(target=lambda: opt_in._load_extra("/nonexistent/huge"), daemon=True)
     loader.start()
     time.sleep(0.2)
     start = time.monotonic()
-    message, page, _, data = demo_app.respond(str(image), ["Student"], False, opt_in, maps=False)
+    message, page, _, data = web_demo.respond(str(image), ["Student"], False, opt_in, maps=False)
     assert message == "" and data["models"][0]["model"] == "Student"
     assert time.monotonic() - start < 30 and loader.is_alive()
     release.set()
@@ -151,7 +151,7 @@ def test_a_slow_opt_in_load_blocks_no_other_request(checkpoints, image, monkeypa
 
 
 def test_the_page_has_no_path_box(checkpoints):
-    demo = demo_app.build_demo(str(checkpoints / "student"), str(checkpoints / "teacher"))
+    demo = web_demo.build_demo(str(checkpoints / "student"), str(checkpoints / "teacher"))
     boxes = [block for block in demo.blocks.values() if isinstance(block, gradio.Textbox) and block.visible]
     assert boxes == []
     assert demo.stepcot_models.labels == ["Student", "Teacher"]
@@ -169,9 +169,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served_url(checkpoints):
-    demo = demo_app.build_demo(str(checkpoints / "student"), str(checkpoints / "teacher"))
+    demo = web_demo.build_demo(str(checkpoints / "student"), str(checkpoints / "teacher"))
     port = _free_port()
-    demo_app.launch(demo, port=port, prevent_thread_lock=True)
+    web_demo.launch(demo, port=port, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -210,8 +210,8 @@ def test_uploads_over_the_cap_are_refused_before_decoding(served_url):
 def test_the_watch_sees_a_probe(hostile, monkeypatch):
     """The watch above is not blind: loading a named folder the way an open path box would is recorded."""
     watch = FileSystemWatch(monkeypatch, [hostile["etc"]])
-    with pytest.raises(demo_app.DemoError):
-        demo_app.load_demo_pipeline(hostile["etc"])
+    with pytest.raises(web_demo.DemoError):
+        web_demo.load_demo_pipeline(hostile["etc"])
     assert {name for name, _ in watch.seen} >= {"stat", "load_model"}
 
 
@@ -224,13 +224,13 @@ def test_memory_stays_flat_over_requests(choice, checkpoints, image):
 
     def requests(count):
         for index in range(count):
-            message, *_ = demo_app.respond(str(image), ["Student", "Teacher"], index % 2, choice)
+            message, *_ = web_demo.respond(str(image), ["Student", "Teacher"], index % 2, choice)
             assert message == ""
 
     requests(5)
     before = process.memory_info().rss
     requests(20)
     for spelling in spellings(str(checkpoints / "student")):
-        demo_app.respond(str(image), [spelling], False, choice)
+        web_demo.respond(str(image), [spelling], False, choice)
     growth = (process.memory_info().rss - before) / 2**20
     assert growth < 60, f"resident memory grew by {growth:.0f} MB over 20 requests"

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_student  # noqa: E402
 
 from trainers import cli  # noqa: E402
-from trainers.evaluation.loading import (  # noqa: E402
+from trainers.model_loading import (  # noqa: E402
     ModelLoadError,
     load_model,
     stamp_step_options,

@@ -78,7 +78,7 @@ def _with_synthetic_statistics(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory):
-    from trainers.inference.demo_app import build_demo, launch, write_synthetic_examples
+    from trainers.inference.web_demo import build_demo, launch, write_synthetic_examples
 
     folder = save_tiny_pair(tmp_path_factory.mktemp("demo_models"), seed=1)
     _with_synthetic_statistics(folder / "student")

@@ -1,6 +1,7 @@
 """The web demo's request handler (no browser): bad input becomes one line or the refusal banner in the page, never
-an exception; the page reads plainly. Hostile requests: tests/test_demo_security.py; the API:
-tests/test_demo_api.py; the browser: tests/test_demo_browser.py; the Space folder: tests/test_space_cleanroom.py."""
+an exception; the page reads plainly. Hostile requests: tests/test_web_demo_security.py; the API:
+tests/test_web_demo_api.py; the browser: tests/test_web_demo_browser.py; the Space folder:
+tests/test_web_demo_space_cleanroom.py."""
 
 import io
 
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 from tiny_models import save_tiny_pair
 
-from trainers.inference import demo_app
+from trainers.inference import web_demo, web_demo_rendering
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def choice(checkpoints):
-    served = demo_app.load_served_models([str(checkpoints / "student"), str(checkpoints / "teacher")])
-    return demo_app.ModelChoice(served)
+    served = web_demo.load_served_models([str(checkpoints / "student"), str(checkpoints / "teacher")])
+    return web_demo.ModelChoice(served)
 
 
 def _radiograph(path, size=(96, 80), mode="L"):
@@ -37,7 +38,7 @@ def _radiograph(path, size=(96, 80), mode="L"):
 
 
 def _respond(image, choice, models=("Student",), consistent=False):
-    return demo_app.respond(str(image) if image else None, list(models), consistent, choice)
+    return web_demo.respond(str(image) if image else None, list(models), consistent, choice)
 
 
 def _error(outcome, css="stepcot-error") -> str:
@@ -69,7 +70,7 @@ def test_changed_by_consistent_decoding_only_where_something_changed(choice, tmp
     entry = dict(data["models"][0], changed_steps=[])
     for step in entry["steps"]:
         step["changed"] = False
-    assert "changed by consistent decoding" not in demo_app.render_model(entry)
+    assert "changed by consistent decoding" not in web_demo_rendering.render_model(entry)
 
 
 def test_a_16_bit_png_is_windowed_and_answered(choice, tmp_path):
@@ -114,36 +115,36 @@ def test_the_sanity_gate_refuses_what_cannot_be_a_radiograph(choice, tmp_path, n
 def test_a_greyscale_rgb_radiograph_passes_the_gate(choice, tmp_path):
     path = tmp_path / "grey_rgb.png"
     Image.open(_radiograph(tmp_path / "g.png")).convert("RGB").save(path)
-    assert demo_app.sanity_problems(path) == []
+    assert web_demo.sanity_problems(path) == []
 
 
 def test_unexpected_errors_stay_in_the_page(choice, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(demo_app, "analyse", broken)
+    monkeypatch.setattr(web_demo, "analyse", broken)
     assert "unexpected error (RuntimeError): boom" in _error(_respond(None, choice))
 
 
 def test_new_pipeline_fields_are_shown(choice, tmp_path):
     """Fields this page does not know (e.g. from a newer pipeline) are listed, not dropped."""
-    data, _ = demo_app.analyse(_radiograph(tmp_path / "chest.png"), choice.choose(["Student"]), maps=False)
+    data, _ = web_demo.analyse(_radiograph(tmp_path / "chest.png"), choice.choose(["Student"]), maps=False)
     entry = data["models"][0]
     entry["novel_score"] = 0.5
     entry["steps"][2]["trained"] = False
-    page = demo_app.render_model(entry)
+    page = web_demo_rendering.render_model(entry)
     assert "Novel score: 0.5" in page
     assert "unknown (not trained)" in page
 
 
 def test_an_out_of_distribution_image_gets_the_banner_and_faded_answers(choice, tmp_path):
-    data, _ = demo_app.analyse(_radiograph(tmp_path / "chest.png"), choice.choose(["Student"]), maps=False)
+    data, _ = web_demo.analyse(_radiograph(tmp_path / "chest.png"), choice.choose(["Student"]), maps=False)
     entry = data["models"][0]
     entry.update(unreliable=True, out_of_distribution={"distance": 25.5, "threshold": 1.84, "flagged": True})
     data["unreliable"] = True
-    assert demo_app.OOD_BANNER in demo_app.render_banner(data)
-    assert 'class="stepcot-model stepcot-unreliable"' in demo_app.render_model(entry)
-    assert "out_of_distribution" not in demo_app.render_model(entry)  # no raw snake_case line
+    assert web_demo_rendering.OOD_BANNER in web_demo_rendering.render_banner(data)
+    assert 'class="stepcot-model stepcot-unreliable"' in web_demo_rendering.render_model(entry)
+    assert "out_of_distribution" not in web_demo_rendering.render_model(entry)  # no raw snake_case line
 
 
 def test_the_trained_on_line_comes_from_the_card(checkpoints, tmp_path):
@@ -152,5 +153,5 @@ def test_the_trained_on_line_comes_from_the_card(checkpoints, tmp_path):
     folder = tmp_path / "student"
     shutil.copytree(checkpoints / "student", folder)
     (folder / "README.md").write_text("---\ntags:\n- synthetic-data\n---\nMean over steps: accuracy 0.912, AUC 0.9.\n")
-    (model,) = demo_app.load_served_models([str(folder)])
+    (model,) = web_demo.load_served_models([str(folder)])
     assert "synthetic radiograph-like images" in model.trained_on and model.test_accuracy == pytest.approx(0.912)

@@ -20,7 +20,7 @@ EXAMPLES = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from trainers.choices import EVAL_BATCH_SIZE
-    from trainers.evaluation.loading import add_trust_remote_code_argument
+    from trainers.model_loading import add_trust_remote_code_argument
 
     parser.add_argument("--model", required=True, help="saved Step-CoT teacher or student (folder or Hub id)")
     parser.add_argument("--dataset", required=True,

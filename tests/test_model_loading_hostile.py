@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_student  # noqa: E402
 
 from trainers import cli  # noqa: E402
-from trainers.evaluation.loading import ModelLoadError, load_model  # noqa: E402
+from trainers.model_loading import ModelLoadError, load_model  # noqa: E402
 
 
 def _reject_constant(name):

@@ -43,7 +43,7 @@ def test_the_space_folder_is_self_contained(space):
     assert {line.split("==")[0] for line in requirements} >= {"torch", "transformers", "gradio", "matplotlib"}
     for package in ("modeling_stepcot", "trainers", "dataset_script"):  # whole packages, not a partial copy
         assert (space / package / "__init__.py").is_file()
-    assert (space / "trainers" / "evaluation" / "loading.py").is_file()
+    assert (space / "trainers" / "model_loading.py").is_file()
     assert sorted(p.name for p in (space / "models").iterdir()) == ["clip", "efficientnet"]
     assert list((space / "examples").glob("*.png"))
     assert "GRADIO_SERVER_PORT" in (space / "app.py").read_text()

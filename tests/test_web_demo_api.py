@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from tiny_models import save_tiny_pair
 
-from trainers.inference import demo_app
+from trainers.inference import web_demo
 
 pytest.importorskip("gradio", reason='the demo extra is not installed (pip install -e ".[demo]")')
 client_module = pytest.importorskip("gradio_client")
@@ -24,9 +24,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     folder = save_tiny_pair(tmp_path_factory.mktemp("api_models"), seed=4)
-    demo = demo_app.build_demo(str(folder / "student"), str(folder / "teacher"))
+    demo = web_demo.build_demo(str(folder / "student"), str(folder / "teacher"))
     port = _free_port()
-    demo_app.launch(demo, port=port, prevent_thread_lock=True)
+    web_demo.launch(demo, port=port, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
