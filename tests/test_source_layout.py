@@ -18,10 +18,16 @@
 - Dead code stays out: the functions removed as unused are defined nowhere in the packages, and no body has two
   consecutive `if` statements on the same condition (they are one block).
 - `docs/architecture.md` names only modules that exist (every backticked `folder/module.py`), and the README links it.
+- No package module is over 700 lines, and none is named after a builtin or a standard-library module.
+- Tests are named after what they test: `tests/test_<module>[_<aspect>].py`, <module> being a package or benchmark
+  module's file name (remote-code files without `_stepcot`); the tests of the project as a whole are listed in
+  `CROSS_CUTTING_TESTS`. The README's "Where things are" states the rule.
 """
 
 import ast
+import builtins
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,3 +205,52 @@ def test_architecture_page_names_only_modules_that_exist():
     assert len(named) > 20  # the page names the module of every stage
     assert sorted(path for path in named if not (ROOT / path).is_file()) == []
     assert "docs/architecture.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+# -- module size and names -------------------------------------------------------------------------------------------
+MAX_MODULE_LINES = 700
+
+
+def test_no_package_module_is_over_700_lines():
+    long = [f"{path}: {n} lines" for path, _ in _sources()
+            if (n := len((ROOT / path).read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert long == []
+
+
+def test_no_module_is_named_after_a_builtin_or_a_standard_library_module():
+    shadowing = set(dir(builtins)) | set(sys.stdlib_module_names)
+    named = [str(path) for path, _ in _sources() if path.stem in shadowing]
+    assert named == []
+
+
+# -- tests are named after what they test ----------------------------------------------------------------------------
+# Tests of one module: tests/test_<module>[_<aspect>].py, <module> being a package or benchmark module's file name
+# without `.py` (and without the `_stepcot` suffix of the remote-code files). These test the project as a whole:
+CROSS_CUTTING_TESTS = {
+    "test_source_layout.py", "test_packaging.py", "test_readme_examples.py", "test_python_api.py",
+    "test_real_data_learning.py", "test_model_battery.py", "test_cleanroom_models.py",
+    "test_custom_schema_training.py", "test_accelerate_configs.py", "test_ddp_training.py", "test_hostile_security.py",
+    "test_honest_chains.py", "test_runbook.py",
+}
+
+
+def _module_stems() -> set[str]:
+    stems = {path.stem.removesuffix("_stepcot") for path, _ in _sources()} | {
+        path.parent.name for path, _ in _sources() if path.stem == "__init__"}
+    return stems | {path.stem for path in (ROOT / "benchmarks").glob("*.py")}
+
+
+def test_every_test_file_is_named_after_its_module_or_listed_as_cross_cutting():
+    stems = _module_stems()
+    misnamed = [path.name for path in sorted((ROOT / "tests").glob("test_*.py"))
+                if path.name not in CROSS_CUTTING_TESTS
+                and not any(path.stem == f"test_{stem}" or path.stem.startswith(f"test_{stem}_") for stem in stems)]
+    assert misnamed == []
+    assert sorted(name for name in CROSS_CUTTING_TESTS if not (ROOT / "tests" / name).is_file()) == []
+
+
+def test_the_naming_rules_see_what_they_forbid():
+    assert {"eval", "input", "json", "types"} <= set(dir(builtins)) | set(sys.stdlib_module_names)
+    stems = _module_stems()
+    assert {"modeling", "pipeline", "release", "web_demo", "run_distill", "real_data_study"} <= stems
+    assert "stepcot" not in stems and "tests" not in stems

@@ -206,7 +206,7 @@ def test_concurrent_annotation_overlaps_requests_keeps_order_and_honours_retry_a
 _KILLED = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
-from test_hostile_llm_replies import ChainEndpoint, _args
+from test_llm_hostile_replies import ChainEndpoint, _args
 from pathlib import Path
 from trainers.commands.annotate import run
 with ChainEndpoint(latency=0.05, capacity=16, port={port}) as endpoint:
