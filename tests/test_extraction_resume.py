@@ -63,3 +63,54 @@ def test_a_killed_extraction_resumes_at_its_first_missing_shard(hub_dataset, tmp
     again, _, hit = cached_image_embeds(teacher, None, "data", tmp_path, encoder_digest=digest, num_rows=20,
                                         shard_rows=6, encode_rows=_encoder(teacher, dataset, encoded))
     assert hit and encoded == [] and torch.equal(again.to_tensor(), embeds.to_tensor())
+
+
+RESUME_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[3])
+sys.path.insert(0, sys.argv[3] + "/tests")
+from datasets import load_dataset
+from test_extraction_resume import Killed, _encoder
+from tiny_models import tiny_teacher
+from trainers.training.feature_cache import cached_image_embeds
+torch.distributed.init_process_group("gloo")
+teacher = tiny_teacher().eval()
+dataset = load_dataset(sys.argv[1])["train"].select(range(20))
+encoded = []
+kill_at = 12 if sys.argv[4] == "kill" else None
+try:
+    embeds, _, hit = cached_image_embeds(teacher, None, "data", sys.argv[2], num_rows=20, shard_rows=6,
+                                         encode_rows=_encoder(teacher, dataset, encoded, kill_at=kill_at))
+    torch.save(embeds.to_tensor(), f"{sys.argv[2]}/rank{torch.distributed.get_rank()}.pt")
+except Killed:
+    pass
+print(json.dumps(encoded))
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_multiprocess_launch_at_a_time")
+def test_a_killed_two_rank_extraction_resumes_at_its_first_missing_shard(hub_dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_extraction import REPO_ROOT
+
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    for mode in ("kill", "resume"):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543",
+                   str(script), str(hub_dataset), str(tmp_path), str(REPO_ROOT), mode]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    folder = next(tmp_path.glob("image_embeds-*"))
+    assert len(list(folder.glob("shard-*.safetensors"))) == 4
+    assert "[[12, 18], [18, 20]]" in result.stdout  # the resumed ranks encoded only the missing shards
+    teacher = tiny_teacher().eval()
+    dataset = load_dataset(str(hub_dataset))["train"].select(range(20))
+    one_shot = extract_image_embeds(teacher, dataset, _processor(teacher.config), batch_size=4, num_workers=0)
+    for rank in (0, 1):
+        assert torch.allclose(torch.load(tmp_path / f"rank{rank}.pt"), one_shot, atol=1e-5)
