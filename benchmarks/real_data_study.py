@@ -230,13 +230,17 @@ def paired_correctness(run_dir: Path, built: Path, seed: int) -> dict:
     train` fits it, with the run's seed); the accuracies equal the run's reported ones (`lean_summary` checks)."""
     import torch
     from datasets import load_dataset
-    from safetensors.torch import load_file
     from transformers import AutoModel
 
     import modeling_stepcot  # noqa: F401
     from modeling_stepcot.processing_stepcot import image_processor_for_config
     from trainers.evaluation.linear_probe import baseline_scores
-    from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, split_identity
+    from trainers.training.feature_cache import (
+        encoder_fingerprint,
+        image_embeds_path,
+        open_image_embeds,
+        split_identity,
+    )
 
     teacher = AutoModel.from_pretrained(run_dir / "teacher").eval()
     student = AutoModel.from_pretrained(run_dir / "student").eval()
@@ -246,7 +250,8 @@ def paired_correctness(run_dir: Path, built: Path, seed: int) -> dict:
     for split in ("train", "validation", "test"):
         data = load_dataset(str(built), split=split)
         fingerprint, extra = split_identity(data, split, teacher.config.image_size, processor)
-        features[split] = load_file(image_embeds_path(run_dir / "cache", fingerprint, digest, extra))["image_embeds"]
+        folder = image_embeds_path(run_dir / "cache", fingerprint, digest, extra)
+        features[split] = open_image_embeds(folder).to_tensor()
         labels[split] = np.asarray(data["labels"])
     step = teacher.config.step_names.index("Diagnosis")
     result = {"probabilities": {}}
@@ -376,14 +381,18 @@ def fine_label_baselines(dataset: str, run_dir: Path, built: Path, release: Path
     infectious findings), on the run's cached frozen features: majority class vs linear probe, test accuracy with
     its Wilson interval. Records are matched to their fine label by patient key."""
     from datasets import load_dataset
-    from safetensors.torch import load_file
     from transformers import AutoModel
 
     import modeling_stepcot  # noqa: F401
     from modeling_stepcot.processing_stepcot import image_processor_for_config
     from trainers.evaluation.linear_probe import baseline_scores
     from trainers.evaluation.metrics import wilson_interval
-    from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, split_identity
+    from trainers.training.feature_cache import (
+        encoder_fingerprint,
+        image_embeds_path,
+        open_image_embeds,
+        split_identity,
+    )
 
     records = json.loads((release / "data.json").read_text())
     fine_of = {}  # one fine label per patient key (a patient's images share their finding)
@@ -404,7 +413,8 @@ def fine_label_baselines(dataset: str, run_dir: Path, built: Path, release: Path
     for split in ("train", "validation", "test"):
         data = load_dataset(str(built), split=split)
         fingerprint, extra = split_identity(data, split, teacher.config.image_size, processor)
-        features[split] = load_file(image_embeds_path(run_dir / "cache", fingerprint, digest, extra))["image_embeds"]
+        folder = image_embeds_path(run_dir / "cache", fingerprint, digest, extra)
+        features[split] = open_image_embeds(folder).to_tensor()
         labels[split] = np.array([[target(fine_of[patient])] for patient in data["patient_id"]])
     scores = baseline_scores(features["train"].numpy(), labels["train"], features["validation"].numpy(),
                              labels["validation"], features["test"].numpy(), [len(targets)], seed=seed)

@@ -25,7 +25,8 @@ def test_a_truncated_feature_cache_is_detected_and_rebuilt(tmp_path):
     model = tiny_student().eval()
     batches = [torch.randn(3, 3, 32, 32), torch.randn(2, 3, 32, 32)]
     first, path, hit = cached_image_embeds(model, batches, "data", tmp_path, num_rows=5)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # what a kill during an in-place write leaves
+    shard = path / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # what a kill during an in-place write leaves
     again, same_path, hit = cached_image_embeds(model, batches, "data", tmp_path, num_rows=5)
     assert not hit and same_path == path and torch.allclose(again, first, atol=1e-6)
     assert cached_image_embeds(model, [], "data", tmp_path, num_rows=5)[2]  # the rebuilt file reads back

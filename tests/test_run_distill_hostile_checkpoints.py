@@ -222,10 +222,11 @@ def test_a_replaced_feature_cache_is_never_used(tmp_path, replacement, caplog):
     model = tiny_student().eval()
     batches = [torch.randn(3, 3, 32, 32), torch.randn(2, 3, 32, 32)]
     first, path, _ = cached_image_embeds(model, batches, "data", tmp_path, num_rows=5)
-    with safe_open(str(path), framework="pt") as reader:
+    shard = path / "shard-00000.safetensors"
+    with safe_open(str(shard), framework="pt") as reader:
         metadata = reader.metadata()
     fake = torch.randn(5, first.shape[1] * 2) if replacement == "wrong width" else torch.randn_like(first)
-    save_file({"image_embeds": fake}, path, metadata=metadata)  # the recorded metadata kept, the values replaced
+    save_file({"image_embeds": fake}, shard, metadata=metadata)  # the recorded metadata kept, the values replaced
     with caplog.at_level("WARNING"):
         again, _, hit = cached_image_embeds(model, batches, "data", tmp_path, num_rows=5)
     assert not hit and torch.allclose(again, first, atol=1e-6)

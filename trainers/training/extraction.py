@@ -4,9 +4,9 @@
   pipeline's own preprocessing function (training and serving see the same pixels).
 - The encoder runs in `channels_last` (convolutions ~1.5x faster on CPU; same features to ~1e-5), optionally under
   bf16 autocast (`--extraction_bf16`: ~2x more, features to ~1e-3 relative; cached under their own key).
-- Under a multi-process launch (`accelerate launch`, `torchrun`) each rank encodes a contiguous shard of the split;
-  the shards are gathered in rank order, so every rank holds, and rank 0 writes, the same cache a single process
-  would write.
+- Under a multi-process launch (`accelerate launch`, `torchrun`) each rank encodes a contiguous part of the rows
+  asked for (a cache shard, `feature_cache.cached_image_embeds`); the parts are gathered in rank order, so every
+  rank holds, and rank 0 writes, the same shard a single process would write.
 """
 
 import torch
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from modeling_stepcot.processing_stepcot import pixel_values_from_images
+from trainers.training.feature_cache import distributed_rank_world
 
 
 def shard_bounds(num_rows: int, rank: int, world_size: int) -> tuple:
@@ -39,17 +40,15 @@ class ImageBatches(Dataset):
         return pixel_values_from_images(images, self.size, self.mean, self.std)
 
 
-def _distributed():
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 @torch.no_grad()
 def extract_image_embeds(model, dataset, processor, batch_size=64, num_workers=2, device="cpu", bf16=False,
-                         description="image features"):
-    """The (frozen) encoder's embeddings of every image of `dataset`, in row order; under a multi-process launch
-    each rank encodes its shard and all ranks return the gathered whole."""
-    rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if _distributed() else (0, 1)
-    start, stop = shard_bounds(len(dataset), rank, world_size)
+                         description="image features", rows: range | None = None):
+    """The (frozen) encoder's embeddings of the images of `dataset` (`rows` of it, default all), in row order; under
+    a multi-process launch each rank encodes its part and all ranks return the gathered whole."""
+    rank, world_size = distributed_rank_world()
+    rows = range(len(dataset)) if rows is None else rows
+    start, stop = shard_bounds(len(rows), rank, world_size)
+    start, stop = rows.start + start, rows.start + stop
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
     batches = ImageBatches(dataset, range(start, stop), batch_size, processor.image_size, mean, std)
     loader = DataLoader(batches, batch_size=None, num_workers=num_workers, pin_memory=str(device).startswith("cuda"),

@@ -114,8 +114,8 @@ def feature_datasets(splits, models: dict, processor, cache_dir, training_args, 
     """Cached-feature datasets per split: one encoder pass per image and encoder, reused across runs.
 
     `models` maps a role ("teacher", and optionally "student") to its model; with `share_encoder` the student reads
-    the teacher's features (same frozen encoder). Under a multi-process launch every rank encodes its shard
-    (`extraction.extract_image_embeds`) and rank 0 writes the cache."""
+    the teacher's features (same frozen encoder). Under a multi-process launch every rank encodes its part
+    of each cache shard (`extraction.extract_image_embeds`) and rank 0 writes it."""
     workers = data_args.extraction_workers if data_args is not None else 0
     bf16 = bool(data_args is not None and data_args.extraction_bf16)
     roles = {role: model for role, model in models.items() if not (role == "student" and share_encoder)}
@@ -127,13 +127,14 @@ def feature_datasets(splits, models: dict, processor, cache_dir, training_args, 
             extras = {**extras, "autocast": "bf16"}  # other features than fp32: their own cache entry
         embeds = {}
         for role, model in roles.items():
-            def compute(model=model, role=role):
+            def encode_rows(start, stop, model=model, role=role):
                 return extract_image_embeds(model, dataset, processor, training_args.per_device_eval_batch_size,
-                                            workers, training_args.device, bf16, f"{role} image features ({name})")
+                                            workers, training_args.device, bf16, f"{role} image features ({name})",
+                                            rows=range(start, stop))
 
             embeds[role], path, hit = cached_image_embeds(
                 model, None, fingerprint, cache_dir, extra=extras, encoder_digest=digests[role],
-                num_rows=len(dataset), compute=compute, write=training_args.process_index == 0,
+                num_rows=len(dataset), encode_rows=encode_rows,
             )
             if training_args.world_size > 1:
                 torch.distributed.barrier()  # the cache file is complete before any rank looks for the next one

@@ -15,7 +15,13 @@ import torch
 from modeling_stepcot import StepCoTStudent
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_QUESTIONS
 from modeling_stepcot.processing_stepcot import image_processor_for_config, image_to_rgb
-from trainers.training.feature_cache import encoder_fingerprint, image_embeds_path, module_fingerprint, split_identity
+from trainers.training.feature_cache import (
+    encoder_fingerprint,
+    image_embeds_path,
+    module_fingerprint,
+    open_image_embeds,
+    split_identity,
+)
 from trainers.training.offline_encoders import offline_text_encoder_path
 
 QUESTION_PREFIX = "Question: "
@@ -268,8 +274,9 @@ def embed_split(data, backbone, split: str, num_steps: int, cache_dir: Path | No
                              for i in range(0, len(distinct), batch_size)])
     training_cache = (backbone.training_cache_file(data, split, cache_dir)
                       if cache_dir is not None and hasattr(backbone, "training_cache_file") else None)
-    if training_cache is not None and training_cache.is_file():  # the features `stepcot train` already computed
-        image_embeds = load_file(training_cache)["image_embeds"]
+    cached = open_image_embeds(training_cache) if training_cache is not None and training_cache.is_dir() else None
+    if cached is not None:  # the features `stepcot train` already computed
+        image_embeds = cached.to_tensor()
         path = training_cache
     else:
         image_chunks = []
