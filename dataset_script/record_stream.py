@@ -4,7 +4,9 @@
 file (it decodes 1 MiB blocks and `raw_decode`s one element at a time), and can be iterated again (the schema
 inference reads the records once before the validation does). `compact_record` shares the strings that repeat across
 records (questions, options, answers, step names, origin, view) and packs the perceptual hash into bytes, so that a
-validated record holds little more than its own report, reasoning and ids.
+validated record holds little more than its own report, reasoning and ids. `slim_record` keeps only what the
+release-wide checks look at (ids, image, labels, each step's options and answer); the build re-reads the rest from
+`data.json` when it writes the record's row (`StepCoTRelease.full_records`).
 """
 
 from __future__ import annotations
@@ -142,3 +144,22 @@ def unpack_hash(value) -> np.ndarray | None:
         return value
     packed, size = value
     return np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[:size].astype(bool)
+
+
+_shared_steps: dict = {}
+SLIM_KEYS = ("index", "patient_id", "image_path", "resolved_image_path", "image_found_by_name", "perceptual_hash",
+             "origin", "view", "labels")
+
+
+def slim_record(record: dict) -> dict:
+    """A compacted record reduced to `SLIM_KEYS` and, per step, its options and answer (one shared dict per
+    distinct step: never changed in place, a re-ordered step is replaced)."""
+    slim = {key: record[key] for key in SLIM_KEYS if key in record}
+    chain = []
+    for step in record["vqa_chain"]:
+        key = (tuple(step["options"]), step["answer"])
+        if key not in _shared_steps:
+            _shared_steps[key] = {"options": step["options"], "answer": step["answer"]}
+        chain.append(_shared_steps[key])
+    slim["vqa_chain"] = chain
+    return slim
