@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -100,6 +101,42 @@ class JsonArrayRecords:
             for _ in self:
                 pass
         return self._length
+
+
+class JsonArrayWriter:
+    """A `data.json` written one element at a time, byte for byte as `json.dumps(values, indent=1,
+    ensure_ascii=False)` writes the whole list. Written to a hidden partial file and moved into place by `close()`;
+    an exception inside `with JsonArrayWriter(path) as out:` (or `abort()`) leaves no file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.count = 0
+        self._handle = open(self.partial, "w", encoding="utf-8")
+
+    def write(self, value) -> None:
+        text = json.dumps(value, indent=1, ensure_ascii=False)  # JSON text holds no raw newline inside a string
+        self._handle.write(("[\n " if not self.count else ",\n ") + text.replace("\n", "\n "))
+        self.count += 1
+
+    def close(self) -> Path:
+        self._handle.write("\n]" if self.count else "[]")
+        self._handle.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._handle.close()
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def looks_like_json_array(path) -> bool:
