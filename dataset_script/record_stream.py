@@ -184,13 +184,15 @@ def unpack_hash(value) -> np.ndarray | None:
 
 
 _shared_steps: dict = {}
+_shared_labels: dict = {}
 SLIM_KEYS = ("index", "patient_id", "image_path", "resolved_image_path", "image_found_by_name", "perceptual_hash",
              "origin", "view", "labels")
 
 
 def slim_record(record: dict) -> dict:
     """A compacted record reduced to `SLIM_KEYS` and, per step, its options and answer (one shared dict per
-    distinct step: never changed in place, a re-ordered step is replaced)."""
+    distinct step, one shared label list per distinct labels: never changed in place, a re-ordered step and its
+    labels are replaced)."""
     slim = {key: record[key] for key in SLIM_KEYS if key in record}
     chain = []
     for step in record["vqa_chain"]:
@@ -199,4 +201,6 @@ def slim_record(record: dict) -> dict:
             _shared_steps[key] = {"options": step["options"], "answer": step["answer"]}
         chain.append(_shared_steps[key])
     slim["vqa_chain"] = chain
+    labels = tuple(slim["labels"])  # shared too: the checks replace a record's labels, never edit them
+    slim["labels"] = _shared_labels.setdefault(labels, slim["labels"])
     return slim

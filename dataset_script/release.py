@@ -92,6 +92,14 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
+_listed_sets: dict = {}
+
+
+def _listed(splits: frozenset) -> frozenset:
+    """The split files a record is listed in, one shared frozenset per combination."""
+    return _listed_sets.setdefault(splits, splits)
+
+
 def _hash_words(hashes: list) -> np.ndarray:
     """Perceptual hashes (packed by `compact_record`, or bool arrays) as rows of uint64 words."""
     size = NEAR_DUPLICATE_HASH_SIZE ** 2
@@ -343,7 +351,7 @@ class StepCoTRelease:
                     matched = [by_image[value]] if value in by_image else by_name.get(Path(value).name, [])
                 unmatched += not matched
                 for record in matched:
-                    record.setdefault("listed_in", set()).add(split)
+                    record["listed_in"] = _listed(record.get("listed_in", frozenset()) | {split})
                     if record.get("split") is None:
                         record["split"] = split
             if unmatched:
@@ -422,7 +430,8 @@ class StepCoTRelease:
                     break
                 label = record["labels"][step]
                 if label != IGNORE_INDEX:
-                    record["labels"][step] = common.index(normalized[label])
+                    record["labels"] = [common.index(normalized[label]) if position == step else value
+                                        for position, value in enumerate(record["labels"])]  # a new list
                 record["vqa_chain"][step] = dict(record["vqa_chain"][step], options=list(display))
                 self.warnings.append(dict(problem, message=problem["message"] + "; re-ordered, label follows"))
             if skip is None:
