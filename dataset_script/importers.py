@@ -393,12 +393,12 @@ def import_folders(root, out_dir, mapping_file=None, patient_id: str | None = No
 
 def import_table(table, out_dir, mapping_file=None, images_dir=None, separator="|", image_column=None,
                  label_column=None, patient_id: str | None = None, copy_images=True, split: str = "auto") -> dict:
-    def rows():  # read twice: for the labels (when no mapping file names them), then to write the records
-        return iter_table_rows(table, images_dir, separator, image_column, label_column)
-
-    single = (row["labels"][0] for row in rows() if len(row["labels"]) == 1)
-    mapping = _mapping(mapping_file, single, patient_id)
-    return write_release(rows(), mapping, out_dir, origin=f"imported from {Path(table).name}", copy_images=copy_images,
+    rows = iter_table_rows(table, images_dir, separator, image_column, label_column)
+    label_names = (label_column,) if label_column else LABEL_COLUMNS
+    # Read twice: the labels (when no mapping file names them; no image looked up), then the records.
+    labels = (_split_labels(_column(row, label_names), separator) for _, row in _table_records(Path(table)))
+    mapping = _mapping(mapping_file, (found[0] for found in labels if len(found) == 1), patient_id)
+    return write_release(rows, mapping, out_dir, origin=f"imported from {Path(table).name}", copy_images=copy_images,
                          split=split)
 
 

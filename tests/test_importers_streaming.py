@@ -74,7 +74,7 @@ def test_import_table_reads_the_table_row_by_row_twice_without_a_mapping(tmp_pat
     monkeypatch.setattr(importers, "table_rows", None)  # the import never makes the list of rows
     report = import_table(table, tmp_path / "release", images_dir=images)
     assert report["records"] == 12 and report["answers"] == {"Diagnosis": {"Normal": 6, "Effusion": 6}}
-    assert len(opened) == 4  # two column checks (first row each), the labels for the schema, the records
+    assert len(opened) == 3  # the column check (first row), the labels for the schema, the records
 
 
 def test_nothing_mapped_leaves_no_data_json(tmp_path):
