@@ -291,10 +291,14 @@ class StepCoTRelease:
     def _check_image_claims(self, records: list[dict]) -> list[dict]:
         """An image found only by its file name (`missing_subdir/x.png` -> `images/x.png`) must not be another
         record's image: such a record is reported, never given the other record's image."""
-        claims = defaultdict(list)
-        for record in records:
+        guessed_paths = {Path(r["resolved_image_path"]).resolve() for r in records
+                         if r.get("resolved_image_path") and r["image_found_by_name"]}
+        claims = defaultdict(list)  # only the files some record found by name: the others need no look
+        for record in records if guessed_paths else ():
             if record.get("resolved_image_path"):
-                claims[Path(record["resolved_image_path"]).resolve()].append(record)
+                path = Path(record["resolved_image_path"]).resolve()
+                if path in guessed_paths:
+                    claims[path].append(record)
         rejected, by_name = set(), 0
         for path, owners in claims.items():
             guessed = [record for record in owners if record["image_found_by_name"]]
