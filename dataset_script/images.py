@@ -94,6 +94,53 @@ def inspect_image(path, max_pixels: int = MAX_IMAGE_PIXELS, perceptual_hash: boo
     return {"mode": mode, "size": size, "needs_8bit": mode.startswith("I") or mode == "F", "phash": digest}
 
 
+def near_duplicate_pairs(later: np.ndarray, earlier: np.ndarray, max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE,
+                         pairs_per_block: int = NEAR_DUPLICATE_PAIRS_PER_BLOCK) -> np.ndarray:
+    """Every pair (i, j, distance) with `later[i]` and `earlier[j]` at most `max_distance` bits apart, sorted by i
+    then j; `later` and `earlier` are packed hashes (rows of uint64 words).
+
+    Exact, and near-linear for spread-out hashes: the bits are cut into `max_distance + 1` bands, and two hashes
+    within `max_distance` bits agree on at least one band (pigeonhole), so only pairs sharing a band value are
+    compared (found by sorting each band of `earlier`). The candidates are made at most `pairs_per_block` at a
+    time, so memory stays bounded even when many hashes share band values."""
+    empty = np.zeros((0, 3), dtype=np.int64)
+    if not len(later) or not len(earlier):
+        return empty
+    later_bits = np.unpackbits(np.ascontiguousarray(later).view(np.uint8), axis=1)
+    earlier_bits = np.unpackbits(np.ascontiguousarray(earlier).view(np.uint8), axis=1)
+    edges = np.linspace(0, later_bits.shape[1], max_distance + 2).astype(int)
+    bands = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        weights = np.left_shift(np.int64(1), np.arange(end - start, dtype=np.int64))
+        later_band, earlier_band = later_bits[:, start:end] @ weights, earlier_bits[:, start:end] @ weights
+        order = np.argsort(earlier_band, kind="stable")
+        ordered = earlier_band[order]
+        first = np.searchsorted(ordered, later_band, "left")
+        bands.append((order, first, np.searchsorted(ordered, later_band, "right") - first))
+    del later_bits, earlier_bits
+    found, rows = [], np.arange(len(later))
+    per_row = sum(count for _, _, count in bands)
+    start = 0
+    while start < len(later):  # later rows in blocks of at most `pairs_per_block` candidates (at least one row)
+        end = max(start + 1, int(np.searchsorted(np.cumsum(per_row[start:]), pairs_per_block, "right")) + start)
+        keys = []
+        for order, first, count in bands:
+            counts = count[start:end]
+            if not counts.sum():
+                continue
+            row = np.repeat(rows[start:end], counts)
+            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            keys.append(row * len(earlier) + order[np.repeat(first[start:end], counts) + offsets])
+        if keys:
+            key = np.unique(np.concatenate(keys))
+            row, column = key // len(earlier), key % len(earlier)
+            distance = np.bitwise_count(later[row] ^ earlier[column]).sum(-1).astype(np.int64)
+            near = distance <= max_distance
+            found.append(np.stack([row[near], column[near], distance[near]], axis=1))
+        start = end
+    return np.concatenate(found) if found else empty
+
+
 def _perceptual_hash(image) -> np.ndarray:
     import imagehash
 
@@ -111,4 +158,5 @@ __all__ = [
     "ImageTooLargeError",
     "inspect_image",
     "locate_image",
+    "near_duplicate_pairs",
 ]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from dataset_script.annotate.annotator import annotate_rows
 from dataset_script.annotate.records import read_reports
+from dataset_script.record_stream import JsonArrayRecords, JsonArrayWriter, looks_like_json_array
 from dataset_script.records import RECORD_FIELD_ALIASES, StepCoTDataError, get_field, normalize_text
 from dataset_script.schema import SCHEMA_FILE
 from modeling_stepcot.configuration_stepcot import StepCoTSchemaConfig
@@ -206,41 +207,64 @@ def _split_labels(value, separator: str) -> list[str]:
     return [part.strip() for part in str(value).split(separator) if part.strip()]
 
 
+def _table_records(path: Path):
+    """(line or element number, row dict) of a CSV / JSONL / JSON list, read one row at a time."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            yield from enumerate(csv.DictReader(handle), 2)
+    elif suffix in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as handle:
+            yield from ((number, json.loads(line)) for number, line in enumerate(handle, 1) if line.strip())
+    elif suffix == ".json":
+        if not looks_like_json_array(path):
+            raise StepCoTDataError(f"{path}: expected a JSON list of rows")
+        yield from enumerate(JsonArrayRecords(path, error=StepCoTDataError), 1)
+    else:
+        raise StepCoTDataError(f"{path}: unsupported table type {suffix!r}; use .csv, .jsonl or .json")
+
+
+def iter_table_rows(path, images_dir=None, separator: str = "|", image_column: str | None = None,
+                    label_column: str | None = None):
+    """The rows of `table_rows`, read from the file one at a time; the columns are checked first (a pass over the
+    file that keeps nothing), so an unusable table raises before any row is given out."""
+    path = Path(path)
+    if not path.is_file():
+        raise StepCoTDataError(f"table not found: {path}")
+    image_names = (image_column,) if image_column else IMAGE_COLUMNS
+    label_names = (label_column,) if label_column else LABEL_COLUMNS
+    first, has_labels = None, False
+    for _, row in _table_records(path):
+        if first is None:
+            first = row
+            if _column(row, image_names) is None:
+                raise StepCoTDataError(f"{path}: no image column (tried {list(image_names)}; columns: {list(row)})")
+            if _column(row, label_names) is None and label_column is not None:
+                break
+        if _column(row, label_names) is not None:
+            has_labels = True
+            break
+    if first is None:
+        raise StepCoTDataError(f"{path}: no rows")
+    if not has_labels:
+        raise StepCoTDataError(f"{path}: no labels column (tried {list(label_names)}; columns: {list(first)})")
+    return _table_rows(path, Path(images_dir) if images_dir else path.parent, separator, image_names, label_names)
+
+
+def _table_rows(path: Path, images_dir: Path, separator: str, image_names, label_names):
+    for line, row in _table_records(path):
+        image = Path(str(_column(row, image_names)))
+        candidates = [image] if image.is_absolute() else [images_dir / image, images_dir / image.name]
+        found = next((c for c in candidates if c.is_file()), None)
+        yield {"image": found or candidates[0], "missing": found is None, "row": row,
+               "labels": _split_labels(_column(row, label_names), separator), "where": f"{path.name}:{line}"}
+
+
 def table_rows(path, images_dir=None, separator: str = "|", image_column: str | None = None,
                label_column: str | None = None) -> list[dict]:
     """Rows of a CSV / JSONL / JSON list: the image (resolved against `images_dir`, default the table's folder),
     its labels, and the whole row (for patient ids, view, license)."""
-    path = Path(path)
-    if not path.is_file():
-        raise StepCoTDataError(f"table not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            raw = list(csv.DictReader(handle))
-    elif suffix in (".jsonl", ".ndjson"):
-        raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif suffix == ".json":
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        raise StepCoTDataError(f"{path}: unsupported table type {suffix!r}; use .csv, .jsonl or .json")
-    if not raw:
-        raise StepCoTDataError(f"{path}: no rows")
-    images_dir = Path(images_dir) if images_dir else path.parent
-    image_names = (image_column,) if image_column else IMAGE_COLUMNS
-    label_names = (label_column,) if label_column else LABEL_COLUMNS
-    if _column(raw[0], image_names) is None:
-        raise StepCoTDataError(f"{path}: no image column (tried {list(image_names)}; columns: {list(raw[0])})")
-    if _column(raw[0], label_names) is None and label_column is not None or not any(
-            _column(row, label_names) is not None for row in raw):
-        raise StepCoTDataError(f"{path}: no labels column (tried {list(label_names)}; columns: {list(raw[0])})")
-    rows = []
-    for line, row in enumerate(raw, 2 if suffix == ".csv" else 1):
-        image = Path(str(_column(row, image_names)))
-        candidates = [image] if image.is_absolute() else [images_dir / image, images_dir / image.name]
-        found = next((c for c in candidates if c.is_file()), None)
-        rows.append({"image": found or candidates[0], "missing": found is None, "row": row,
-                     "labels": _split_labels(_column(row, label_names), separator), "where": f"{path.name}:{line}"})
-    return rows
+    return list(iter_table_rows(path, images_dir, separator, image_column, label_column))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,10 +298,10 @@ SPLIT_CHOICES = ("auto", "all", "none")
 WHOLE_SET_SPLIT = "test"
 
 
-def write_split(out_dir, records: list[dict], split: str = "auto") -> str | None:
+def write_split(out_dir, patient_ids, split: str = "auto") -> str | None:
     """`split` "auto": no split file (`data build` splits 70/15/15 by patient, seeded); "all" or "none": the whole
     set is one split, written as a `test.csv` listing every patient (what `stepcot eval` scores as one split).
-    Returns the split file's name, or None."""
+    `patient_ids`: the records' patient ids in order (repeats allowed). Returns the split file's name, or None."""
     if split not in SPLIT_CHOICES:
         raise StepCoTDataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
     if split == "auto":
@@ -286,15 +310,16 @@ def write_split(out_dir, records: list[dict], split: str = "auto") -> str | None
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patient_id"])
-        for patient in dict.fromkeys(record["patient_id"] for record in records):
+        for patient in dict.fromkeys(patient_ids):
             writer.writerow([patient])
     return path.name
 
 
-def write_release(rows: list[dict], mapping: LabelMapping, out_dir, origin: str, copy_images: bool = True,
+def write_release(rows, mapping: LabelMapping, out_dir, origin: str, copy_images: bool = True,
                   split: str = "auto") -> dict:
-    """Map `rows` (from `folder_rows` / `table_rows`) and write the release folder (`split`: see `write_split`).
-    Returns the import report."""
+    """Map `rows` (an iterable, from `folder_rows` / `iter_table_rows`) and write the release folder (`split`: see
+    `write_split`), each record to data.json as it is made: memory holds the counts and the patient ids, not the
+    records. Returns the import report."""
     if split not in SPLIT_CHOICES:
         raise StepCoTDataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
     out_dir = Path(out_dir)
@@ -302,52 +327,56 @@ def write_release(rows: list[dict], mapping: LabelMapping, out_dir, origin: str,
         raise StepCoTDataError(f"{out_dir} already holds a data.json; choose an empty output folder")
     images_out = out_dir / "images"
     images_out.mkdir(parents=True, exist_ok=True)
-    records, skipped, label_counts, unmapped, conflicts = [], [], Counter(), Counter(), Counter()
-    grouped, taken = 0, set()
-    for row in rows:
-        label_counts.update(row["labels"])
-        where = row.get("where") or str(row["image"])
-        if row.get("missing"):
-            skipped.append({"where": where, "image": str(row["image"]), "reason": "image file not found"})
-            continue
-        chain, reason, conflicting = mapping.chain(row["labels"])
-        conflicts.update(conflicting)
-        if chain is None:
-            if mapping.answers is not None:
-                unmapped.update(label for label in row["labels"] if normalize_text(label) not in mapping.answers)
-            skipped.append({"where": where, "image": str(row["image"]), "labels": row["labels"], "reason": reason})
-            continue
-        patient, from_key = mapping.patient_of(Path(row["image"]), row.get("row"))
-        grouped += from_key
-        record = {"patient_id": patient,
-                  "image_path": _copy_image(Path(row["image"]), images_out, taken, link=not copy_images),
-                  "origin": origin, "source_labels": row["labels"], "vqa_chain": chain}
-        for name, aliases in KEPT_COLUMNS.items():
-            value = _column(row.get("row") or {}, aliases)
-            if value not in (None, ""):
-                record[name] = value
-        records.append(record)
-    if not records:
-        raise StepCoTDataError(f"no row could be mapped ({len(skipped)} left out; first: "
-                               f"{skipped[0]['reason'] if skipped else 'none'})")
-    (out_dir / "data.json").write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+    skipped, label_counts, unmapped, conflicts = [], Counter(), Counter(), Counter()
+    answers = [Counter() for _ in mapping.config.step_names]
+    patients: dict[str, None] = {}  # in order, for the split file
+    grouped, taken, num_rows = 0, set(), 0
+    with JsonArrayWriter(out_dir / "data.json") as data:
+        for row in rows:
+            num_rows += 1
+            label_counts.update(row["labels"])
+            where = row.get("where") or str(row["image"])
+            if row.get("missing"):
+                skipped.append({"where": where, "image": str(row["image"]), "reason": "image file not found"})
+                continue
+            chain, reason, conflicting = mapping.chain(row["labels"])
+            conflicts.update(conflicting)
+            if chain is None:
+                if mapping.answers is not None:
+                    unmapped.update(label for label in row["labels"] if normalize_text(label) not in mapping.answers)
+                skipped.append({"where": where, "image": str(row["image"]), "labels": row["labels"],
+                                "reason": reason})
+                continue
+            patient, from_key = mapping.patient_of(Path(row["image"]), row.get("row"))
+            grouped += from_key
+            record = {"patient_id": patient,
+                      "image_path": _copy_image(Path(row["image"]), images_out, taken, link=not copy_images),
+                      "origin": origin, "source_labels": row["labels"], "vqa_chain": chain}
+            for name, aliases in KEPT_COLUMNS.items():
+                value = _column(row.get("row") or {}, aliases)
+                if value not in (None, ""):
+                    record[name] = value
+            data.write(record)
+            patients.setdefault(patient)
+            for step in chain:
+                answers[mapping.config.step_names.index(step["step"])][step["answer"]] += 1
+        if not data.count:
+            raise StepCoTDataError(f"no row could be mapped ({len(skipped)} left out; first: "
+                                   f"{skipped[0]['reason'] if skipped else 'none'})")
+        records = data.count
     if mapping.custom_schema:
         schema = {"steps": [{"name": n, "question": q, "options": list(o)} for n, q, o in zip(
             mapping.config.step_names, mapping.config.step_questions, mapping.config.step_options)]}
         (out_dir / SCHEMA_FILE).write_text(json.dumps(schema, indent=1), encoding="utf-8")
-    answers = [Counter() for _ in mapping.config.step_names]
-    for record in records:
-        for step in record["vqa_chain"]:
-            answers[mapping.config.step_names.index(step["step"])][step["answer"]] += 1
     report = {
-        "out_dir": str(out_dir), "rows": len(rows), "records": len(records), "left_out": len(skipped),
-        "patients": len({r["patient_id"] for r in records}),
-        "patient_ids": "from the grouping key" if grouped == len(records) else
-        f"{grouped} from the grouping key, {len(records) - grouped} from the image name (each its own group)",
+        "out_dir": str(out_dir), "rows": num_rows, "records": records, "left_out": len(skipped),
+        "patients": len(patients),
+        "patient_ids": "from the grouping key" if grouped == records else
+        f"{grouped} from the grouping key, {records - grouped} from the image name (each its own group)",
         "labels": dict(label_counts.most_common()), "unmapped_labels": dict(unmapped.most_common()),
         "steps_left_unanswered_by_conflicting_labels": dict(conflicts.most_common()),
         "answers": {name: dict(counts.most_common()) for name, counts in zip(mapping.config.step_names, answers)},
-        "split": write_split(out_dir, records, split) or "auto (70/15/15 by patient at build)",
+        "split": write_split(out_dir, patients, split) or "auto (70/15/15 by patient at build)",
         "left_out_rows": skipped,
     }
     (out_dir / IMPORT_REPORT).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
@@ -364,9 +393,11 @@ def import_folders(root, out_dir, mapping_file=None, patient_id: str | None = No
 
 def import_table(table, out_dir, mapping_file=None, images_dir=None, separator="|", image_column=None,
                  label_column=None, patient_id: str | None = None, copy_images=True, split: str = "auto") -> dict:
-    rows = table_rows(table, images_dir, separator, image_column, label_column)
-    single = [row["labels"][0] for row in rows if len(row["labels"]) == 1]
-    mapping = _mapping(mapping_file, single, patient_id)
+    rows = iter_table_rows(table, images_dir, separator, image_column, label_column)
+    label_names = (label_column,) if label_column else LABEL_COLUMNS
+    # Read twice: the labels (when no mapping file names them; no image looked up), then the records.
+    labels = (_split_labels(_column(row, label_names), separator) for _, row in _table_records(Path(table)))
+    mapping = _mapping(mapping_file, (found[0] for found in labels if len(found) == 1), patient_id)
     return write_release(rows, mapping, out_dir, origin=f"imported from {Path(table).name}", copy_images=copy_images,
                          split=split)
 
@@ -410,11 +441,12 @@ def import_reports(reports, out_dir, images_dir=None, strict=False, copy_images=
             no_answer[step["step"]] += step["answer"] == "No Answer"
     report = {"out_dir": str(out_dir), "rows": len(read.rows) + len(read.skipped), "records": len(kept),
               "left_out": len(read.skipped) + len(skipped), "no_answer_per_step": dict(no_answer),
-              "split": write_split(out_dir, kept, split) or "auto (70/15/15 by patient at build)",
+              "split": write_split(out_dir, (r["patient_id"] for r in kept), split)
+              or "auto (70/15/15 by patient at build)",
               "left_out_rows": read.skipped + skipped}
     (out_dir / IMPORT_REPORT).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     return report
 
 
 __all__ = ["IMPORT_REPORT", "SPLIT_CHOICES", "LabelMapping", "folder_rows", "import_folders", "import_reports",
-           "import_table", "table_rows", "write_release", "write_split"]
+           "import_table", "iter_table_rows", "table_rows", "write_release", "write_split"]

@@ -144,22 +144,27 @@ def _write_build(release: StepCoTRelease, folder: Path, max_shard_bytes: int, bu
     data_dir.mkdir()
     features = step_cot_features(release.config.num_steps)
     split_infos, converted, files, digests = {}, 0, [], hashlib.sha256()
-    for split, records in release.splits.items():  # streamed: one row group in memory at a time
-        writer = ShardWriter(data_dir, split, features, max_shard_bytes)
-        try:
-            for record in records:
-                row, was_converted = _row(record)
-                converted += was_converted
-                writer.add(row)
-            shards = writer.close()
-        except BaseException:
+    # One pass over the records (re-read from data.json when the release keeps them slim), each row to its split's
+    # writer: one row group per split in memory at a time.
+    writers = {split: ShardWriter(data_dir, split, features, max_shard_bytes) for split in release.splits}
+    counts = Counter()
+    try:
+        for record in release.full_records():
+            row, was_converted = _row(record)
+            converted += was_converted
+            writers[record["split"]].add(row)
+            counts[record["split"]] += 1
+        shards_of = {split: writer.close() for split, writer in writers.items()}
+    except BaseException:
+        for writer in writers.values():
             writer.abort()
-            raise
+        raise
+    for split, shards in shards_of.items():
         for shard in shards:
             files.append(f"data/{shard.path.name}")
             digests.update(f"{shard.path.name}\n".encode())
         split_infos[split] = SplitInfo(name=split, num_bytes=sum(shard.num_bytes for shard in shards),
-                                       num_examples=len(records))
+                                       num_examples=counts[split])
     content_digest = digests.hexdigest()
     shard_files = {split: [f for f in files if f.startswith(f"data/{split}-")] for split in split_infos}
     write_dataset_card(release, folder, features, split_infos, content_digest=content_digest, shard_files=shard_files,
@@ -194,7 +199,7 @@ def build_hub_dataset(source, out_dir, strict: bool = True, seed: int = 0, confi
     build_info = build_settings(source, strict=strict, seed=seed, config=config)
     if hub_source:
         build_info["hub_source"] = hub_source
-    release = StepCoTRelease(source, config=config, strict=strict, seed=seed, report_path=report_path)
+    release = StepCoTRelease(source, config=config, strict=strict, seed=seed, report_path=report_path, keep_text=False)
     summary = export_hub_layout(release, out_dir, max_shard_bytes=max_shard_bytes, build_info=build_info)
     summary["seconds"] = time.perf_counter() - started
     summary["report"] = str(report_path)

@@ -4,13 +4,16 @@
 file (it decodes 1 MiB blocks and `raw_decode`s one element at a time), and can be iterated again (the schema
 inference reads the records once before the validation does). `compact_record` shares the strings that repeat across
 records (questions, options, answers, step names, origin, view) and packs the perceptual hash into bytes, so that a
-validated record holds little more than its own report, reasoning and ids.
+validated record holds little more than its own report, reasoning and ids. `slim_record` keeps only what the
+release-wide checks look at (ids, image, labels, each step's options and answer); the build re-reads the rest from
+`data.json` when it writes the record's row (`StepCoTRelease.full_records`).
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -100,6 +103,42 @@ class JsonArrayRecords:
         return self._length
 
 
+class JsonArrayWriter:
+    """A `data.json` written one element at a time, byte for byte as `json.dumps(values, indent=1,
+    ensure_ascii=False)` writes the whole list. Written to a hidden partial file and moved into place by `close()`;
+    an exception inside `with JsonArrayWriter(path) as out:` (or `abort()`) leaves no file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.count = 0
+        self._handle = open(self.partial, "w", encoding="utf-8")
+
+    def write(self, value) -> None:
+        text = json.dumps(value, indent=1, ensure_ascii=False)  # JSON text holds no raw newline inside a string
+        self._handle.write(("[\n " if not self.count else ",\n ") + text.replace("\n", "\n "))
+        self.count += 1
+
+    def close(self) -> Path:
+        self._handle.write("\n]" if self.count else "[]")
+        self._handle.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._handle.close()
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def looks_like_json_array(path) -> bool:
     """Whether the first non-blank character of the file is `[`."""
     with open(path, "rb") as handle:
@@ -142,3 +181,26 @@ def unpack_hash(value) -> np.ndarray | None:
         return value
     packed, size = value
     return np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[:size].astype(bool)
+
+
+_shared_steps: dict = {}
+_shared_labels: dict = {}
+SLIM_KEYS = ("index", "patient_id", "image_path", "resolved_image_path", "image_found_by_name", "perceptual_hash",
+             "origin", "view", "labels")
+
+
+def slim_record(record: dict) -> dict:
+    """A compacted record reduced to `SLIM_KEYS` and, per step, its options and answer (one shared dict per
+    distinct step, one shared label list per distinct labels: never changed in place, a re-ordered step and its
+    labels are replaced)."""
+    slim = {key: record[key] for key in SLIM_KEYS if key in record}
+    chain = []
+    for step in record["vqa_chain"]:
+        key = (tuple(step["options"]), step["answer"])
+        if key not in _shared_steps:
+            _shared_steps[key] = {"options": step["options"], "answer": step["answer"]}
+        chain.append(_shared_steps[key])
+    slim["vqa_chain"] = chain
+    labels = tuple(slim["labels"])  # shared too: the checks replace a record's labels, never edit them
+    slim["labels"] = _shared_labels.setdefault(labels, slim["labels"])
+    return slim

@@ -28,8 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_script.images import NEAR_DUPLICATE_HASH_SIZE, NEAR_DUPLICATE_MAX_DISTANCE, NEAR_DUPLICATE_PAIRS_PER_BLOCK
-from dataset_script.record_stream import JsonArrayRecords, compact_record, looks_like_json_array, unpack_hash
+from dataset_script.images import NEAR_DUPLICATE_HASH_SIZE, NEAR_DUPLICATE_MAX_DISTANCE, near_duplicate_pairs
+from dataset_script.record_stream import (
+    JsonArrayRecords,
+    compact_record,
+    looks_like_json_array,
+    slim_record,
+    unpack_hash,
+)
 from dataset_script.records import StepCoTDataError, describe_record, format_problem, normalize_text, parse_record
 from dataset_script.schema import SCHEMA_FILE, infer_schema, read_schema_file
 from dataset_script.splits import (
@@ -86,6 +92,24 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
+_listed_sets: dict = {}
+
+
+def _listed(splits: frozenset) -> frozenset:
+    """The split files a record is listed in, one shared frozenset per combination."""
+    return _listed_sets.setdefault(splits, splits)
+
+
+def _hash_words(hashes: list) -> np.ndarray:
+    """Perceptual hashes (packed by `compact_record`, or bool arrays) as rows of uint64 words."""
+    size = NEAR_DUPLICATE_HASH_SIZE ** 2
+    if all(isinstance(value, tuple) and value[1] == size for value in hashes):
+        data = np.frombuffer(b"".join(value[0] for value in hashes), dtype=np.uint8).reshape(-1, size // 8)
+    else:
+        data = np.packbits(np.array([unpack_hash(value) for value in hashes], dtype=bool).reshape(-1, size), axis=1)
+    return np.ascontiguousarray(data).view(np.uint64)
+
+
 def _format_entry(entry: dict) -> str:
     """A problem, warning or note as one line (release-level entries have no record index)."""
     return format_problem(entry) if entry["index"] is not None else f"{entry['field']}: {entry['message']}"
@@ -103,11 +127,14 @@ class StepCoTRelease:
         seed: seed of the 70/15/15 stratified patient split used when the release has no split files.
         report_path: where to write the JSON report of skipped records (lenient mode; also written when empty).
         check_images: open and verify every image (turn off only for fast metadata-only reads).
+        keep_text: keep each record whole (default). False keeps, for a streamed `data.json`, only what the
+            release-wide checks need (`slim_record`: ids, image, labels, options, answers), so that memory grows by
+            a few hundred bytes a record; `full_records()` then re-reads the reports and reasoning from the file.
 
     Attributes: `records` (clean dicts with `split`), `report` (skipped records, notes, counts).
     """
 
-    def __init__(self, root, config=None, strict=True, seed=0, report_path=None, check_images=True):
+    def __init__(self, root, config=None, strict=True, seed=0, report_path=None, check_images=True, keep_text=True):
         self.root = Path(root)
         self.strict = strict
         self.seed = seed
@@ -122,6 +149,7 @@ class StepCoTRelease:
             raise StepCoTDataError(f"release folder not found: {self.root}")
         self._line_problems: dict[int, dict] = {}
         raw_records = self._load_raw_records()
+        self._source = raw_records if not keep_text and isinstance(raw_records, JsonArrayRecords) else None
         if config is not None:
             self.config, self.schema_source = config, "given by the caller"
         elif (self.root / SCHEMA_FILE).is_file():
@@ -146,7 +174,7 @@ class StepCoTRelease:
             if problems:
                 self._reject(problems)
                 continue
-            records.append(compact_record(clean))
+            records.append(compact_record(clean) if self._source is None else slim_record(compact_record(clean)))
         if not len(raw_records):
             raise StepCoTDataError(f"{self.root / 'data.json'}: the release has no records")
         unanswered = sum(all(label == IGNORE_INDEX for label in record["labels"]) for record in records)
@@ -163,6 +191,9 @@ class StepCoTRelease:
         else:
             self.notes.append(dict(index=None, patient_id=None, field="images",
                                    message="images not checked: near-duplicates across splits not looked for"))
+        if self._source is not None:  # checked: the hashes are not needed any more
+            for record in self.records:
+                record["perceptual_hash"] = None
         self.report = self._build_report(len(raw_records))
         if report_path is not None:
             self.write_report(report_path)
@@ -260,10 +291,14 @@ class StepCoTRelease:
     def _check_image_claims(self, records: list[dict]) -> list[dict]:
         """An image found only by its file name (`missing_subdir/x.png` -> `images/x.png`) must not be another
         record's image: such a record is reported, never given the other record's image."""
-        claims = defaultdict(list)
-        for record in records:
+        guessed_paths = {Path(r["resolved_image_path"]).resolve() for r in records
+                         if r.get("resolved_image_path") and r["image_found_by_name"]}
+        claims = defaultdict(list)  # only the files some record found by name: the others need no look
+        for record in records if guessed_paths else ():
             if record.get("resolved_image_path"):
-                claims[Path(record["resolved_image_path"]).resolve()].append(record)
+                path = Path(record["resolved_image_path"]).resolve()
+                if path in guessed_paths:
+                    claims[path].append(record)
         rejected, by_name = set(), 0
         for path, owners in claims.items():
             guessed = [record for record in owners if record["image_found_by_name"]]
@@ -320,7 +355,7 @@ class StepCoTRelease:
                     matched = [by_image[value]] if value in by_image else by_name.get(Path(value).name, [])
                 unmatched += not matched
                 for record in matched:
-                    record.setdefault("listed_in", set()).add(split)
+                    record["listed_in"] = _listed(record.get("listed_in", frozenset()) | {split})
                     if record.get("split") is None:
                         record["split"] = split
             if unmatched:
@@ -399,7 +434,8 @@ class StepCoTRelease:
                     break
                 label = record["labels"][step]
                 if label != IGNORE_INDEX:
-                    record["labels"][step] = common.index(normalized[label])
+                    record["labels"] = [common.index(normalized[label]) if position == step else value
+                                        for position, value in enumerate(record["labels"])]  # a new list
                 record["vqa_chain"][step] = dict(record["vqa_chain"][step], options=list(display))
                 self.warnings.append(dict(problem, message=problem["message"] + "; re-ordered, label follows"))
             if skip is None:
@@ -414,12 +450,10 @@ class StepCoTRelease:
         leak even across patient ids (sources re-use images). Strict mode raises; lenient mode keeps the image in
         its first split and skips the later copies."""
         hashed = [r for r in self.records if r.get("perceptual_hash") is not None]
-        packed = {split: (np.array([r for r in hashed if r["split"] == split], dtype=object),
-                          np.packbits(np.array([unpack_hash(r["perceptual_hash"]) for r in hashed
-                                                if r["split"] == split],
-                                               dtype=bool).reshape(-1, NEAR_DUPLICATE_HASH_SIZE ** 2), axis=1)
-                          .view(np.uint64))
-                  for split in SPLITS}
+        packed = {}
+        for split in SPLITS:
+            members = [r for r in hashed if r["split"] == split]
+            packed[split] = (np.array(members, dtype=object), _hash_words([r["perceptual_hash"] for r in members]))
         dropped = set()
         for later_index, later in enumerate(SPLITS):
             later_records, later_hashes = packed[later]
@@ -427,34 +461,51 @@ class StepCoTRelease:
                 earlier_records, earlier_hashes = packed[earlier]
                 if not len(later_records) or not len(earlier_records):
                     continue
-                rows = max(1, min(256, NEAR_DUPLICATE_PAIRS_PER_BLOCK // len(earlier_records)))  # bounded memory
-                for start in range(0, len(later_records), rows):
-                    chunk = later_hashes[start:start + rows]
-                    distances = np.bitwise_count(chunk[:, None, :] ^ earlier_hashes[None, :, :]).sum(-1)
-                    for row, column in zip(*np.nonzero(distances <= NEAR_DUPLICATE_MAX_DISTANCE)):
-                        record, original = later_records[start + row], earlier_records[column]
-                        if id(record) in dropped or id(original) in dropped:
-                            continue
-                        distance = int(distances[row, column])
-                        self.near_duplicates.append({
-                            "distance_bits": distance,
-                            "kept": {"index": original["index"], "patient_id": original["patient_id"],
-                                     "split": earlier, "image_path": original["image_path"]},
-                            "skipped": {"index": record["index"], "patient_id": record["patient_id"],
-                                        "split": later, "image_path": record["image_path"]},
-                        })
-                        problem = dict(index=record["index"], patient_id=record["patient_id"], field="image_path",
-                                       message=f"{later} image {record['image_path']!r} is a near-duplicate of "
-                                               f"{describe_record(original['index'], original['patient_id'])}'s "
-                                               f"{earlier} image {original['image_path']!r} (perceptual hash "
-                                               f"{distance} of {NEAR_DUPLICATE_HASH_SIZE ** 2} bits apart; leakage)")
-                        if self.strict:
-                            raise StepCoTDataError(format_problem(problem))
-                        dropped.add(id(record))
-                        self.skipped.append({"index": record["index"], "patient_id": record["patient_id"],
-                                             "problems": [dict(problem, message=problem["message"]
-                                                               + f"; kept only in {earlier!r}")]})
+                for row, column, distance in near_duplicate_pairs(later_hashes, earlier_hashes).tolist():
+                    record, original = later_records[row], earlier_records[column]
+                    if id(record) in dropped or id(original) in dropped:
+                        continue
+                    self.near_duplicates.append({
+                        "distance_bits": distance,
+                        "kept": {"index": original["index"], "patient_id": original["patient_id"],
+                                 "split": earlier, "image_path": original["image_path"]},
+                        "skipped": {"index": record["index"], "patient_id": record["patient_id"],
+                                    "split": later, "image_path": record["image_path"]},
+                    })
+                    problem = dict(index=record["index"], patient_id=record["patient_id"], field="image_path",
+                                   message=f"{later} image {record['image_path']!r} is a near-duplicate of "
+                                           f"{describe_record(original['index'], original['patient_id'])}'s "
+                                           f"{earlier} image {original['image_path']!r} (perceptual hash "
+                                           f"{distance} of {NEAR_DUPLICATE_HASH_SIZE ** 2} bits apart; leakage)")
+                    if self.strict:
+                        raise StepCoTDataError(format_problem(problem))
+                    dropped.add(id(record))
+                    self.skipped.append({"index": record["index"], "patient_id": record["patient_id"],
+                                         "problems": [dict(problem, message=problem["message"]
+                                                           + f"; kept only in {earlier!r}")]})
         self.records = [record for record in self.records if id(record) not in dropped]
+
+    def full_records(self):
+        """The records in order (all splits), each whole: as kept, or re-read from `data.json` and re-parsed when
+        the release keeps slim records (`keep_text=False`), with the labels and option order the checks settled."""
+        if self._source is None:
+            yield from self.records
+            return
+        wanted = iter(self.records)
+        slim = next(wanted, None)
+        for index, raw in enumerate(self._source):
+            if slim is None:
+                break
+            if index != slim["index"]:
+                continue
+            clean, problems, _ = parse_record(raw, index, self.config)
+            if problems or (clean["patient_id"], clean["image_path"]) != (slim["patient_id"], slim["image_path"]):
+                raise StepCoTDataError(f"{self._source.path}: record {index} changed while it was read; build again")
+            chain = [dict(step, options=kept["options"]) for step, kept in zip(clean["vqa_chain"], slim["vqa_chain"])]
+            yield {**clean, **slim, "vqa_chain": chain}
+            slim = next(wanted, None)
+        if slim is not None:
+            raise StepCoTDataError(f"{self._source.path}: record {slim['index']} missing when read again; build again")
 
     # -- access --------------------------------------------------------------------------------------------------
 
