@@ -60,6 +60,7 @@ from trainers.training.run_scoring import (
     record_training_facts,
     score_and_report,
 )
+from trainers.training.teacher_stage import train_teacher_stage
 
 logger = logging.getLogger("stepcot.train")
 
@@ -105,6 +106,10 @@ def train(model_args, data_args, training_args) -> int:
         class_weights = inverse_frequency_class_weights(labels, teacher.config.num_classes_per_step)
 
     stopping = early_stopping_callbacks(data_args, training_args)
+    teacher_stage = None
+    if training_args.teacher_schedule == "plateau" and not training_args.resume_from_checkpoint:
+        teacher_stage = train_teacher_stage(pair.teacher, training_args, datasets_by_split["train"],
+                                            datasets_by_split["validation"], data_collator, quiet=quiet_progress)
     search = None
     if training_args.hp_search_trials:  # trials on the cached features, scored on the validation split (hp_search)
         if not use_cache or model_args.lora_r:
@@ -157,6 +162,8 @@ def train(model_args, data_args, training_args) -> int:
         {"teacher": pair.teacher, "student": pair.student}, validation_prediction, prediction, eval_split,
         output_dir, write)
     table += "\n" + calibration_table
+    if teacher_stage is not None:
+        results["teacher_stage"] = teacher_stage
     if search is not None:
         results["hp_search"] = search
         table += "\n" + search_table(search) + "\n"

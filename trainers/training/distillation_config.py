@@ -124,6 +124,9 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
 
         > Checkpoints
 
+        teacher_schedule (`str`, *optional*, defaults to `"joint"`):
+            `"plateau"`: `stepcot train` first trains the teacher alone as the reference's separate stage does
+            (`trainers.training.teacher_stage`); the joint run follows.
         hp_search_trials (`int`, *optional*, defaults to `0`):
             `stepcot train` first searches the learning rates, weight decay, label smoothing, dropout and epochs with
             this many optuna trials on the validation split (`trainers.training.hp_search`); 0: no search.
@@ -227,6 +230,13 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         metadata={"help": "let the teacher-side CH projection train with the student (for ablation studies); "
                           "default: frozen, as in the paper and reference"},
     )
+    teacher_schedule: str = field(
+        default="joint",
+        metadata={"help": "joint: the teacher-only epochs run inside the joint trainer (--teacher_pretrain_epochs); "
+                          "plateau: first the reference's separate teacher stage (at most 10 epochs, "
+                          "ReduceLROnPlateau factor 0.5 patience 2, early stopping patience 3, on the validation "
+                          "loss), then the joint run", "choices": ["joint", "plateau"]},
+    )
     hp_search_trials: int = field(
         default=0,
         metadata={"help": "hyper-parameter search before the run (needs the feature cache and `pip install "
@@ -251,6 +261,8 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
                                                 "teacher_learning_rate", "student_learning_rate")]
         bounds += [("temperature", 0, True), ("checkpoint_every_minutes", 0, False), ("hp_search_trials", 0, False)]
         bounds += [("relation_dim", 2, False)]
+        if self.teacher_schedule not in ("joint", "plateau"):
+            raise TrainingError(f"--teacher_schedule {self.teacher_schedule}: must be 'joint' or 'plateau'")
         for name, bound, strict in bounds:
             value = getattr(self, name)
             if not (value > bound if strict else value >= bound):  # also catches NaN
