@@ -503,6 +503,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lean", action="store_true",
                         help="only the diagnosis record per run (accuracy, per-class recall, macro-F1, calibration, "
                              "OOD false flags): no chain decoding, no finer-label baselines")
+    parser.add_argument("--train-option", action="append", default=[], metavar="OPTION=VALUE",
+                        help="another `stepcot train` option for the real-data runs, e.g. teacher_schedule=plateau "
+                             "(repeatable)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from dataset_script.parquet_export import build_hub_dataset
@@ -527,7 +530,10 @@ def main(argv=None) -> int:
                 built = args.out / f"{dataset}-built-seed{seed}"
                 if not (built / "README.md").is_file():
                     build_hub_dataset(release, built, strict=False, seed=seed)
-                train_run(built, run_dir, seed, args.epochs, ["--hp_search_trials", str(args.hp_search_trials)])
+                options = [part for option in args.train_option for part in ("--" + option.split("=", 1)[0],
+                                                                             option.split("=", 1)[-1])]
+                train_run(built, run_dir, seed, args.epochs,
+                          ["--hp_search_trials", str(args.hp_search_trials), *options])
             metrics = {model: load_metrics(run_dir / "metrics" / model).flat(include_ci=True)
                        for model in ("majority", "linear_probe", "teacher", "student")}
             differences_file = run_dir / "metrics" / DIFFERENCES_FILENAME
