@@ -4,6 +4,7 @@
     nice -n 10 python benchmarks/real_data_study.py --datasets kermany --seeds 0 --out /tmp/s   # one run
     nice -n 10 python benchmarks/real_data_study.py --datasets kermany3 kermany2 --seeds 0 1 2 3 4 --epochs 10 --lean \
         --out /tmp/l   # the five-split study of both imported problems (RESULTS.md), ~25 min on two busy cores
+    ... --hp-search-trials 8 --out /tmp/h   # the same with a search of 8 trials before each run
 
 For each dataset (Kermany-480, the COVID case notes: `benchmarks/real_data_release.py`) and split seed: a
 patient-grouped 70/15/15 split, `stepcot train` (offline encoders, feature cache) which itself fits the majority
@@ -505,10 +506,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20, help="distillation epochs (default 20; paper 40)")
     parser.add_argument("--demo-size", type=int, default=600)
+    parser.add_argument("--hp-search-trials", type=int, default=0,
+                        help="`stepcot train --hp_search_trials N` for the real-data runs: N trials on the cached "
+                             "features, chosen on the validation split, before each run (default 0: none)")
     parser.add_argument("--ood", action="store_true", help="also run the out-of-distribution check (Kermany)")
     parser.add_argument("--lean", action="store_true",
                         help="only the diagnosis record per run (accuracy, per-class recall, macro-F1, calibration, "
                              "OOD false flags): no chain decoding, no finer-label baselines")
+    parser.add_argument("--train-option", action="append", default=[], metavar="OPTION=VALUE",
+                        help="another `stepcot train` option for the real-data runs, e.g. teacher_schedule=plateau "
+                             "(repeatable)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from dataset_script.parquet_export import build_hub_dataset
@@ -533,7 +540,10 @@ def main(argv=None) -> int:
                 built = args.out / f"{dataset}-built-seed{seed}"
                 if not (built / "README.md").is_file():
                     build_hub_dataset(release, built, strict=False, seed=seed)
-                train_run(built, run_dir, seed, args.epochs)
+                options = [part for option in args.train_option for part in ("--" + option.split("=", 1)[0],
+                                                                             option.split("=", 1)[-1])]
+                train_run(built, run_dir, seed, args.epochs,
+                          ["--hp_search_trials", str(args.hp_search_trials), *options])
             metrics = {model: load_metrics(run_dir / "metrics" / model).flat(include_ci=True)
                        for model in ("majority", "linear_probe", "teacher", "student")}
             differences_file = run_dir / "metrics" / DIFFERENCES_FILENAME

@@ -26,9 +26,9 @@ logger = logging.get_logger(__name__)
 PADDED_LOGIT = -1e4
 
 
-def masked_step_cross_entropy(step_logits, labels, class_weights=None):
-    """Per-step mean cross-entropy over valid labels (-100 = missing). Returns a (steps,) tensor; a step
-    without any valid label contributes exactly 0 (and no NaN)."""
+def masked_step_cross_entropy(step_logits, labels, class_weights=None, label_smoothing=0.0):
+    """Per-step mean cross-entropy over valid labels (-100 = missing), with optional label smoothing. Returns a
+    (steps,) tensor; a step without any valid label contributes exactly 0 (and no NaN)."""
     losses = []
     for step, logits in enumerate(step_logits):
         target = labels[:, step]
@@ -37,7 +37,8 @@ def masked_step_cross_entropy(step_logits, labels, class_weights=None):
             losses.append(logits.sum() * 0.0)  # keeps the graph connected, value 0
             continue
         weight = None if class_weights is None else class_weights[step].to(logits.device, logits.dtype)
-        losses.append(F.cross_entropy(logits[valid], target[valid], weight=weight))
+        losses.append(F.cross_entropy(logits[valid], target[valid], weight=weight,
+                                      label_smoothing=label_smoothing))
     return torch.stack(losses)
 
 

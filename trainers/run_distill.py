@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a file (`accelerate launch trainers/run_
 from trainers import console
 from trainers.console import quiet_progress
 from trainers.evaluation.calibration import calibrate_run
+from trainers.training.checkpoints import TrainingError
 from trainers.training.distillation import (
     BestModelExportCallback,
     StepCoTDistillationPair,
@@ -38,6 +39,7 @@ from trainers.training.distillation import (
     build_pair_compute_metrics,
 )
 from trainers.training.distillation_config import StepCoTDistillationConfig
+from trainers.training.hp_search import apply_best, search_hyperparameters, search_table
 from trainers.training.lora import add_vision_lora
 from trainers.training.losses import inverse_frequency_class_weights
 from trainers.training.run_arguments import (
@@ -58,6 +60,7 @@ from trainers.training.run_scoring import (
     record_training_facts,
     score_and_report,
 )
+from trainers.training.teacher_stage import train_teacher_stage
 
 logger = logging.getLogger("stepcot.train")
 
@@ -102,6 +105,29 @@ def train(model_args, data_args, training_args) -> int:
         labels = torch.as_tensor(splits["train"]["labels"], dtype=torch.long)
         class_weights = inverse_frequency_class_weights(labels, teacher.config.num_classes_per_step)
 
+    stopping = early_stopping_callbacks(data_args, training_args)
+    teacher_stage = None
+    if training_args.teacher_schedule == "plateau" and not training_args.resume_from_checkpoint:
+        teacher_stage = train_teacher_stage(pair.teacher, training_args, datasets_by_split["train"],
+                                            datasets_by_split["validation"], data_collator, quiet=quiet_progress)
+    search = None
+    if training_args.hp_search_trials:  # trials on the cached features, scored on the validation split (hp_search)
+        if not use_cache or model_args.lora_r:
+            raise TrainingError("--hp_search_trials trains on the feature cache: keep the encoders frozen, "
+                                "--feature_cache on and --lora_r 0")
+        if training_args.resume_from_checkpoint:
+            raise TrainingError("--hp_search_trials starts a new run: resume without it, passing the chosen values "
+                                "(results.json, hp_search.best)")
+        search = search_hyperparameters(
+            StepCoTDistillationTrainer, pair, training_args, training_args.hp_search_trials,
+            train_dataset=datasets_by_split["train"], eval_dataset=datasets_by_split["validation"],
+            data_collator=data_collator,
+            compute_metrics=build_pair_compute_metrics(teacher.config.num_classes_per_step),
+            callbacks=early_stopping_callbacks(data_args, training_args), class_weights=class_weights,
+            quiet=quiet_progress)
+        pair = apply_best(search, pair, training_args)
+        logger.info("hyper-parameter search: trial %d chosen, %s", search["best"]["number"], search["best"]["values"])
+
     best = BestModelExportCallback()
     trainer = StepCoTDistillationTrainer(
         model=pair,
@@ -110,7 +136,7 @@ def train(model_args, data_args, training_args) -> int:
         eval_dataset=datasets_by_split["validation"],
         data_collator=data_collator,
         compute_metrics=build_pair_compute_metrics(teacher.config.num_classes_per_step),
-        callbacks=[best, *early_stopping_callbacks(data_args, training_args)],
+        callbacks=[best, *stopping],
         class_weights=class_weights,
     )
     quiet_progress(trainer)
@@ -136,6 +162,11 @@ def train(model_args, data_args, training_args) -> int:
         {"teacher": pair.teacher, "student": pair.student}, validation_prediction, prediction, eval_split,
         output_dir, write)
     table += "\n" + calibration_table
+    if teacher_stage is not None:
+        results["teacher_stage"] = teacher_stage
+    if search is not None:
+        results["hp_search"] = search
+        table += "\n" + search_table(search) + "\n"
     if baseline_runs:
         table += "\n" + differences + "\n"
         results["baselines"] = baseline_results
@@ -147,7 +178,7 @@ def train(model_args, data_args, training_args) -> int:
         "model": asdict(model_args), "data": asdict(data_args), "distillation": training_args.distillation_values(),
         "training": {k: getattr(training_args, k) for k in (
             "per_device_train_batch_size", "num_train_epochs", "seed", "max_grad_norm", "lr_scheduler_type",
-            "weight_decay")},
+            "weight_decay", "label_smoothing_factor")},
         "distillation_epochs": training_args.num_train_epochs, "eval_split": eval_split,
         "feature_cache": use_cache,
     }

@@ -309,12 +309,6 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
             compute_metrics = build_pair_compute_metrics(model.teacher.config.num_classes_per_step)
         super().__init__(model, args, *positional, compute_metrics=compute_metrics, **kwargs)
         config = self.args
-        self.temperature = config.temperature
-        self.alpha_kd = config.alpha_kd
-        self.alpha_ch = config.alpha_ch
-        self.teacher_learning_rate = config.teacher_learning_rate
-        self.student_learning_rate = config.student_learning_rate
-        self.teacher_pretrain_epochs = config.teacher_pretrain_epochs
         self.class_weights = class_weights
         pair = self.model
         if pair.config.relation_dim != config.relation_dim:
@@ -325,6 +319,14 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
         self._teacher_pretrain_steps = None
         self._term_sums = {}
         self._term_count = 0
+
+    # the recipe's values are read from `self.args` when used, so that a hyper-parameter search trial's take effect
+    temperature = property(lambda self: self.args.temperature)
+    alpha_kd = property(lambda self: self.args.alpha_kd)
+    alpha_ch = property(lambda self: self.args.alpha_ch)
+    teacher_learning_rate = property(lambda self: self.args.teacher_learning_rate)
+    student_learning_rate = property(lambda self: self.args.student_learning_rate)
+    teacher_pretrain_epochs = property(lambda self: self.args.teacher_pretrain_epochs)
 
     def set_initial_training_values(self, args, dataloader):
         """The Trainer's epoch and step counts for the whole run: `num_train_epochs` counts the distillation epochs,
@@ -337,6 +339,7 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
         checkpoint = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
         if checkpoint:
             self.args.check_matches_checkpoint(checkpoint)
+        self._teacher_pretrain_steps = None  # a search trial may change the epochs or the batch size
         return super().train(checkpoint, *args, **kwargs)
 
     # -- schedule ------------------------------------------------------------------------------------------
@@ -435,6 +438,7 @@ class StepCoTDistillationTrainer(LeanCheckpointMixin, Trainer):
             alpha_ch=self.alpha_ch,
             class_weights=class_weights,
             ch_standardize=self.args.ch_standardize,
+            label_smoothing=self.args.label_smoothing_factor,
         )
         student_weight = 0.0 if self.in_teacher_pretraining() else 1.0
         loss = terms["teacher_ce"] + student_weight * terms["student"]

@@ -124,6 +124,12 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
 
         > Checkpoints
 
+        teacher_schedule (`str`, *optional*, defaults to `"joint"`):
+            `"plateau"`: `stepcot train` first trains the teacher alone as the reference's separate stage does
+            (`trainers.training.teacher_stage`); the joint run follows.
+        hp_search_trials (`int`, *optional*, defaults to `0`):
+            `stepcot train` first searches the learning rates, weight decay, label smoothing, dropout and epochs with
+            this many optuna trials on the validation split (`trainers.training.hp_search`); 0: no search.
         checkpoint_every_minutes (`float`, *optional*, defaults to `10`):
             A checkpoint the `save_strategy` asks for is written only once this many minutes of training have passed
             since the last one (or the start); `0` writes one at every `save_strategy` time. Bounds the bytes a long
@@ -224,6 +230,21 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         metadata={"help": "let the teacher-side CH projection train with the student (for ablation studies); "
                           "default: frozen, as in the paper and reference"},
     )
+    teacher_schedule: str = field(
+        default="joint",
+        metadata={"help": "joint: the teacher-only epochs run inside the joint trainer (--teacher_pretrain_epochs); "
+                          "plateau: first the reference's separate teacher stage (at most 10 epochs, "
+                          "ReduceLROnPlateau factor 0.5 patience 2, early stopping patience 3, on the validation "
+                          "loss), then the joint run", "choices": ["joint", "plateau"]},
+    )
+    hp_search_trials: int = field(
+        default=0,
+        metadata={"help": "hyper-parameter search before the run (needs the feature cache and `pip install "
+                          "stepcot[search]`): N optuna trials over the learning rates, weight decay, label smoothing, "
+                          "dropout and epochs, each one training run on the cached features scored on the validation "
+                          "split (best teacher and student mean accuracy); budget: about N + 1 runs' training time. "
+                          "0: off"},
+    )
     checkpoint_every_minutes: float = field(
         default=10.0,
         metadata={"help": "write a checkpoint the save_strategy asks for only once this many minutes of training "
@@ -238,8 +259,10 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
         # a learning rate of 0 is allowed: it freezes that model (e.g. distilling from a finished teacher)
         bounds = [(name, 0, False) for name in ("alpha_kd", "alpha_ch", "teacher_pretrain_epochs",
                                                 "teacher_learning_rate", "student_learning_rate")]
-        bounds += [("temperature", 0, True), ("checkpoint_every_minutes", 0, False)]
+        bounds += [("temperature", 0, True), ("checkpoint_every_minutes", 0, False), ("hp_search_trials", 0, False)]
         bounds += [("relation_dim", 2, False)]
+        if self.teacher_schedule not in ("joint", "plateau"):
+            raise TrainingError(f"--teacher_schedule {self.teacher_schedule}: must be 'joint' or 'plateau'")
         for name, bound, strict in bounds:
             value = getattr(self, name)
             if not (value > bound if strict else value >= bound):  # also catches NaN
@@ -329,7 +352,7 @@ class StepCoTTeacherTrainingConfig(StepCoTRecipeArguments):
 
 TRAINING_ARGUMENT_NAMES = {f.name for f in fields(TrainingArguments)}
 # fields that say how a run is kept on disk, not what it trains: a resume may change them
-NOT_RECIPE = {"checkpoint_every_minutes", "keep_checkpoints"}
+NOT_RECIPE = {"checkpoint_every_minutes", "keep_checkpoints", "hp_search_trials"}
 
 __all__ = [
     "DISTILLATION_CONFIG_NAME",

@@ -91,13 +91,14 @@ def distillation_losses(
     alpha_ch=1.0,
     class_weights=None,
     ch_standardize=True,
+    label_smoothing=0.0,
 ):
     """All loss terms of one batch. Returns a dict of scalars: `teacher_ce`, `student_ce`, `kd`, `ch` (each summed
     over steps), and `student` = student_ce + alpha_kd * kd + alpha_ch * ch. Teacher logits and teacher features
     are targets (detached). `teacher_projected` is (n, d), or (n, steps, d) with one teacher feature per step (the
     teacher's step-specific image projections); `student_projected` is (n, d)."""
-    teacher_ce = masked_step_cross_entropy(teacher_step_logits, labels, class_weights).sum()
-    student_ce = masked_step_cross_entropy(student_step_logits, labels, class_weights).sum()
+    teacher_ce = masked_step_cross_entropy(teacher_step_logits, labels, class_weights, label_smoothing).sum()
+    student_ce = masked_step_cross_entropy(student_step_logits, labels, class_weights, label_smoothing).sum()
     kd_terms, ch_terms = [], []
     for step, (teacher_logits, student_logits) in enumerate(zip(teacher_step_logits, student_step_logits)):
         valid = labels[:, step] != IGNORE_INDEX
