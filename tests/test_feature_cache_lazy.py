@@ -78,3 +78,10 @@ def test_a_pass_over_every_row_keeps_resident_memory_bounded(tmp_path):
         peak = {key: max(value, _resident_kib()[key]) for key, value in peak.items()}
     grown_mib = {key: (peak[key] - start[key]) / 1024 for key in peak}
     assert grown_mib["RssAnon"] < 8 and grown_mib["RssFile"] < 8, grown_mib  # not the 80 MiB of the cache
+
+
+def test_the_whole_cache_reads_as_a_tensor_and_as_an_array(tmp_path):
+    embeds, _ = _cache(tmp_path, 150)
+    whole = torch.cat([_rows(start, min(start + 64, 150)) for start in range(0, 150, 64)])
+    assert torch.equal(embeds.to_tensor(), whole)
+    assert (embeds.numpy() == whole.numpy()).all()  # the probe and OOD statistics fit on `.numpy()` of it

@@ -78,7 +78,7 @@ def test_train_help_is_short_and_help_all_lists_the_inherited_options(capsys):
         cli.main(["train", "--help"])
     short = capsys.readouterr().out
     assert short.startswith("usage: stepcot train ")
-    assert len(short.splitlines()) < 160
+    assert len(short.splitlines()) < 190  # the project's own options and a few common ones; --help-all has ~600
     order = [short.index(f"\n  --{name} ") for name in ("alpha_kd", "vision_encoder", "per_device_train_batch_size")]
     assert order == sorted(order)  # the recipe first, then model and data, then the common TrainingArguments
     assert "--adam_beta1" not in short and "--learning_rate" not in short and "--help-all" in short

@@ -364,6 +364,10 @@ class CachedEmbeds:
         """Every row, in memory."""
         return self[:]
 
+    def numpy(self) -> np.ndarray:
+        """Every row, in memory, as the array `Tensor.numpy` gives (the probe and the OOD statistics fit on all)."""
+        return self.to_tensor().numpy()
+
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         def whole(value):
