@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def test_config_loads_and_its_comment_names_its_process_count(path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_multiprocess_launch_at_a_time")
 @pytest.mark.parametrize("path", [p for p in CONFIGS if _load(p).use_cpu], ids=lambda p: p.name)
 def test_cpu_config_launches_its_processes_as_one_gloo_group(path, tmp_path):
     script = tmp_path / "probe.py"
@@ -88,6 +90,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_multiprocess_launch_at_a_time")
 def test_the_multi_node_config_runs_as_two_machines_on_loopback(tmp_path):
     """A CPU dry run of configs/accelerate/multi_node.yaml: the same command twice, --machine_rank 0 and 1, one
     process per 'machine' (--num_processes 2 counts both), rendezvous on 127.0.0.1: one gloo group of world size 2
@@ -105,8 +108,17 @@ def test_the_multi_node_config_runs_as_two_machines_on_loopback(tmp_path):
                                   "--num_processes", "2", str(script)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
                 for rank in (0, 1)]
+    # A launch that fails leaves its peer waiting at the rendezvous: stop both and report the failed one's stderr.
+    deadline = time.monotonic() + 300
+    while any(launch.poll() is None for launch in launches) and time.monotonic() < deadline:
+        if any(launch.poll() not in (None, 0) for launch in launches):
+            break
+        time.sleep(0.2)
     for launch in launches:
-        _, stderr = launch.communicate(timeout=300)
-        assert launch.returncode == 0, stderr[-3000:]
+        if launch.poll() is None:
+            launch.kill()
+    outcomes = [(launch.wait(), launch.communicate()[1]) for launch in launches]
+    for rank, (returncode, stderr) in enumerate(outcomes):
+        assert returncode == 0, f"machine_rank {rank} exited {returncode}: {stderr[-3000:]}"
     lines = sorted(path.read_text() for path in (tmp_path / "out").glob("rank-*.txt"))
     assert lines == [f"RANK {rank} WORLD 2 TYPE MULTI_CPU BACKEND gloo SUM 3.0" for rank in (0, 1)]
