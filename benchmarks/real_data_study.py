@@ -178,6 +178,31 @@ patient_id: '(person\\d+|IM-\\d+)'
 IMPORTED_MAPPINGS = {"kermany3": KERMANY3_MAPPING, "kermany2": KERMANY2_MAPPING}
 
 
+
+def cached_split_features(run_dir: Path, built: Path, teacher, labels_of) -> tuple[dict, dict]:
+    """The run's cached image features of each split (read from its feature cache, never re-encoded) and
+    `labels_of(split dataset)` beside them."""
+    from datasets import load_dataset
+
+    from modeling_stepcot.processing_stepcot import image_processor_for_config
+    from trainers.training.feature_cache import (
+        encoder_fingerprint,
+        image_embeds_path,
+        open_image_embeds,
+        split_identity,
+    )
+
+    processor = image_processor_for_config(teacher.config)
+    digest = encoder_fingerprint(teacher)
+    features, labels = {}, {}
+    for split in ("train", "validation", "test"):
+        data = load_dataset(str(built), split=split)
+        fingerprint, extra = split_identity(data, split, teacher.config.image_size, processor)
+        folder = image_embeds_path(run_dir / "cache", fingerprint, digest, extra)
+        features[split] = open_image_embeds(folder).to_tensor()
+        labels[split] = labels_of(data)
+    return features, labels
+
 def write_imported_release(dataset: str, out: Path) -> None:
     """Kermany-480 imported as a user does (`stepcot data import table`) with the mapping of `dataset`."""
     from dataset_script.importers import import_table
@@ -230,30 +255,14 @@ def paired_correctness(run_dir: Path, built: Path, seed: int) -> dict:
     model's validation and test probabilities, on the run's cached frozen features (the probe refitted as `stepcot
     train` fits it, with the run's seed); the accuracies equal the run's reported ones (`lean_summary` checks)."""
     import torch
-    from datasets import load_dataset
     from transformers import AutoModel
 
     import modeling_stepcot  # noqa: F401
-    from modeling_stepcot.processing_stepcot import image_processor_for_config
     from trainers.evaluation.linear_probe import baseline_scores
-    from trainers.training.feature_cache import (
-        encoder_fingerprint,
-        image_embeds_path,
-        open_image_embeds,
-        split_identity,
-    )
 
     teacher = AutoModel.from_pretrained(run_dir / "teacher").eval()
     student = AutoModel.from_pretrained(run_dir / "student").eval()
-    processor = image_processor_for_config(teacher.config)
-    digest = encoder_fingerprint(teacher)
-    features, labels = {}, {}
-    for split in ("train", "validation", "test"):
-        data = load_dataset(str(built), split=split)
-        fingerprint, extra = split_identity(data, split, teacher.config.image_size, processor)
-        folder = image_embeds_path(run_dir / "cache", fingerprint, digest, extra)
-        features[split] = open_image_embeds(folder).to_tensor()
-        labels[split] = np.asarray(data["labels"])
+    features, labels = cached_split_features(run_dir, built, teacher, lambda data: np.asarray(data["labels"]))
     step = teacher.config.step_names.index("Diagnosis")
     result = {"probabilities": {}}
     for split in ("validation", "test"):  # validation: for choosing among variants without looking at test
@@ -381,19 +390,11 @@ def fine_label_baselines(dataset: str, run_dir: Path, built: Path, release: Path
     """The finer question the default schema cannot ask (Kermany Normal / Bacterial / Viral; COVID-19 vs the other
     infectious findings), on the run's cached frozen features: majority class vs linear probe, test accuracy with
     its Wilson interval. Records are matched to their fine label by patient key."""
-    from datasets import load_dataset
     from transformers import AutoModel
 
     import modeling_stepcot  # noqa: F401
-    from modeling_stepcot.processing_stepcot import image_processor_for_config
     from trainers.evaluation.linear_probe import baseline_scores
     from trainers.evaluation.metrics import wilson_interval
-    from trainers.training.feature_cache import (
-        encoder_fingerprint,
-        image_embeds_path,
-        open_image_embeds,
-        split_identity,
-    )
 
     records = json.loads((release / "data.json").read_text())
     fine_of = {}  # one fine label per patient key (a patient's images share their finding)
@@ -408,15 +409,8 @@ def fine_label_baselines(dataset: str, run_dir: Path, built: Path, release: Path
         return targets.index(fine)
 
     teacher = AutoModel.from_pretrained(run_dir / "teacher")
-    processor = image_processor_for_config(teacher.config)
-    digest = encoder_fingerprint(teacher)
-    features, labels = {}, {}
-    for split in ("train", "validation", "test"):
-        data = load_dataset(str(built), split=split)
-        fingerprint, extra = split_identity(data, split, teacher.config.image_size, processor)
-        folder = image_embeds_path(run_dir / "cache", fingerprint, digest, extra)
-        features[split] = open_image_embeds(folder).to_tensor()
-        labels[split] = np.array([[target(fine_of[patient])] for patient in data["patient_id"]])
+    features, labels = cached_split_features(
+        run_dir, built, teacher, lambda data: np.array([[target(fine_of[patient])] for patient in data["patient_id"]]))
     scores = baseline_scores(features["train"].numpy(), labels["train"], features["validation"].numpy(),
                              labels["validation"], features["test"].numpy(), [len(targets)], seed=seed)
     valid = labels["test"][:, 0] != -100

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
 from dataset_script.importers import import_folders, import_table
 from dataset_script.records import StepCoTDataError
 from dataset_script.release import StepCoTRelease
@@ -138,18 +140,8 @@ def test_cli_import_reports_and_fails_in_one_line(nih_table, tmp_path):
     assert again.returncode == 1 and "already holds a data.json" in again.stderr and "Traceback" not in again.stderr
 
 
-KERMANY_MAPPING = """\
-steps:
-  - name: Diagnosis
-    question: "What does the radiograph show?"
-    options: [Normal, Bacterial pneumonia, Viral pneumonia]
-labels:
-  Normal: {Diagnosis: Normal}
-  bacteria: {Diagnosis: Bacterial pneumonia}
-  Virus: {Diagnosis: Viral pneumonia}
-  Pnemonia: {}
-patient_id: '(person\\d+|IM-\\d+)'
-"""
+# The README's three-class Kermany mapping, as the real-data study uses it.
+from real_data_study import KERMANY3_MAPPING as KERMANY_MAPPING  # noqa: E402
 
 
 @pytest.mark.slow  # subprocesses (imports torch), or 480 real images

