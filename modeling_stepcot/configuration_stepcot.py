@@ -102,6 +102,10 @@ class StepCoTSchemaConfig(PreTrainedConfig):
         step_training_counts (`list[int]`, *optional*): per step, how many training examples had a label. A step
             with 0 was never trained: its head is random, so predict, the pipeline and the consistency rules treat
             its answer as unknown. `None` (a model saved before this was recorded): every step counts as trained.
+        standardize_image_embeds (`bool`): standardise the pooled image embedding before the heads, per dimension,
+            with the training images' mean and scale (the buffers `image_embed_mean` / `image_embed_scale`, set by
+            `set_image_embed_standardization` before training): the linear probe's preprocessing. False (the
+            paper): the heads read the raw embedding.
         embedding_statistics (`dict`, *optional*): statistics of the training images' embeddings (`mean`, `scale`
             per dimension, `threshold` and `quantile` of the training distances), recorded at export; the pipeline
             flags an image whose embedding lies further out as out of distribution.
@@ -121,6 +125,7 @@ class StepCoTSchemaConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     calibration: dict | None = None
     step_training_counts: list[int] | None = None
+    standardize_image_embeds: bool = False
     embedding_statistics: dict | None = None
 
     def __post_init__(self, **kwargs):

@@ -19,6 +19,7 @@ from .backbones_stepcot import VISION_ENCODERS, vision_encoder_class
 from .companion_stepcot import copy_companion_files
 from .configuration_stepcot import IGNORE_INDEX, StepCoTConfig, StepCoTSchemaConfig, StepCoTStudentConfig
 from .layers_stepcot import StepCoTGATLayer, StepCoTStepHead
+from .ood_stepcot import embedding_mean_and_scale
 
 logger = logging.get_logger(__name__)
 
@@ -181,6 +182,29 @@ class StepCoTPreTrainedModel(PreTrainedModel):
             raise ValueError("Pass either `pixel_values` (B, 3, H, W) or precomputed `image_embeds`.")
         return self.encode_images(pixel_values)
 
+    def _register_image_standardization(self):
+        """The buffers of `config.standardize_image_embeds` (identity until `set_image_embed_standardization`)."""
+        if self.config.standardize_image_embeds:
+            width = self.vision_encoder.output_dim
+            self.register_buffer("image_embed_mean", torch.zeros(width))
+            self.register_buffer("image_embed_scale", torch.ones(width))
+
+    def set_image_embed_standardization(self, train_embeds):
+        """Fit the standardisation of `config.standardize_image_embeds` to the training images' pooled embeddings
+        (N, image_embed_dim): their per-dimension mean and (floored) standard deviation."""
+        if not self.config.standardize_image_embeds:
+            raise ValueError("this model has standardize_image_embeds=False: build it with True to standardise")
+        mean, scale = embedding_mean_and_scale(torch.as_tensor(train_embeds).double().cpu().numpy())
+        with torch.no_grad():
+            self.image_embed_mean.copy_(torch.as_tensor(mean))
+            self.image_embed_scale.copy_(torch.as_tensor(scale))
+
+    def head_inputs(self, image_embeds):
+        """What the heads read: the pooled embedding, standardised when `config.standardize_image_embeds`."""
+        if not self.config.standardize_image_embeds:
+            return image_embeds
+        return (image_embeds - self.image_embed_mean) / self.image_embed_scale
+
     @property
     def num_steps(self) -> int:
         return self.config.num_steps
@@ -242,6 +266,7 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
         super().__init__(config)
         hidden = config.hidden_size
         self.vision_encoder = VISION_ENCODERS[config.vision_backbone](config)
+        self._register_image_standardization()
 
         def image_projection():
             return nn.Sequential(
@@ -405,7 +430,7 @@ class StepCoTTeacher(StepCoTPreTrainedModel):
             output_attentions = getattr(self.config, "output_attentions", False)
         output_attentions = bool(output_attentions)
         image_embeds = self._image_embeds(pixel_values, image_embeds)
-        image_features = self.project_image(image_embeds)  # (B, steps, H): the encoder ran once
+        image_features = self.project_image(self.head_inputs(image_embeds))  # (B, steps, H): one encoder pass
         batch = image_features.shape[0]
 
         if self.config.use_text:
@@ -453,6 +478,7 @@ class StepCoTStudent(StepCoTPreTrainedModel):
     def __init__(self, config: StepCoTStudentConfig):
         super().__init__(config)
         self.vision_encoder = VISION_ENCODERS[config.vision_backbone](config)
+        self._register_image_standardization()
         self.image_projection = nn.Sequential(
             nn.Linear(self.vision_encoder.output_dim, config.hidden_size),
             nn.LayerNorm(config.hidden_size),
@@ -477,7 +503,7 @@ class StepCoTStudent(StepCoTPreTrainedModel):
         has no attention) are accepted and ignored. `return_dict=False` gives `StepCoTOutput.to_tuple()`.
         """
         image_embeds = self._image_embeds(pixel_values, image_embeds)
-        image_features = self.image_projection(image_embeds)
+        image_features = self.image_projection(self.head_inputs(image_embeds))
         feature = image_features
         step_logits, step_features = [], []
         for head in self.step_heads:

@@ -24,18 +24,24 @@ def embedding_distance(embeds, statistics) -> np.ndarray:
     return np.sqrt(np.mean(((embeds - mean) / scale) ** 2, axis=-1))
 
 
+def embedding_mean_and_scale(train_embeds) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and scale (standard deviation, floored) of training embeddings (N, D), N >= 2."""
+    train = np.asarray(train_embeds, dtype=np.float64)
+    if train.ndim != 2 or train.shape[0] < 2:
+        raise ValueError(f"need at least 2 training embeddings (N, D), got shape {train.shape}")
+    spread = train.std(0)
+    # A near-constant dimension (e.g. on small or synthetic sets) would turn rounding noise into huge z-scores.
+    return train.mean(0), np.maximum(spread, 0.1 * np.median(spread) + 1e-12)
+
+
 def embedding_statistics(train_embeds, reference_embeds=None, quantile: float = OOD_QUANTILE) -> dict:
     """What `config.embedding_statistics` holds: the training embeddings' per-dimension mean and scale, and the
     threshold above which an image is flagged: the conformal `quantile` (`conformal_threshold`) of the distances of
     `reference_embeds` (held-out images the model did not train on, the validation split; the training images
     themselves when None, which lie closer than unseen images and flag too many)."""
     train = np.asarray(train_embeds, dtype=np.float64)
-    if train.ndim != 2 or train.shape[0] < 2:
-        raise ValueError(f"need at least 2 training embeddings (N, D), got shape {train.shape}")
-    spread = train.std(0)
-    # A near-constant dimension (e.g. on small or synthetic sets) would turn rounding noise into huge z-scores.
-    scale = np.maximum(spread, 0.1 * np.median(spread) + 1e-12)
-    statistics = {"mean": train.mean(0).tolist(), "scale": scale.tolist()}
+    mean, scale = embedding_mean_and_scale(train)
+    statistics = {"mean": mean.tolist(), "scale": scale.tolist()}
     reference = train if reference_embeds is None or len(reference_embeds) == 0 else reference_embeds
     distances = embedding_distance(reference, statistics)
     threshold, false_flag_rate = conformal_threshold(distances, quantile)

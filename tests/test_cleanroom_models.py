@@ -54,10 +54,16 @@ def exported(tmp_path_factory):
     from trainers.model_export.export import export
 
     tokenizer = tiny_tokenizer()
+    # standardised image embeddings, as the real-data recipe trains them (buffers + the statistics' code)
     models = {
-        "student": tiny_student(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE),
-        "teacher": tiny_teacher(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE),
+        "student": tiny_student(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE,
+                                standardize_image_embeds=True),
+        "teacher": tiny_teacher(vision_backbone="efficientnet_lite0", image_size=IMAGE_SIZE,
+                                standardize_image_embeds=True),
     }
+    for model in models.values():
+        width = model.vision_encoder.output_dim
+        model.set_image_embed_standardization(torch.rand(16, width, generator=torch.Generator().manual_seed(0)))
     models["teacher"].set_question_tokens(tokenizer)
     processor = StepCoTProcessor.from_model_config(models["teacher"].config, tokenizer,)
     folder = tmp_path_factory.mktemp("exported")

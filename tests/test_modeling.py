@@ -342,3 +342,34 @@ def test_backbone_forward_features_then_head_is_the_encoder_embedding(backbone):
     torch.testing.assert_close(embedding, reference)
     assert embedding.shape == (2, encoder.output_dim)
     assert grid.ndim == 4 and grid.shape[0] == 2 and grid.shape[2] == grid.shape[3] > 1
+
+
+@pytest.mark.parametrize("factory", [tiny_teacher, tiny_student])
+def test_standardized_image_embeds_feed_the_heads_and_survive_a_save(factory, tmp_path):
+    model = factory(standardize_image_embeds=True).eval()
+    width = model.vision_encoder.output_dim
+    train = torch.randn(40, width, dtype=torch.float64) * torch.linspace(1.0, 5.0, width) + 7
+    model.set_image_embed_standardization(train)
+    standardized = model.head_inputs(train.float())
+    assert standardized.mean(0).abs().max() < 1e-4 and (standardized.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    embeds = train[:5].float()
+    with torch.no_grad():
+        out = model(image_embeds=embeds)
+        assert torch.equal(out.image_embeds, embeds)  # the raw embedding is reported (the OOD check reads it)
+        raw = factory(standardize_image_embeds=False).eval()
+        raw.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("image_embed_")})
+        assert not torch.allclose(raw(image_embeds=embeds).step_logits[-1], out.step_logits[-1])
+        assert torch.allclose(raw(image_embeds=standardized[:5]).step_logits[-1], out.step_logits[-1], atol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert reloaded.config.standardize_image_embeds
+    with torch.no_grad():
+        assert torch.allclose(reloaded(image_embeds=embeds).step_logits[-1], out.step_logits[-1], atol=1e-6)
+
+
+def test_standardization_is_off_by_default_and_cannot_be_fitted_then():
+    model = tiny_student()
+    assert not model.config.standardize_image_embeds and not hasattr(model, "image_embed_mean")
+    assert not any(name.startswith("image_embed_") for name in model.state_dict())
+    with pytest.raises(ValueError, match="standardize_image_embeds=False"):
+        model.set_image_embed_standardization(torch.randn(4, model.vision_encoder.output_dim))

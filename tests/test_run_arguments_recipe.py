@@ -51,3 +51,14 @@ def test_recipe_options_parse_and_are_checked(tmp_path):
     with pytest.raises(SystemExit):
         parse_run_args((ModelArguments, DataArguments, StepCoTDistillationConfig),
                        ["--output_dir", str(tmp_path), "--recipe", "fast"])
+
+
+def test_standardization_is_off_unless_asked_and_needs_frozen_encoders():
+    from trainers.training.run_arguments import ModelArguments, standardizes_image_embeds
+
+    assert standardizes_image_embeds(ModelArguments()) is False
+    assert standardizes_image_embeds(ModelArguments(standardize_image_embeds=True)) is True
+    for model_args in (ModelArguments(standardize_image_embeds=True, lora_r=4),
+                       ModelArguments(standardize_image_embeds=True, freeze_encoders=False)):
+        with pytest.raises(TrainingError, match="frozen image encoders"):
+            standardizes_image_embeds(model_args)

@@ -47,9 +47,15 @@ from trainers.training.run_arguments import (
     ModelArguments,
     early_stopping_callbacks,
     parse_run_args,
+    standardizes_image_embeds,
     start_run,
 )
-from trainers.training.run_data import dataset_schema, prepare_splits, training_datasets
+from trainers.training.run_data import (
+    dataset_schema,
+    fit_image_standardization,
+    prepare_splits,
+    training_datasets,
+)
 from trainers.training.run_folder import built_from, remove_checkpoints
 from trainers.training.run_models import build_processor, build_student, build_teacher
 from trainers.training.run_scoring import (
@@ -87,7 +93,9 @@ def train(model_args, data_args, training_args) -> int:
 
     # the models (run_models) around the release's own steps: names (as the build recorded them), questions, options
     schema = dataset_schema(splits["train"], getattr(splits, "step_names", None))
-    teacher, student = build_teacher(model_args, schema), build_student(model_args, schema)
+    standardize = standardizes_image_embeds(model_args)
+    teacher = build_teacher(model_args, schema, standardize=standardize)
+    student = build_student(model_args, schema, standardize=standardize)
     processor = build_processor(teacher)
     pair = StepCoTDistillationPair.from_models(teacher, student, relation_dim=training_args.relation_dim)
     if model_args.lora_r:
@@ -98,6 +106,12 @@ def train(model_args, data_args, training_args) -> int:
         splits, {"teacher": pair.teacher, "student": pair.student}, processor, data_args, training_args, output_dir,
         share_encoder=pair.shares_image_encoder(),
     )
+    fresh = [role for role, saved in (("teacher", model_args.teacher_model), ("student", model_args.student_model))
+             if not saved]
+    fitted = fit_image_standardization({"teacher": pair.teacher, "student": pair.student}, splits, datasets_by_split,
+                                       processor, training_args, use_cache, fresh_roles=fresh)
+    if fitted:
+        logger.info("image embeddings standardised with the training split's statistics (%s)", ", ".join(fitted))
 
     # training: teacher-only epochs, then joint distillation
     class_weights = None

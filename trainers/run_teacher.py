@@ -28,9 +28,15 @@ from trainers.training.run_arguments import (
     ModelArguments,
     early_stopping_callbacks,
     parse_run_args,
+    standardizes_image_embeds,
     start_run,
 )
-from trainers.training.run_data import dataset_schema, prepare_splits, training_datasets
+from trainers.training.run_data import (
+    dataset_schema,
+    fit_image_standardization,
+    prepare_splits,
+    training_datasets,
+)
 from trainers.training.run_folder import built_from, remove_checkpoints
 from trainers.training.run_models import build_processor, build_teacher
 from trainers.training.run_scoring import finish_run, record_training_facts, score_and_report
@@ -56,13 +62,16 @@ def main(argv=None, prog=None) -> int:
     splits, eval_split = prepare_splits(data_args, training_args, output_dir)
 
     # the release's own steps: names (as the build recorded them), questions and options
-    teacher = build_teacher(model_args, dataset_schema(splits["train"], getattr(splits, "step_names", None)))
+    teacher = build_teacher(model_args, dataset_schema(splits["train"], getattr(splits, "step_names", None)),
+                            standardize=standardizes_image_embeds(model_args))
     if model_args.lora_r:
         add_vision_lora(teacher, model_args.lora_r)
     processor = build_processor(teacher)
     datasets_by_split, data_collator, use_cache = training_datasets(
         splits, {"teacher": teacher}, processor, data_args, training_args, output_dir
     )
+    fit_image_standardization({"teacher": teacher}, splits, datasets_by_split, processor, training_args, use_cache,
+                              fresh_roles=() if model_args.teacher_model else ("teacher",))
 
     trainer = Trainer(
         model=teacher,

@@ -48,6 +48,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "input size for the efficientnet_lite0 backbone (CLIP fixes its own); default 224"},
     )
+    standardize_image_embeds: bool = field(
+        default=False,
+        metadata={"help": "standardise the frozen image embedding per dimension with the training images' mean and "
+                          "scale before the heads (the linear probe's preprocessing; stored in the model). Needs "
+                          "frozen image encoders. Off by default: on Kermany-480 it helps three classes and hurts two "
+                          "on validation (benchmarks/RESULTS.md)"},
+    )
 
 
 @dataclass
@@ -224,6 +231,14 @@ def start_run(training_args, inputs: dict | None = None, overwrite: bool = False
             checkpoint = resolve_resume_checkpoint(output_dir, training_args.resume_from_checkpoint)
     training_args.resume_from_checkpoint = checkpoint  # `true`: the last complete checkpoint's folder
     return output_dir
+
+
+def standardizes_image_embeds(model_args) -> bool:
+    """`--standardize_image_embeds`, checked: the statistics are fitted once, so the image encoders stay frozen."""
+    if model_args.standardize_image_embeds and (not model_args.freeze_encoders or model_args.lora_r):
+        raise TrainingError("--standardize_image_embeds needs frozen image encoders (no --lora_r, "
+                            "--freeze_encoders true): the statistics are fitted once, before training")
+    return bool(model_args.standardize_image_embeds)
 
 
 def early_stopping_callbacks(data_args, training_args) -> list:

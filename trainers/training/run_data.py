@@ -162,3 +162,26 @@ def training_datasets(splits, models: dict, processor, data_args, training_args,
     logger.info("training on %s (%d train / %d validation)", "cached image features" if use_cache else "images",
                 len(splits["train"]), len(splits["validation"]))
     return datasets_by_split, data_collator, use_cache
+
+
+def fit_image_standardization(models: dict, splits, datasets_by_split, processor, training_args, use_cache,
+                              fresh_roles=("teacher", "student")) -> list[str]:
+    """Fit `standardize_image_embeds` of the freshly built models in `models` (role -> model) to the training
+    split's embeddings: the cached features when the run uses the cache, else one pass of each frozen encoder.
+    Returns the roles fitted."""
+    fitted = []
+    for role, model in models.items():
+        if role not in fresh_roles or not model.config.standardize_image_embeds:
+            continue
+        if use_cache:
+            train = datasets_by_split["train"]
+            cached = train.student_image_embeds if role == "student" and train.student_image_embeds is not None \
+                else train.image_embeds
+            embeds = cached.numpy() if hasattr(cached, "numpy") else cached
+        else:
+            embeds = extract_image_embeds(model, splits["train"], processor,
+                                          training_args.per_device_eval_batch_size, 0, training_args.device,
+                                          description=f"{role} image features (standardisation)")
+        model.set_image_embed_standardization(embeds)
+        fitted.append(role)
+    return fitted

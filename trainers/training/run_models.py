@@ -42,9 +42,10 @@ def _adopt_schema(model, schema: dict, source: str):
     return model
 
 
-def build_teacher(model_args, schema: dict | None = None):
-    """The teacher: a saved one (`--teacher_model`), or built around the encoders with the data's `schema`
-    (`dataset_schema`: step names, questions and options)."""
+def build_teacher(model_args, schema: dict | None = None, standardize: bool = False):
+    """The teacher: a saved one (`--teacher_model`, with its own input standardisation or none), or built around
+    the encoders with the data's `schema` (`dataset_schema`: step names, questions and options) and, with
+    `standardize`, the buffers of `standardize_image_embeds` (fitted by `fit_image_standardization`)."""
     schema = schema or {}
     if model_args.teacher_model:
         return _adopt_schema(StepCoTTeacher.from_pretrained(model_args.teacher_model), schema,
@@ -53,18 +54,19 @@ def build_teacher(model_args, schema: dict | None = None):
     return StepCoTTeacher.from_pretrained_encoders(
         vision=model_args.vision_encoder, text=text, freeze_encoders=model_args.freeze_encoders,
         hidden_size=model_args.teacher_hidden_size, use_memory=model_args.use_memory, use_text=model_args.use_text,
-        **_image_size_kwargs(model_args), **schema,
+        standardize_image_embeds=standardize, **_image_size_kwargs(model_args), **schema,
     )
 
 
-def build_student(model_args, schema: dict | None = None):
+def build_student(model_args, schema: dict | None = None, standardize: bool = False):
     schema = {k: v for k, v in (schema or {}).items()}
     if model_args.student_model:
         return _adopt_schema(StepCoTStudent.from_pretrained(model_args.student_model), schema,
                              model_args.student_model)
     return StepCoTStudent.from_pretrained_encoders(
         vision=model_args.vision_encoder, freeze_encoders=model_args.freeze_encoders,
-        hidden_size=model_args.student_hidden_size, **_image_size_kwargs(model_args), **schema,
+        hidden_size=model_args.student_hidden_size, standardize_image_embeds=standardize,
+        **_image_size_kwargs(model_args), **schema,
     )
 
 
