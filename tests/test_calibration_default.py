@@ -37,6 +37,28 @@ def test_temperature_fitted_on_validation_lowers_held_out_ece(n_fit):
     assert after <= before and after < 0.5 * before
 
 
+def test_a_validation_split_without_errors_does_not_make_every_answer_certain():
+    """72 films all answered right: the likelihood alone keeps rising as T -> 0 (the maximum-likelihood fit ends at
+    the search bound, 0.05); the prior on log T keeps the fitted temperature moderate."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 72)
+    logits = np.zeros((72, 2))
+    logits[np.arange(72), labels] = rng.uniform(1.0, 4.0, 72)  # right, with margins of 1-4
+    assert _nll_only_fit(logits, labels) < 0.06
+    temperature = fit_temperature(logits, labels)
+    assert 0.2 < temperature < 1.0
+    held_out, held_out_labels = _overconfident(2000, seed=5, sharpness=1.0, classes=2)
+    assert expected_calibration_error(held_out, held_out_labels, temperature) < expected_calibration_error(
+        held_out, held_out_labels, _nll_only_fit(logits, labels))
+
+
+def _nll_only_fit(logits, labels):
+    from trainers.evaluation.calibration import INVERSE_TEMPERATURE_RANGE, _nll
+
+    grid = np.geomspace(*INVERSE_TEMPERATURE_RANGE, 400)
+    return 1.0 / grid[int(np.argmin([_nll(logits, labels, beta) for beta in grid]))]
+
+
 def test_reliability_bins_and_summary_skip_unlabelled_steps(tmp_path):
     logits, labels = _overconfident(300, seed=3)
     bins = reliability_bins(logits, labels)

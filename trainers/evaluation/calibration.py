@@ -1,5 +1,7 @@
 """Temperature scaling (Guo et al., 2017) per step: one temperature T_s per step, fitted on a validation split by
-minimising the negative log-likelihood of softmax(logits / T_s); the argmax (the predictions) never changes.
+minimising the negative log-likelihood of softmax(logits / T_s) plus a weak prior on log T_s (a small validation
+split answered without error would otherwise drive T_s to the search bound); the argmax (the predictions) never
+changes.
 
     >>> from trainers.evaluation.calibration import calibrate_checkpoint
     >>> calibrate_checkpoint("outputs/demo/student", "outputs/demo/dataset", split="validation")
@@ -19,9 +21,14 @@ from trainers.evaluation.evaluate_model import ImagePreprocessor, load_split, pr
 from trainers.evaluation.report import new_figure
 from trainers.model_loading import load_model
 
-# Search range of the inverse temperature 1/T; NLL is convex in 1/T, so golden-section search finds the optimum.
+# Search range of the inverse temperature 1/T.
 INVERSE_TEMPERATURE_RANGE = (0.02, 20.0)
 GOLDEN = (math.sqrt(5) - 1) / 2
+# Prior on the temperature, log T ~ Normal(0, LOG_TEMPERATURE_PRIOR_STD^2): on a validation split the model gets
+# entirely right (common with ~70 films), the likelihood keeps rising as T -> 0 and a maximum-likelihood fit runs
+# to the search bound, making every later answer certain. The prior holds T near 1 when the data say little and
+# gives way to them as the split grows (its weight is one observation's worth, not one per example).
+LOG_TEMPERATURE_PRIOR_STD = 1.0
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, inverse_temperature: float) -> float:
@@ -31,28 +38,37 @@ def _nll(logits: np.ndarray, labels: np.ndarray, inverse_temperature: float) -> 
     return float(np.mean(log_norm - scaled[np.arange(len(labels)), labels]))
 
 
-def fit_temperature(logits, labels, iterations: int = 80) -> float:
-    """The temperature T minimising the mean NLL of softmax(logits / T) on valid labels (-100 ignored); 1.0 when
-    fewer than 2 labels are valid."""
+def _negative_log_posterior(logits, labels, log_inverse_temperature: float) -> float:
+    nll = len(labels) * _nll(logits, labels, math.exp(log_inverse_temperature))
+    return nll + log_inverse_temperature ** 2 / (2 * LOG_TEMPERATURE_PRIOR_STD ** 2)
+
+
+def fit_temperature(logits, labels, iterations: int = 60) -> float:
+    """The temperature T of softmax(logits / T) with the highest posterior on valid labels (-100 ignored): the
+    likelihood times the prior on log T (`LOG_TEMPERATURE_PRIOR_STD`); 1.0 when fewer than 2 labels are valid.
+    A grid over log(1/T) finds the best bracket, golden-section search refines it."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     valid = labels != IGNORE_INDEX
     if valid.sum() < 2:
         return 1.0
     logits, labels = logits[valid], labels[valid]
-    low, high = INVERSE_TEMPERATURE_RANGE
+    grid = np.linspace(math.log(INVERSE_TEMPERATURE_RANGE[0]), math.log(INVERSE_TEMPERATURE_RANGE[1]), 121)
+    values = [_negative_log_posterior(logits, labels, u) for u in grid]
+    best = int(np.argmin(values))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     a, b = high - GOLDEN * (high - low), low + GOLDEN * (high - low)
-    fa, fb = _nll(logits, labels, a), _nll(logits, labels, b)
+    fa, fb = _negative_log_posterior(logits, labels, a), _negative_log_posterior(logits, labels, b)
     for _ in range(iterations):
         if fa < fb:
             high, b, fb = b, a, fa
             a = high - GOLDEN * (high - low)
-            fa = _nll(logits, labels, a)
+            fa = _negative_log_posterior(logits, labels, a)
         else:
             low, a, fa = a, b, fb
             b = low + GOLDEN * (high - low)
-            fb = _nll(logits, labels, b)
-    return 1.0 / ((low + high) / 2)
+            fb = _negative_log_posterior(logits, labels, b)
+    return math.exp(-(low + high) / 2)
 
 
 def expected_calibration_error(logits, labels, temperature: float = 1.0, bins: int = 10) -> float:
@@ -97,6 +113,7 @@ def fit_calibration(step_logits, labels, split: str | None = None) -> dict:
         ece_before.append(round(expected_calibration_error(logits, target), 6))
         ece_after.append(round(expected_calibration_error(logits, target, temperature), 6))
     return {"method": "temperature", "temperatures": temperatures, "split": split, "examples": int(len(labels)),
+            "log_temperature_prior_std": LOG_TEMPERATURE_PRIOR_STD,
             "nll_before": nll_before, "nll_after": nll_after, "ece_before": ece_before, "ece_after": ece_after}
 
 
