@@ -16,9 +16,10 @@ for the chain comparison. With `--ood`, the Kermany teacher is also shown adult 
 actualmed-covid-cxr) and the share flagged out of distribution is compared with its own test images.
 
 With `--lean`, per run only the diagnosis: accuracy, per-class recall, macro-F1, ECE before / after the validation
-temperature (mean of splits, and all splits' test films pooled), OOD false flags on the run's own test images, and each model paired with the linear probe on the same
-test examples (exact McNemar per seed and pooled over seeds); then candidate answers (each model, two-model means)
-compared on the validation split only, the best one (ties: the first listed) shown on test.
+temperature (mean of splits, and all splits' test films pooled), OOD false flags on the run's own test images, and
+each model paired with the linear probe on the same test examples (exact McNemar per seed and pooled over seeds);
+then candidate answers (each model, two-model means) compared on the validation split only, the best one (ties: the
+first listed) shown on test.
 
 Writes OUT/summary.json and OUT/summary.md (the tables pasted into benchmarks/RESULTS.md).
 """

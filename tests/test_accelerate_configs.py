@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from local_ports import free_port, port_was_taken
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs" / "accelerate").glob("*.yaml"))
@@ -81,14 +82,6 @@ Path({out!r}, f"rank-{{config.process_index}}.txt").write_text(
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_multiprocess_launch_at_a_time")
 def test_the_multi_node_config_runs_as_two_machines_on_loopback(tmp_path):
@@ -100,15 +93,27 @@ def test_the_multi_node_config_runs_as_two_machines_on_loopback(tmp_path):
     script = tmp_path / "probe.py"
     (tmp_path / "out").mkdir()
     script.write_text(MULTI_NODE_PROBE.format(root=str(REPO_ROOT), out=str(tmp_path / "out")))
+    for _ in range(3):  # the rendezvous port can be taken between choosing and binding it: choose again
+        outcomes = _launch_two_machines(path, script, tmp_path)
+        if not any(code != 0 and port_was_taken(stderr) for code, stderr in outcomes):
+            break
+    for rank, (returncode, stderr) in enumerate(outcomes):
+        assert returncode == 0, f"machine_rank {rank} exited {returncode}: {stderr[-3000:]}"
+    lines = sorted(path.read_text() for path in (tmp_path / "out").glob("rank-*.txt"))
+    assert lines == [f"RANK {rank} WORLD 2 TYPE MULTI_CPU BACKEND gloo SUM 3.0" for rank in (0, 1)]
+
+
+def _launch_two_machines(config, script, cwd) -> list[tuple[int, str]]:
+    """`accelerate launch` of `script` as machine_rank 0 and 1 rendezvousing on a fresh loopback port; (exit
+    code, stderr) of each. A launch that fails leaves its peer waiting at the rendezvous: both are stopped then."""
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    port = str(_free_port())
-    launches = [subprocess.Popen([str(accelerate), "launch", "--config_file", str(path), "--machine_rank", str(rank),
+    port = str(free_port())
+    launches = [subprocess.Popen([str(accelerate), "launch", "--config_file", str(config), "--machine_rank", str(rank),
                                   "--main_process_ip", "127.0.0.1", "--main_process_port", port,
                                   "--num_processes", "2", str(script)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
                 for rank in (0, 1)]
-    # A launch that fails leaves its peer waiting at the rendezvous: stop both and report the failed one's stderr.
     deadline = time.monotonic() + 300
     while any(launch.poll() is None for launch in launches) and time.monotonic() < deadline:
         if any(launch.poll() not in (None, 0) for launch in launches):
@@ -117,8 +122,4 @@ def test_the_multi_node_config_runs_as_two_machines_on_loopback(tmp_path):
     for launch in launches:
         if launch.poll() is None:
             launch.kill()
-    outcomes = [(launch.wait(), launch.communicate()[1]) for launch in launches]
-    for rank, (returncode, stderr) in enumerate(outcomes):
-        assert returncode == 0, f"machine_rank {rank} exited {returncode}: {stderr[-3000:]}"
-    lines = sorted(path.read_text() for path in (tmp_path / "out").glob("rank-*.txt"))
-    assert lines == [f"RANK {rank} WORLD 2 TYPE MULTI_CPU BACKEND gloo SUM 3.0" for rank in (0, 1)]
+    return [(launch.wait(), launch.communicate()[1]) for launch in launches]

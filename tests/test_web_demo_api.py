@@ -1,11 +1,11 @@
 """The web demo's API as a client program uses it: one named endpoint, `/predict(image, models, consistent)`,
 returning the result as JSON data; 20 visitors at once all get complete answers."""
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from local_ports import free_port
 from PIL import Image
 from tiny_models import save_tiny_pair
 
@@ -15,17 +15,12 @@ pytest.importorskip("gradio", reason='the demo extra is not installed (pip insta
 client_module = pytest.importorskip("gradio_client")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     folder = save_tiny_pair(tmp_path_factory.mktemp("api_models"), seed=4)
     demo = web_demo.build_demo(str(folder / "student"), str(folder / "teacher"))
-    port = _free_port()
+    port = free_port()
     web_demo.launch(demo, port=port, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

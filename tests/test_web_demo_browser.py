@@ -13,12 +13,12 @@ look at them.
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from local_ports import free_port
 from PIL import Image
 from tiny_models import save_tiny_pair
 
@@ -44,11 +44,6 @@ def _shared(relative) -> Path:
         pytest.skip(f"real radiograph {relative} not found under ../shared/data")
     return path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _with_synthetic_statistics(folder: Path) -> None:
@@ -84,7 +79,7 @@ def demo_url(tmp_path_factory):
     _with_synthetic_statistics(folder / "student")
     examples = write_synthetic_examples(tmp_path_factory.mktemp("examples"), count=2) + [str(_shared(REAL_CHILD))]
     demo = build_demo(str(folder / "student"), str(folder / "teacher"), examples)
-    port = _free_port()
+    port = free_port()
     launch(demo, port=port, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

@@ -5,12 +5,12 @@ test asserts that the server neither loads nor even looks at the path it names (
 import builtins
 import json
 import os
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
+from local_ports import free_port
 from PIL import Image
 from tiny_models import save_tiny_pair, tiny_student
 
@@ -161,16 +161,11 @@ def test_the_page_has_no_path_box(checkpoints):
 # the public API
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def served_url(checkpoints):
     demo = web_demo.build_demo(str(checkpoints / "student"), str(checkpoints / "teacher"))
-    port = _free_port()
+    port = free_port()
     web_demo.launch(demo, port=port, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

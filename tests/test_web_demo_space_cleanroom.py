@@ -9,6 +9,7 @@ import time
 
 import pytest
 from cleanroom import assert_project_absent, clean_env, clean_venv
+from local_ports import free_port
 from tiny_models import tiny_student
 
 from trainers import cli
@@ -18,11 +19,6 @@ client_module = pytest.importorskip("gradio_client")
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def test_the_space_folder_is_self_contained(space):
 def test_the_space_runs_in_a_fresh_venv_and_answers(space, tmp_path):
     venv = clean_venv([], files=[space / "requirements.txt"])
     assert_project_absent(venv, tmp_path)
-    port = _free_port()
+    port = free_port()
     env = clean_env(tmp_path / "home", GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                     GRADIO_ANALYTICS_ENABLED="False")
     log = open(tmp_path / "app.log", "w")
