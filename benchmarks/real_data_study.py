@@ -147,36 +147,9 @@ def ood_check(run_dir: Path, dataset_dir: Path) -> dict:
 
 FINE_TARGETS = {"kermany": ("Normal", "Bacterial", "Viral"), "covid": ("COVID-19", "other pneumonia")}
 
-# The three-class problem as a user imports it (README): one "Diagnosis" step, patients from the file names.
-KERMANY3_MAPPING = """\
-steps:
-  - name: Diagnosis
-    question: "What does the radiograph show?"
-    options: [Normal, Bacterial pneumonia, Viral pneumonia]
-labels:
-  Normal: {Diagnosis: Normal}
-  bacteria: {Diagnosis: Bacterial pneumonia}
-  Virus: {Diagnosis: Viral pneumonia}
-  Pnemonia: {}
-patient_id: '(person\\d+|IM-\\d+)'
-"""
-
-
-# The two-class problem (Normal / Pneumonia), one "Diagnosis" step: every pneumonia film, whatever its subtype.
-KERMANY2_MAPPING = """\
-steps:
-  - name: Diagnosis
-    question: "What does the radiograph show?"
-    options: [Normal, Pneumonia]
-labels:
-  Normal: {Diagnosis: Normal}
-  Pnemonia: {Diagnosis: Pneumonia}
-  bacteria: {}
-  Virus: {}
-patient_id: '(person\\d+|IM-\\d+)'
-"""
-
-IMPORTED_MAPPINGS = {"kermany3": KERMANY3_MAPPING, "kermany2": KERMANY2_MAPPING}
+# The three- and two-class problems as a user imports them (README): the mapping files shipped in configs/mappings.
+MAPPINGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "mappings"
+IMPORTED_MAPPINGS = {name: MAPPINGS_DIR / f"{name}.yaml" for name in ("kermany3", "kermany2")}
 
 
 
@@ -209,7 +182,7 @@ def write_imported_release(dataset: str, out: Path) -> None:
     from dataset_script.importers import import_table
 
     mapping = out.parent / f"{dataset}.yaml"
-    mapping.write_text(IMPORTED_MAPPINGS[dataset], encoding="utf-8")
+    mapping.write_text(IMPORTED_MAPPINGS[dataset].read_text(encoding="utf-8"), encoding="utf-8")
     import_table(SHARED_DATA / "kermany-pediatric-cxr-480" / "records.jsonl", out, mapping)
 
 

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
 from dataset_script.importers import import_folders, import_table
 from dataset_script.records import StepCoTDataError
 from dataset_script.release import StepCoTRelease
@@ -141,7 +139,7 @@ def test_cli_import_reports_and_fails_in_one_line(nih_table, tmp_path):
 
 
 # The README's three-class Kermany mapping, as the real-data study uses it.
-from real_data_study import KERMANY3_MAPPING as KERMANY_MAPPING  # noqa: E402
+KERMANY_MAPPING = (REPO_ROOT / "configs" / "mappings" / "kermany3.yaml").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow  # subprocesses (imports torch), or 480 real images
@@ -176,3 +174,16 @@ def test_kermany_480_from_class_folders_and_from_its_table(shared_data_dir, tmp_
     assert all(len(s) == 1 for s in splits.values())
     counts = Counter(record["split"] for record in release)
     assert counts["train"] > counts["validation"] > 0 and counts["test"] > 0
+
+
+def test_the_readme_mapping_example_is_the_shipped_kermany3_mapping():
+    """The README shows the three-class mapping inline; configs/mappings/kermany3.yaml is the file its commands use."""
+    import yaml
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in readme.split("```yaml\n")[1:] if "Pnemonia" in b.split("```")[0]]
+    assert len(blocks) == 1
+    assert yaml.safe_load(blocks[0].split("```")[0]) == yaml.safe_load(KERMANY_MAPPING)
+    two_class = yaml.safe_load((REPO_ROOT / "configs" / "mappings" / "kermany2.yaml").read_text(encoding="utf-8"))
+    assert two_class["steps"][0]["options"] == ["Normal", "Pneumonia"]
+    assert set(two_class["labels"]) == set(yaml.safe_load(KERMANY_MAPPING)["labels"])
