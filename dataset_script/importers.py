@@ -26,6 +26,7 @@ chain). Everything is counted in IMPORT_REPORT (what mapped, what did not, and w
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -204,7 +205,25 @@ def _split_labels(value, separator: str) -> list[str]:
         return []
     if isinstance(value, (list, tuple)):
         return [str(v).strip() for v in value if str(v).strip()]
+    listed = _listed_labels(str(value).strip())
+    if listed is not None:
+        return _split_labels(listed, separator)
     return [part.strip() for part in str(value).split(separator) if part.strip()]
+
+
+def _listed_labels(text: str) -> list | None:
+    """A CSV cell that holds a list: JSON (`["Normal"]`) or a Python literal as pandas writes a list column
+    (`['Normal']`); None for anything else (then the cell is split on the separator)."""
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+            return value
+    return None
 
 
 def _table_records(path: Path):

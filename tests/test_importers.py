@@ -187,3 +187,21 @@ def test_the_readme_mapping_example_is_the_shipped_kermany3_mapping():
     two_class = yaml.safe_load((REPO_ROOT / "configs" / "mappings" / "kermany2.yaml").read_text(encoding="utf-8"))
     assert two_class["steps"][0]["options"] == ["Normal", "Pneumonia"]
     assert set(two_class["labels"]) == set(yaml.safe_load(KERMANY_MAPPING)["labels"])
+
+
+def test_a_csv_labels_cell_holding_a_list_is_read_as_that_list(nih_table, tmp_path):
+    """pandas writes a list column as "['Effusion', 'Infiltration']"; a JSON list in a cell reads alike. Text that
+    only looks like a list stays one label and is reported as unmapped (nothing is evaluated)."""
+    table, images, mapping = nih_table
+    cells = {"a.png": '["No Finding"]', "b.png": "['Effusion']", "c.png": "['Effusion', 'Infiltration']",
+             "e.png": "[__import__('os')]", "f.png": "[Infiltration"}
+    rows = list(csv.DictReader(table.open(newline="")))
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "Finding Labels": cells.get(row["Image Index"], row["Finding Labels"])})
+    report = import_table(table, tmp_path / "release", mapping, images_dir=images)
+    assert report["labels"]["Effusion"] == 3 and report["labels"]["No Finding"] == 1  # b, c and missing.png
+    assert report["unmapped_labels"] == {"Hernia": 1, "[__import__('os')]": 1, "[Infiltration": 1}
+    assert report["steps_left_unanswered_by_conflicting_labels"] == {"Diagnosis": 1}
