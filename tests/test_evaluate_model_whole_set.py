@@ -117,3 +117,27 @@ def test_per_class_markdown_of_the_last_labelled_step_only_by_default():
     last = per_class_markdown([("M", result)])
     assert "Second step per class" in last and "First step per class" not in last
     assert "First step per class" in per_class_markdown([("M", result)], steps="all")
+
+
+def test_eval_of_a_one_class_set_says_the_auc_is_undefined(tmp_path, capsys):
+    """A held-out set of one class (e.g. only normal films): AUC cannot be computed; the command says so in words
+    rather than printing "nan%", and the macro-F1 line counts one class."""
+    from trainers import cli
+
+    folders = _folders(tmp_path / "folders")
+    for label in CLASSES[1:]:
+        for image in (folders / label).iterdir():
+            image.unlink()
+        (folders / label).rmdir()
+    mapping = {"steps": [{"name": "Diagnosis", "question": "What is the diagnosis?", "options": sorted(CLASSES)}],
+               "labels": {label: {"Diagnosis": label} for label in CLASSES}}
+    (tmp_path / "mapping.json").write_text(json.dumps(mapping))
+    assert cli.main(["data", "import", "folders", "--source", str(folders), "--out", str(tmp_path / "release"),
+                     "--mapping", str(tmp_path / "mapping.json"), "--split", "all"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", str(_one_step_student(tmp_path / "student")), "--dataset",
+                     str(tmp_path / "release"), "--split", "all", "--out", str(tmp_path / "eval"),
+                     "--num-bootstrap", "5", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "AUC undefined (fewer than two classes in the labels)" in printed and "nan" not in printed.lower()
+    assert "Macro-F1 over the 1 class present:" in printed

@@ -4,6 +4,7 @@ The library is imported inside the functions, not at the top: `stepcot --help` t
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -54,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
     for note in result.metadata.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     mean = result.mean
+    auc = mean["auc"].value
+    auc_text = ("AUC undefined (fewer than two classes in the labels)" if math.isnan(auc)
+                else f"mean AUC {100 * auc:.1f}%")
     print(f"{result.metadata['model']} on {result.metadata['split']} ({result.num_examples} examples): "
-          f"mean accuracy {100 * mean['accuracy'].value:.1f}%, mean AUC {100 * mean['auc'].value:.1f}%; "
+          f"mean accuracy {100 * mean['accuracy'].value:.1f}%, {auc_text}; "
           f"report in {args.out} ({result.metadata['seconds']} s)")
     print(per_class_markdown([(result.metadata["model"], result)]), end="")
     return 0

@@ -159,6 +159,10 @@ def per_class_scores(confusion: np.ndarray) -> list[dict]:
     return rows
 
 
+def _classes(count: int) -> str:
+    return "1 class" if count == 1 else f"{count} classes"
+
+
 def _percent(value, decimals: int) -> str:
     return MISSING_CELL if value is None else f"{100 * value:.{decimals}f}"
 
@@ -179,7 +183,7 @@ def per_class_markdown(runs: Sequence[tuple[str, EvaluationMetrics]], steps: str
                              f"{_percent(row['recall'], decimals)} | {_percent(row['f1'], decimals)} |")
             present = [row["f1"] or 0.0 for row in scores if row["support"]]
             macro = sum(present) / len(present) if present else None
-            lines += ["", f"Macro-F1 over the {len(present)} classes present: {_percent(macro, decimals)}; "
+            lines += ["", f"Macro-F1 over the {_classes(len(present))} present: {_percent(macro, decimals)}; "
                           f"precision is undefined ({MISSING_CELL}) for a class never predicted.", "",
                       "Confusion matrix (rows: true class, columns: predicted):", "",
                       "| true \\ predicted | " + " | ".join(options) + " |", "|---|" + "---|" * len(options)]
