@@ -37,9 +37,10 @@ from pathlib import Path
 
 from dataset_script.annotate.annotator import annotate_rows
 from dataset_script.annotate.records import read_reports
-from dataset_script.record_stream import JsonArrayRecords, JsonArrayWriter, looks_like_json_array
+from dataset_script.record_stream import JsonArrayWriter
 from dataset_script.records import RECORD_FIELD_ALIASES, StepCoTDataError, get_field, normalize_text
 from dataset_script.schema import SCHEMA_FILE
+from dataset_script.table_files import table_file_rows
 from modeling_stepcot.configuration_stepcot import StepCoTSchemaConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -227,20 +228,9 @@ def _listed_labels(text: str) -> list | None:
 
 
 def _table_records(path: Path):
-    """(line or element number, row dict) of a CSV / JSONL / JSON list, read one row at a time."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            yield from enumerate(csv.DictReader(handle), 2)
-    elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
-            yield from ((number, json.loads(line)) for number, line in enumerate(handle, 1) if line.strip())
-    elif suffix == ".json":
-        if not looks_like_json_array(path):
-            raise StepCoTDataError(f"{path}: expected a JSON list of rows")
-        yield from enumerate(JsonArrayRecords(path, error=StepCoTDataError), 1)
-    else:
-        raise StepCoTDataError(f"{path}: unsupported table type {suffix!r}; use .csv, .jsonl or .json")
+    """(line or element number, row) of a CSV / JSONL / JSON list, read one row at a time; a row that cannot be used
+    is a `StepCoTDataError` in place of its dict (`table_files`)."""
+    return table_file_rows(path, error=StepCoTDataError)
 
 
 def iter_table_rows(path, images_dir=None, separator: str = "|", image_column: str | None = None,
@@ -254,6 +244,8 @@ def iter_table_rows(path, images_dir=None, separator: str = "|", image_column: s
     label_names = (label_column,) if label_column else LABEL_COLUMNS
     first, has_labels = None, False
     for _, row in _table_records(path):
+        if isinstance(row, StepCoTDataError):
+            continue
         if first is None:
             first = row
             if _column(row, image_names) is None:
@@ -272,6 +264,9 @@ def iter_table_rows(path, images_dir=None, separator: str = "|", image_column: s
 
 def _table_rows(path: Path, images_dir: Path, separator: str, image_names, label_names):
     for line, row in _table_records(path):
+        if isinstance(row, StepCoTDataError):
+            yield {"image": None, "problem": str(row), "row": None, "labels": [], "where": f"{path.name}:{line}"}
+            continue
         image = Path(str(_column(row, image_names)))
         candidates = [image] if image.is_absolute() else [images_dir / image, images_dir / image.name]
         found = next((c for c in candidates if c.is_file()), None)
@@ -355,6 +350,9 @@ def write_release(rows, mapping: LabelMapping, out_dir, origin: str, copy_images
             num_rows += 1
             label_counts.update(row["labels"])
             where = row.get("where") or str(row["image"])
+            if row.get("problem"):
+                skipped.append({"where": where, "reason": row["problem"]})
+                continue
             if row.get("missing"):
                 skipped.append({"where": where, "image": str(row["image"]), "reason": "image file not found"})
                 continue
@@ -415,7 +413,8 @@ def import_table(table, out_dir, mapping_file=None, images_dir=None, separator="
     rows = iter_table_rows(table, images_dir, separator, image_column, label_column)
     label_names = (label_column,) if label_column else LABEL_COLUMNS
     # Read twice: the labels (when no mapping file names them; no image looked up), then the records.
-    labels = (_split_labels(_column(row, label_names), separator) for _, row in _table_records(Path(table)))
+    labels = (_split_labels(_column(row, label_names), separator) for _, row in _table_records(Path(table))
+              if not isinstance(row, StepCoTDataError))
     mapping = _mapping(mapping_file, (found[0] for found in labels if len(found) == 1), patient_id)
     return write_release(rows, mapping, out_dir, origin=f"imported from {Path(table).name}", copy_images=copy_images,
                          split=split)

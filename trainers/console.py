@@ -201,3 +201,25 @@ def run_interruptible(command: str, script_main, argv: list[str], default_output
 
 __all__ = ["configure_console", "last_complete_checkpoint", "pop_verbose_flag", "quiet_progress",
            "run_interruptible"]
+
+
+# Long enough for a path and a reason; a label or cell of 200 KB quoted in a message is cut here.
+ERROR_LINE_CHARS = 600
+
+
+def one_line(error: BaseException, limit: int = ERROR_LINE_CHARS) -> str:
+    """The error as one line of at most `limit` characters; an OSError without its file name in the message gets it
+    added."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    filename = getattr(error, "filename", None)
+    if filename and str(filename) not in message:
+        message += f": {filename}"
+    if len(message) > limit:
+        message = f"{message[:limit]}… ({len(message) - limit} more characters)"
+    return message
+
+
+def print_command_error(command: str, error: BaseException) -> None:
+    """`stepcot COMMAND: error: ONE LINE` on stderr."""
+    print(f"stepcot {command}: error: {one_line(error)}", file=sys.stderr)
+

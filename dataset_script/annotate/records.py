@@ -7,13 +7,13 @@ Records follow the release format the data layer reads: `patient_id`, `image_pat
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset_script.records import validate_record as release_validate_record
 from dataset_script.safe_paths import UnsafePathError, safe_relative_path
+from dataset_script.table_files import table_file_rows
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,
@@ -65,31 +65,9 @@ class ReadResult:
 
 
 def _raw_rows(path: Path):
-    """(line number, dict) pairs of a JSONL, JSON-list or CSV file."""
-    suffix = path.suffix.lower()
-    # utf-8-sig: files saved by Excel and Notepad start with a byte-order mark, which would otherwise become part of
-    # the first column's name (or make the first JSON line invalid).
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            for line_number, row in enumerate(csv.DictReader(handle), start=2):
-                yield line_number, row
-    elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-        if not isinstance(data, list):
-            raise ReportError(f"{path}: a .json reports file must hold a list of objects, got {type(data).__name__}")
-        for index, row in enumerate(data):
-            yield index, row
-    elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8-sig") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield line_number, ReportError(f"{path}:{line_number}: not valid JSON ({error.msg})")
-    else:
-        raise ReportError(f"{path}: unsupported reports file type {suffix!r}; use .jsonl, .json or .csv")
+    """(line number, dict) pairs of a JSONL, JSON-list or CSV file; a row that cannot be read is a `ReportError` in
+    place of its dict (strict reading raises it, lenient reading skips and lists it)."""
+    return table_file_rows(path, error=ReportError)
 
 
 def _text_field(row: dict, name: str, source: str) -> str:

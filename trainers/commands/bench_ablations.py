@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from trainers.console import print_command_error
+
 HELP = "train full, w/o Memory and w/o Text teachers and tabulate them (Table 6)"
 EXAMPLES = [
     "stepcot bench-ablations --output-dir outputs/ablations --demo-size 300 -- --num_train_epochs 5",
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                                  demo_image_size=args.demo_image_size, log=print)
         runs = run_ablations(dataset, args.out, args.variants, train_args, reuse=args.reuse)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"stepcot bench-ablations: error: {error}", file=sys.stderr)
+        print_command_error("bench-ablations", error)
         return 1
     print((args.out / "table6.md").read_text(encoding="utf-8"))
     means = {name: result.mean["accuracy"].value for name, result in runs}

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from trainers.console import print_command_error
+
 HELP = "parameters, latency and peak memory of models and baselines (Table 11)"
 EXAMPLES = [
     "stepcot bench-efficiency --tiny --in-process",
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         rows = measure_all(args.models, args.batch_size, args.repeats, args.device, args.tiny,
                            isolate=not args.in_process, threads=args.threads)
     except (ValueError, RuntimeError, OSError) as error:
-        print(f"stepcot bench-efficiency: error: {error}", file=sys.stderr)
+        print_command_error("bench-efficiency", error)
         return 1
     print(markdown(rows, args.batch_size, args.device, args.threads))
     if args.out:

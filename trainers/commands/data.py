@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from trainers.console import print_command_error
+
 HELP = "build, validate, publish Step-CoT datasets and render the synthetic demo"
 EXAMPLES = [
     "stepcot data demo --output-dir demo_release --n 200 --image-size 128",
@@ -94,12 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
+    from dataset_script.annotate.records import ReportError
     from dataset_script.records import StepCoTDataError
 
     try:
         return _COMMANDS[args.data_command](args)
-    except (StepCoTDataError, FileNotFoundError, HfHubHTTPError) as error:
-        print(f"stepcot data {args.data_command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
+    except (StepCoTDataError, ReportError, FileNotFoundError, HfHubHTTPError) as error:
+        print_command_error(f"data {args.data_command}", error)
         return 1
 
 

@@ -6,6 +6,8 @@ The library is imported inside `run`: `stepcot --help` then imports neither torc
 import argparse
 import sys
 
+from trainers.console import print_command_error
+
 HELP = "web demo in the browser: upload a chest X-ray, see the seven steps, contradictions and maps"
 EXAMPLES = [
     "stepcot demo --model outputs/demo/student --compare outputs/demo/teacher",
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Step-CoT demo on http://{args.host}:{args.port} (Ctrl-C to stop)")
         launch(demo, host=args.host, port=args.port)
     except DemoError as error:
-        print(f"stepcot demo: error: {error}", file=sys.stderr)
+        print_command_error("demo", error)
         return 2
     except KeyboardInterrupt:
         print("stepcot demo: stopped")

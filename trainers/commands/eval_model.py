@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from trainers.commands.options import add_evaluation_arguments
+from trainers.console import print_command_error
 
 HELP = "evaluate a model on a dataset split: metrics, tables, plots"
 EXAMPLES = [
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                           name=args.name, device=args.device, max_examples=args.max_examples,
                           plots=not args.no_plots, trust_remote_code=args.trust_remote_code)
     except (ValueError, FileNotFoundError) as error:
-        print(f"stepcot eval: error: {error}", file=sys.stderr)
+        print_command_error("eval", error)
         return 1
     for note in result.metadata.get("notes", []):
         print(f"note: {note}", file=sys.stderr)

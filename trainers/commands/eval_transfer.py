@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from trainers.commands.options import add_evaluation_arguments
+from trainers.console import print_command_error
 
 HELP = "zero-shot diagnosis on the NIH ChestX-ray8 bbox subset (Table 4)"
 EXAMPLES = [
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: {name}: {missing} images missing and {unreadable} unreadable, not scored; "
                       f"see {args.out / folder}/missing_images.txt and unreadable_images.txt", file=sys.stderr)
     except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"stepcot eval-transfer: error: {error}", file=sys.stderr)
+        print_command_error("eval-transfer", error)
         return 1
     table = table4_markdown(runs)
     args.out.mkdir(parents=True, exist_ok=True)

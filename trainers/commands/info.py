@@ -8,9 +8,10 @@ tensor shapes: every stored tensor is a parameter except the buffers named in `B
 """
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
+
+from trainers.console import print_command_error
 
 HELP = "describe a saved Step-CoT model folder (reads config.json and weight headers only; runs no code)"
 EXAMPLES = [
@@ -139,7 +140,7 @@ def run(args) -> int:
     try:
         info = describe(args.model_dir)
     except ModelLoadError as error:
-        print(f"stepcot info: error: {error}", file=sys.stderr)
+        print_command_error("info", error)
         return 1
     if args.json:
         print(json.dumps(info, indent=2, allow_nan=False))

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.console import print_command_error
+
 HELP = "answer the seven steps for chest X-ray images, with attention maps"
 EXAMPLES = [
     "stepcot predict outputs/demo/demo-release/images --model outputs/demo/student --maps maps/ --consistent",
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         maps_dir = Path(args.maps) if args.maps else None
         outputs = predict_images(pipe, paths, maps_dir, args.consistent, args.batch_size)
     except (OSError, ValueError, RuntimeError) as error:  # each names its file (image, model or output folder)
-        print(f"stepcot predict: error: {one_line(error)}", file=sys.stderr)
+        print_command_error("predict", error)
         return 2
     model_label = "student" if model.config.model_type == "stepcot_student" else "teacher"
     if args.json:
@@ -67,12 +69,3 @@ def run(args: argparse.Namespace) -> int:
                 print(f"Maps: {written['summary'].parent}/ (step1..{len(written['steps'])} + summary.png)")
             print()
     return 0
-
-
-def one_line(error: BaseException) -> str:
-    """The error as one line; an OSError without its file name in the message gets it added."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    filename = getattr(error, "filename", None)
-    if filename and str(filename) not in message:
-        message += f": {filename}"
-    return message

@@ -1,6 +1,5 @@
 """`stepcot train`: `trainers/run_distill.py` (teacher + student, joint distillation); it parses its own arguments."""
 
-import sys
 from functools import partial
 
 HELP = "train teacher and student jointly (distillation)"
@@ -16,7 +15,7 @@ def main(argv: list[str]) -> int:
 
     if help_requested(argv):  # served from a cache: building it imports transformers' trainer stack
         return print_cached_help("train", lambda: _parse_args(argv))
-    from trainers.console import run_interruptible
+    from trainers.console import print_command_error, run_interruptible
     from trainers.run_distill import DEFAULT_OUTPUT_DIR
     from trainers.run_distill import main as run_distill  # imported when the command runs: keeps `--help` fast
     from trainers.training.checkpoints import TrainingError
@@ -24,7 +23,7 @@ def main(argv: list[str]) -> int:
     try:
         return run_interruptible("train", partial(run_distill, prog="stepcot train"), argv, DEFAULT_OUTPUT_DIR)
     except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
-        print(f"stepcot train: error: {error}", file=sys.stderr)
+        print_command_error("train", error)
         return 2
 
 

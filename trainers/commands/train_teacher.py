@@ -1,6 +1,5 @@
 """`stepcot train-teacher`: `trainers/run_teacher.py` (the teacher-only stage); it parses its own arguments."""
 
-import sys
 from functools import partial
 
 HELP = "train the teacher alone (supervised pre-training stage)"
@@ -14,7 +13,7 @@ def main(argv: list[str]) -> int:
 
     if help_requested(argv):  # served from a cache: building it imports transformers' trainer stack
         return print_cached_help("train-teacher", lambda: _parse_args(argv))
-    from trainers.console import run_interruptible
+    from trainers.console import print_command_error, run_interruptible
     from trainers.run_teacher import DEFAULT_OUTPUT_DIR
     from trainers.run_teacher import main as run_teacher  # imported when the command runs: keeps `--help` fast
     from trainers.training.checkpoints import TrainingError
@@ -23,7 +22,7 @@ def main(argv: list[str]) -> int:
         return run_interruptible("train-teacher", partial(run_teacher, prog="stepcot train-teacher"), argv,
                                  DEFAULT_OUTPUT_DIR)
     except TrainingError as error:  # bad arguments, another run's folder, damaged checkpoint, NaN loss: one line
-        print(f"stepcot train-teacher: error: {error}", file=sys.stderr)
+        print_command_error("train-teacher", error)
         return 2
 
 
