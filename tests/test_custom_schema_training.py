@@ -51,6 +51,7 @@ def test_chain_rules_do_not_apply_to_a_schema_of_other_steps():
     assert checker.violations([1]) == [] and checker.most_probable_consistent([[-1.0, -0.5, -2.0]])[0] == [1]
 
 
+@pytest.mark.slow  # an end-to-end training run
 @pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
 def test_train_predict_and_eval_on_a_one_step_release(folder_release, tmp_path):
     from transformers import AutoModel
@@ -90,6 +91,7 @@ def test_train_predict_and_eval_on_a_one_step_release(folder_release, tmp_path):
     assert metrics["steps"][0]["count"] == metrics["num_examples"] > 0
 
 
+@pytest.mark.slow  # an end-to-end training run
 @pytest.mark.skipif(not offline_encoders_available(), reason="offline encoder packages not installed")
 def test_train_teacher_on_a_one_step_release(folder_release, tmp_path):
     from transformers import AutoModel

@@ -30,6 +30,7 @@ def _search(tmp_path, n_trials=3):
     return pair, args, record
 
 
+@pytest.mark.slow  # trains every trial of a search
 def test_search_runs_every_trial_and_picks_the_best_by_validation(tmp_path):
     pair, args, record = _search(tmp_path / "a")
     trials = record["trials"]

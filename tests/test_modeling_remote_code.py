@@ -29,6 +29,7 @@ LOADER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh offline process per model
 @pytest.mark.parametrize("factory", [tiny_teacher, tiny_student])
 def test_auto_model_round_trip_in_fresh_offline_process(factory, tmp_path):
     model = factory().eval()

@@ -246,6 +246,7 @@ REMOTE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh process imports transformers
 def test_pipeline_ships_with_the_checkpoint_as_remote_code(tmp_path):
     model = tiny_student(seed=4)
     checkpoint = tmp_path / "checkpoint"

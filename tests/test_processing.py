@@ -100,6 +100,7 @@ def test_save_load_round_trip(processor, tmp_path):
                            processor.question_tokens()["question_input_ids"])
 
 
+@pytest.mark.slow  # a fresh process imports transformers
 def test_saved_with_the_model_loads_as_remote_code(processor, teacher_config, tmp_path):
     StepCoTTeacher(teacher_config).save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
