@@ -40,7 +40,7 @@ from dataset_script.annotate.records import read_reports
 from dataset_script.record_stream import JsonArrayWriter
 from dataset_script.records import RECORD_FIELD_ALIASES, StepCoTDataError, get_field, normalize_text
 from dataset_script.schema import SCHEMA_FILE
-from dataset_script.table_files import table_file_rows
+from dataset_script.user_files import check_document_size, read_utf8_text, table_file_rows
 from modeling_stepcot.configuration_stepcot import StepCoTSchemaConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -69,7 +69,7 @@ class LabelMapping:
     @classmethod
     def from_file(cls, path) -> LabelMapping:
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8_text(path, StepCoTDataError)
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -80,6 +80,7 @@ class LabelMapping:
         except Exception as error:  # noqa: BLE001 - any parse error is reported with the file name
             raise StepCoTDataError(f"{path}: cannot read the mapping file ({type(error).__name__}: {error})") \
                 from None
+        check_document_size(data, path, StepCoTDataError)
         if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
             raise StepCoTDataError(f"{path}: a mapping file needs a 'labels' table (label -> {{step: answer}})")
         if data.get("steps"):
@@ -229,7 +230,7 @@ def _listed_labels(text: str) -> list | None:
 
 def _table_records(path: Path):
     """(line or element number, row) of a CSV / JSONL / JSON list, read one row at a time; a row that cannot be used
-    is a `StepCoTDataError` in place of its dict (`table_files`)."""
+    is a `StepCoTDataError` in place of its dict (`user_files`)."""
     return table_file_rows(path, error=StepCoTDataError)
 
 

@@ -34,6 +34,7 @@ from dataset_script.release import StepCoTRelease, release_fingerprint
 from dataset_script.shard_writer import ShardWriter
 from dataset_script.splits import SPLITS
 from dataset_script.synthetic import DEMO_ORIGIN
+from dataset_script.user_files import read_json_file
 from modeling_stepcot.configuration_stepcot import DEFAULT_STEP_NAMES, StepCoTSchemaConfig
 from modeling_stepcot.processing_stepcot import image_to_8bit
 
@@ -217,8 +218,8 @@ def read_build_info(folder) -> dict | None:
     """OUT/build_info.json of a build, or None (an older or foreign build)."""
     path = Path(folder) / BUILD_INFO_NAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_file(path)
+    except ValueError:
         return None
 
 

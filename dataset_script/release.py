@@ -45,6 +45,7 @@ from dataset_script.splits import (
     read_split_file,
     stratified_group_split,
 )
+from dataset_script.user_files import read_utf8_text
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from modeling_stepcot.processing_stepcot import MAX_IMAGE_PIXELS
 
@@ -78,18 +79,6 @@ def diagnosis_name(record: dict) -> str:
     """The final step's answer text ("Normal", "Nodule", ...; "unlabelled" when missing)."""
     last = record["vqa_chain"][-1]
     return last["answer"] or "unlabelled"
-
-
-def _read_utf8(path: Path) -> str:
-    """The file's text; a file that is not UTF-8 is a named error giving the first bad byte's offset."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise StepCoTDataError(
-            f"{path}: not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r}); "
-            "re-save it as UTF-8"
-        ) from None
 
 
 _listed_sets: dict = {}
@@ -214,7 +203,7 @@ class StepCoTRelease:
             return JsonArrayRecords(json_path, error=StepCoTDataError)
         if json_path.is_file():
             try:
-                data = json.loads(_read_utf8(json_path))
+                data = json.loads(read_utf8_text(json_path, StepCoTDataError))
             except json.JSONDecodeError as error:
                 raise StepCoTDataError(f"{json_path}: not valid JSON ({error})") from None
             except RecursionError:

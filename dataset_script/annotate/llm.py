@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataset_script.annotate.records import validate_chain
+from dataset_script.user_files import read_json_file
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_NAMES,
     DEFAULT_STEP_OPTIONS,
@@ -318,7 +319,7 @@ class LLMAnnotator:
         if path is None or not path.is_file():
             return None
         try:
-            chain = json.loads(path.read_text(encoding="utf-8"))["vqa_chain"]
+            chain = read_json_file(path)["vqa_chain"]
             validate_chain(chain, f"cache file {path}")
         except (ValueError, KeyError, TypeError):
             return None  # a stale or damaged entry is ignored and overwritten

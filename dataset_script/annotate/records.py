@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dataset_script.records import validate_record as release_validate_record
 from dataset_script.safe_paths import UnsafePathError, safe_relative_path
-from dataset_script.table_files import table_file_rows
+from dataset_script.user_files import table_file_rows
 from modeling_stepcot.configuration_stepcot import (
     DEFAULT_STEP_OPTIONS,
     DEFAULT_STEP_QUESTIONS,

@@ -37,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _chains_from_annotations(path: str, uids: list[str]) -> dict[str, list[dict]]:
     from dataset_script.annotate.records import validate_record
+    from dataset_script.user_files import check_document_size, read_json_file  # numpy: not at `--help` time
 
-    records = json.loads(Path(path).read_text(encoding="utf-8"))
+    records = read_json_file(path)
+    check_document_size(records, path)
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records")
     chains = {}

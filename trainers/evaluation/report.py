@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset_script.user_files import read_json_file
 from trainers.evaluation.metric_definitions import METRIC_DISPLAY_NAMES
 from trainers.evaluation.metrics import FEW_EXAMPLES, METRIC_NAMES, EvaluationMetrics, MetricEstimate
 
@@ -79,7 +80,7 @@ def load_metrics(path: str | Path) -> EvaluationMetrics:
     if not path.is_file():
         raise FileNotFoundError(f"No {METRICS_FILENAME} at {path} (run `stepcot eval ... --out DIR` first).")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path)
         return EvaluationMetrics.from_dict(data)
     except (json.JSONDecodeError, KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a valid Step-CoT metrics file: {error}") from error

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from dataset_script.user_files import read_json_file
 from trainers.training.feature_cache import save_file_atomically, tensors_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -314,8 +315,8 @@ class LeanCheckpointMixin:
 
         record = Path(self.args.output_dir) / RUN_RECORD
         try:
-            inputs = json.loads(record.read_text(encoding="utf-8")).get("built_from")
-        except (OSError, ValueError, AttributeError):
+            inputs = read_json_file(record).get("built_from")
+        except (ValueError, AttributeError):
             return  # a Trainer used as a library, without a run record
         if inputs is not None:
             (folder / CHECKPOINT_INPUTS_NAME).write_text(json.dumps(inputs, indent=2, default=str), encoding="utf-8")

@@ -290,7 +290,11 @@ class StepCoTDistillationConfig(StepCoTRecipeArguments):
                 f"{checkpoint} has no {DISTILLATION_CONFIG_NAME}: it does not record its distillation settings, so "
                 "resuming from it could silently change them. Start a new run (or copy the file in by hand)."
             )
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        from dataset_script.user_files import read_json_file  # the config module stays import-light
+
+        saved = read_json_file(path)
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path}: expected a JSON object of distillation settings")
         current = self.distillation_values()
         changed = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
         if changed:

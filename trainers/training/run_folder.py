@@ -19,6 +19,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dataset_script.user_files import read_json_file
 from trainers.training.checkpoints import CHECKPOINT_INPUTS_NAME, TrainingError, resolve_resume_checkpoint
 
 logger = logging.getLogger("stepcot.train")
@@ -100,9 +101,9 @@ def claim_output_dir(folder: Path, inputs: dict, resume_from_checkpoint=None, ov
     previous = None
     if record_path.is_file():
         try:
-            previous = json.loads(record_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise TrainingError(f"{record_path} is unreadable ({error}): pass --overwrite_output_dir to start over")
+            previous = read_json_file(record_path)
+        except ValueError as error:
+            raise TrainingError(f"{error}: pass --overwrite_output_dir to start over") from None
     remedy = "use another --output_dir, or pass --overwrite_output_dir to start over"
     if previous is None:
         leftovers = [name for name in RUN_OUTPUTS if (folder / name).exists()] + [p.name for p in _checkpoints(folder)]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dataset_script.user_files import read_json_file
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from modeling_stepcot.modeling_stepcot import PADDED_LOGIT
 from trainers.choices import BASELINE_SETTINGS, BASELINE_TRAINING_DEFAULTS
@@ -230,7 +231,7 @@ def load_baseline(folder, device: str = "cpu", backbone=None, trust_remote_code:
     if not is_baseline_folder(folder):
         raise FileNotFoundError(f"no {BASELINE_FILENAME} in {folder}: not a `stepcot baseline` output folder.")
     try:
-        spec = BaselineSpec(**json.loads((folder / BASELINE_FILENAME).read_text(encoding="utf-8")))
+        spec = BaselineSpec(**read_json_file(folder / BASELINE_FILENAME))
         num_classes = [len(options) for options in spec.step_options]
         head = StepBaselineHead(spec.image_dim, spec.text_dim, num_classes, int(spec.training.get("hidden_size", 768)))
     except (ValueError, TypeError, AttributeError) as error:

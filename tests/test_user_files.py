@@ -1,7 +1,8 @@
-"""User table files (CSV / JSONL / JSON list) as every importer reads them (`dataset_script.table_files`): bad bytes,
-broken lines, rows that are not objects and huge cells are named by file and line; a row that cannot be used is left
-out and listed, not fatal; a file that cannot be read is one line on the command line, however long the offending
-text."""
+"""A user's files as the importers and commands read them (`dataset_script.user_files`): bad bytes, broken lines,
+rows that are not objects and huge cells in table files are named by file and line; a row that cannot be used is
+left out and listed, not fatal; a file that cannot be read is one line on the command line, however long the
+offending text. Mapping, schema, metrics and annotation files: not UTF-8, nested too deeply, or a YAML whose aliases
+expand to a billion values are one-line errors, not tracebacks or hangs."""
 
 import json
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from dataset_script.importers import import_table
 from dataset_script.records import StepCoTDataError
-from dataset_script.table_files import MAX_CSV_FIELD_CHARS, table_file_rows
+from dataset_script.user_files import MAX_CSV_FIELD_CHARS, check_document_size, read_json_file, table_file_rows
 from trainers import cli
 
 
@@ -94,3 +95,53 @@ def test_the_command_line_gives_one_bounded_line_for_an_unreadable_table(images,
     err = capsys.readouterr().err
     assert err.startswith("stepcot data import: error: found 1 label(s)") and len(err) < 800
     assert "more characters)" in err and err.count("\n") == 1
+
+
+def _billion_laughs() -> str:
+    text, previous = 'a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]\n', "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]\n"
+        previous = name
+    return text + "labels: {Normal: {Diagnosis: *i}, Pneumonia: {}}\n"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bomb.yaml", _billion_laughs().encode(), "the document expands to more than 1,000,000 values"),
+    ("latin.yaml", b"labels: {Normal\xe9: {}}\n", r"not UTF-8 text \(byte 15: b'\\xe9'\)"),
+    ("deep.json", b"[" * 100_000, "cannot read the mapping file"),
+    ("steps.yaml", b"steps: 5\nlabels: {Normal: {}}\n", "'steps' must list"),
+])
+def test_a_hostile_mapping_file_is_one_line_and_never_hangs(images, capsys, name, content, message):
+    (images / "t.csv").write_text("image,labels\na.png,Normal\nb.png,Pneumonia\n", encoding="utf-8")
+    (images / name).write_bytes(content)
+    assert cli.main(["data", "import", "table", "--source", str(images / "t.csv"), "--mapping", str(images / name),
+                     "--out", str(images / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and name in err and "Traceback" not in err
+    assert __import__("re").search(message, err), err
+
+
+def test_document_size_counts_every_repetition_of_a_shared_part():
+    shared = ["x"] * 10
+    check_document_size({"a": [shared] * 10}, "doc", limit=200)  # 1 + 1 + 1 + 10 + 100 values
+    with pytest.raises(ValueError, match="doc: the document expands to more than 100 values"):
+        check_document_size({"a": [shared] * 10}, "doc", limit=100)
+
+
+@pytest.mark.parametrize("content, message", [(b"[" * 100_000, "JSON nested too deeply to read"),
+                                              (b'{"a": 1}\xff', "not UTF-8 text"), (b"{oops", "not valid JSON")])
+def test_json_files_of_every_command_are_named_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "metrics.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"metrics.json: {message}"):
+        read_json_file(path)
+    assert cli.main(["report", str(tmp_path)]) != 0  # `stepcot report` reads a run folder's metrics.json
+    err = capsys.readouterr().err
+    assert "metrics.json" in err and message in err and "Traceback" not in err and err.count("\n") == 1
+    schema = tmp_path / "release" / "schema.json"
+    schema.parent.mkdir()
+    schema.write_bytes(content)
+    from dataset_script.schema import read_schema_file
+
+    with pytest.raises(StepCoTDataError, match=f"schema.json: {message}"):
+        read_schema_file(schema)

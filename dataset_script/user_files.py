@@ -1,10 +1,16 @@
-"""A user's table file (CSV, JSONL or a JSON list) read one row at a time, every problem named by file and line.
+"""A user's files read with every problem named: table files (CSV, JSONL or a JSON list) one row at a time, text
+files whole, and documents (a YAML or JSON mapping) with a bound on their size once YAML aliases are expanded.
 
 `table_file_rows(path, error)` yields `(number, row)`: the CSV line a row starts on, the JSONL line, or the JSON
 list element (from 1). `row` is a dict, or an `error` instance for one row that cannot be used (a JSONL line that is
 not valid JSON, an element that is not an object): the caller leaves that row out and lists it, or raises it. A
 problem with the file as a whole raises `error("PATH:LINE: what")`: an unsupported type, text that is not UTF-8, a
 CSV field over `MAX_CSV_FIELD_CHARS`, a JSON file whose top level is not a list.
+
+`read_utf8_text(path, error)` is a whole file's text, `read_json_file(path, error)` its parsed JSON;
+`check_document_size(value, where, error)` refuses a parsed document of more than `MAX_DOCUMENT_VALUES` values
+counted as code that walks it meets them (a YAML "billion laughs" is a few hundred bytes whose aliases expand to
+10^9 values).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataset_script.record_stream import JsonArrayRecords, looks_like_json_array
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
 # Python's csv default (128 KiB) refuses long free-text columns such as whole reports; larger is a broken file.
 MAX_CSV_FIELD_CHARS = 16 * 2**20
+MAX_DOCUMENT_VALUES = 1_000_000
 
 
 def table_file_rows(path, error=ValueError):
@@ -81,3 +88,47 @@ def _json_object(text: str, where: str, error):
     except RecursionError:
         return error(f"{where}: JSON nested too deeply to read")
     return value if isinstance(value, dict) else error(f"{where}: expected an object, got {type(value).__name__}")
+
+
+def read_utf8_text(path, error=ValueError) -> str:
+    """The file's text (a leading byte-order mark dropped); a file that cannot be read, or text that is not UTF-8,
+    raises `error` naming the file (and the first bad byte)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as problem:
+        raise error(f"{path}: cannot be read ({problem.strerror or problem})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not UTF-8 text (byte {problem.start}: {data[problem.start:problem.start + 1]!r}); "
+                    "re-save it as UTF-8") from None
+
+
+def read_json_file(path, error=ValueError):
+    """The parsed JSON of a file; a file that cannot be read, is not UTF-8, is not JSON or is nested too deeply to
+    parse raises `error("PATH: why")`, one line."""
+    text = read_utf8_text(path, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise error(f"{path}: not valid JSON ({problem})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read") from None
+
+
+def check_document_size(value, where, error=ValueError, limit: int = MAX_DOCUMENT_VALUES) -> None:
+    """Raise `error` when `value` (parsed YAML / JSON) holds more than `limit` values, each shared (aliased) part
+    counted every time it occurs, as code that walks or prints the document meets it."""
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > limit:
+            raise error(f"{where}: the document expands to more than {limit:,} values (YAML anchors and aliases "
+                        "repeated inside each other?); write it out plainly")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
