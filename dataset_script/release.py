@@ -45,7 +45,7 @@ from dataset_script.splits import (
     read_split_file,
     stratified_group_split,
 )
-from dataset_script.user_files import read_utf8_text
+from dataset_script.user_files import read_json_file
 from modeling_stepcot.configuration_stepcot import IGNORE_INDEX
 from modeling_stepcot.processing_stepcot import MAX_IMAGE_PIXELS
 
@@ -202,12 +202,7 @@ class StepCoTRelease:
         if json_path.is_file() and looks_like_json_array(json_path):  # streamed, one record at a time
             return JsonArrayRecords(json_path, error=StepCoTDataError)
         if json_path.is_file():
-            try:
-                data = json.loads(read_utf8_text(json_path, StepCoTDataError))
-            except json.JSONDecodeError as error:
-                raise StepCoTDataError(f"{json_path}: not valid JSON ({error})") from None
-            except RecursionError:
-                raise StepCoTDataError(f"{json_path}: JSON nested too deeply to read") from None
+            data = read_json_file(json_path, StepCoTDataError)
             if isinstance(data, dict):  # {"data": [...]} or {"<id>": record, ...}
                 data = data.get("data", data.get("records", list(data.values())))
             if not isinstance(data, list):

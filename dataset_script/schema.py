@@ -4,7 +4,6 @@ records fit them, else a schema inferred from the records (`infer_schema`).
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from dataset_script.records import (
     schema_step_index,
     step_key,
 )
-from dataset_script.user_files import check_document_size, read_json_file
+from dataset_script.user_files import read_json_file
 from modeling_stepcot.configuration_stepcot import NA_OPTION, StepCoTSchemaConfig
 
 SCHEMA_FILE = "schema.json"
@@ -38,15 +37,12 @@ def read_schema_file(path) -> StepCoTSchemaConfig:
     path = Path(path)
     try:
         steps = read_json_file(path, StepCoTDataError)["steps"]
-        check_document_size(steps, path, StepCoTDataError)
         return StepCoTSchemaConfig(step_names=[str(s["name"]) for s in steps],
                                    step_questions=[str(s.get("question") or s["name"]) for s in steps],
                                    step_options=[_na_last(clean_options(s["options"])) for s in steps])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (KeyError, TypeError) as error:
         raise StepCoTDataError(f"{path}: not a step schema ({type(error).__name__}: {error}); expected "
                                '{"steps": [{"name": ..., "question": ..., "options": [...]}, ...]}') from None
-    except RecursionError:
-        raise StepCoTDataError(f"{path}: JSON nested too deeply to read") from None
     except StepCoTDataError:
         raise
     except ValueError as error:

@@ -28,6 +28,7 @@ MAX_DOCUMENT_VALUES = 1_000_000
 
 
 def table_file_rows(path, error=ValueError):
+    """(number, dict or `error` instance) per row of a CSV / JSONL / JSON-list file (module docstring)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":

@@ -199,10 +199,6 @@ def run_interruptible(command: str, script_main, argv: list[str], default_output
         return 130  # the shell's code for SIGINT
 
 
-__all__ = ["configure_console", "last_complete_checkpoint", "pop_verbose_flag", "quiet_progress",
-           "run_interruptible"]
-
-
 # Long enough for a path and a reason; a label or cell of 200 KB quoted in a message is cut here.
 ERROR_LINE_CHARS = 600
 
@@ -223,3 +219,6 @@ def print_command_error(command: str, error: BaseException) -> None:
     """`stepcot COMMAND: error: ONE LINE` on stderr."""
     print(f"stepcot {command}: error: {one_line(error)}", file=sys.stderr)
 
+
+__all__ = ["configure_console", "last_complete_checkpoint", "one_line", "pop_verbose_flag", "print_command_error",
+           "quiet_progress", "run_interruptible"]

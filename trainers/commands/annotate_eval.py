@@ -37,10 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _chains_from_annotations(path: str, uids: list[str]) -> dict[str, list[dict]]:
     from dataset_script.annotate.records import validate_record
-    from dataset_script.user_files import check_document_size, read_json_file  # numpy: not at `--help` time
+    from dataset_script.user_files import read_json_file  # numpy: not at `--help` time
 
     records = read_json_file(path)
-    check_document_size(records, path)
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records")
     chains = {}

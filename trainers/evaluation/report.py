@@ -79,10 +79,10 @@ def load_metrics(path: str | Path) -> EvaluationMetrics:
         path = path / METRICS_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"No {METRICS_FILENAME} at {path} (run `stepcot eval ... --out DIR` first).")
+    data = read_json_file(path)  # unreadable, not UTF-8, not JSON: "PATH: why"
     try:
-        data = read_json_file(path)
         return EvaluationMetrics.from_dict(data)
-    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a valid Step-CoT metrics file: {error}") from error
 
 
